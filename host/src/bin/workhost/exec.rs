@@ -1,0 +1,157 @@
+//! `workhost exec`: run one component once and print what happened.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use workhost::units::{format_size, parse_duration, parse_size};
+use workhost::{Budget, Data, EngineConfig, Executor, LogSource, RunOutcome, RunRequest, TaskKind};
+
+/// Arguments of `workhost exec`.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// The component (.wasm) to run.
+    component: PathBuf,
+    /// The task name passed to `execute-task` (default: the file's stem).
+    #[arg(long = "task", value_name = "NAME")]
+    task: Option<String>,
+    /// An input value; typed from its text (integer, float, true/false,
+    /// else string). Repeatable; applied after --input-json.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    input: Vec<String>,
+    /// Input data as a JSON object (lists come this way).
+    #[arg(long = "input-json", value_name = "JSON")]
+    input_json: Option<String>,
+    /// Wall-clock budget, like 500ms, 30s, 15m (default by kind: 30s, or 10m
+    /// for processing).
+    #[arg(long, value_name = "DUR")]
+    timeout: Option<String>,
+    /// Fuel budget in units (about one per wasm instruction).
+    #[arg(long, value_name = "N", conflicts_with = "no_fuel")]
+    fuel: Option<u64>,
+    /// Run on an engine without fuel metering (faster for CPU-heavy guests;
+    /// only the wall clock bounds the run).
+    #[arg(long)]
+    no_fuel: bool,
+    /// Largest linear memory, like 64MiB or 1GiB (default 256MiB).
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<String>,
+    /// The task kind the handler sees; decides the default timeout.
+    #[arg(long, value_name = "KIND", default_value = "one-off", value_parser = ["one-off", "periodic", "processing"])]
+    kind: String,
+    /// The run attempt count the handler sees.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    attempt: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Where compiled components are cached (default
+    /// $XDG_CACHE_HOME/workhost or ~/.cache/workhost).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the component without the cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+/// Runs `workhost exec`. Errors are usage or load errors (exit 2); a run
+/// that fails or stops still returns `Ok` with its exit code.
+pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    let kind = TaskKind::parse(&args.kind).expect("clap checked the kind");
+    let mut budget = Budget::for_kind(kind);
+    if let Some(t) = &args.timeout {
+        budget.timeout = parse_duration(t).context("--timeout")?;
+    }
+    if let Some(m) = &args.max_memory {
+        budget.max_memory_bytes = parse_size(m).context("--max-memory")?;
+    }
+    if let Some(f) = args.fuel {
+        budget.fuel = Some(f);
+    }
+    if args.attempt == 0 {
+        bail!("--attempt counts from 1 (the first attempt)");
+    }
+    let input = read_input(args.input_json.as_deref(), &args.input)?;
+
+    let cache_dir = if args.no_cache {
+        None
+    } else {
+        args.cache_dir.clone().or_else(EngineConfig::default_cache_dir)
+    };
+    let config = EngineConfig {
+        fuel: !args.no_fuel,
+        max_concurrent_runs: 4,
+        cache_dir,
+        ..EngineConfig::default()
+    };
+    let executor = Executor::new(config)?;
+    let handler = executor
+        .load_file(&args.component)
+        .with_context(|| format!("cannot load {:?}", args.component))?;
+
+    let name = args.task.clone().unwrap_or_else(|| {
+        args.component
+            .file_stem()
+            .map_or("task".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let mut request = RunRequest::new(name);
+    request.task.kind = kind;
+    request.task.attempt = args.attempt;
+    request.input = input;
+    request.budget = budget;
+    let outcome = handler.run(request).await;
+
+    if args.json {
+        println!("{}", outcome.to_json());
+    } else {
+        print_outcome(&outcome);
+    }
+    Ok(ExitCode::from(outcome.exit_code() as u8))
+}
+
+/// Builds input data from `--input-json` and then each `--input KEY=VALUE`.
+fn read_input(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Data> {
+    let mut data = match json {
+        Some(text) => Data::from_json(text).context("--input-json")?,
+        None => Data::new(),
+    };
+    for arg in pairs {
+        let (key, value) = Data::parse_key_value(arg).context("--input")?;
+        data.insert(key, value);
+    }
+    data.validate().context("input data")?;
+    Ok(data)
+}
+
+fn print_outcome(outcome: &RunOutcome) {
+    println!("outcome      {}", outcome.kind());
+    if let Some(output) = outcome.output() {
+        println!("output       {output}");
+    }
+    if let Some(reason) = outcome.stop_reason() {
+        println!("stop reason  {reason}");
+    }
+    if let Some(error) = outcome.error() {
+        println!("error        {error}");
+    }
+    println!("duration     {:.3} ms", outcome.duration.as_secs_f64() * 1000.0);
+    if let Some(fuel) = outcome.fuel_consumed {
+        println!("fuel         {fuel}");
+    }
+    println!("peak memory  {}", format_size(outcome.peak_memory_bytes));
+    if outcome.log.is_empty() {
+        println!("log          (empty)");
+    } else {
+        println!("log");
+        for line in &outcome.log {
+            let source = match line.source {
+                LogSource::Handler => "",
+                LogSource::Stdout => " stdout",
+                LogSource::Stderr => " stderr",
+                LogSource::Host => " host",
+            };
+            println!("  {:>6}ms {:?}{source}: {}", line.at_ms, line.level, line.message);
+        }
+    }
+}

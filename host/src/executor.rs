@@ -1,0 +1,321 @@
+//! Runs one task in a fresh, limited instance. Per handler, the `Linker` and
+//! `InstancePre` are built once ([`Executor::load_file`]); per run only a
+//! `Store` is created and the component instantiated ([`Handler::run`]).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use wasmtime::Trap;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{Outcome, TaskHandler, TaskHandlerPre};
+use crate::budget::{Budget, RunLimiter};
+use crate::data::Data;
+use crate::engine::{CacheStatus, Engine, EngineConfig, EngineError, LoadError};
+use crate::kv::Kv;
+use crate::outcome::{Failure, RunOutcome, RunResult, StopReason};
+use crate::platform::{ProgressSink, RunState, TaskFacts, data_from_wit, data_to_wit};
+use crate::runlog::{LogLevel, LogSource, SharedLog};
+
+/// The name of the export every handler must have.
+pub const HANDLER_EXPORT: &str = "workhost:task/handler@0.1.0";
+
+/// Loads components as handlers on one [`Engine`], with the platform
+/// imports and WASI 0.2 linked once.
+#[derive(Clone)]
+pub struct Executor {
+    engine: Engine,
+    linker: Arc<Linker<RunState>>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Executor {
+    /// Builds the engine and links WASI 0.2 and the platform imports.
+    pub fn new(config: EngineConfig) -> Result<Executor, EngineError> {
+        let engine = Engine::new(config)?;
+        let mut linker = Linker::new(engine.wasmtime());
+        let link_error = |e: wasmtime::Error| EngineError::Wasmtime(format!("linking the platform: {e:#}"));
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        TaskHandler::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s).map_err(link_error)?;
+        Ok(Executor {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Loads the component at `path` as a handler.
+    pub fn load_file(&self, path: &Path) -> Result<Handler, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.load_bytes(&bytes)
+    }
+
+    /// Loads a component from its bytes as a handler: compiles it (or loads
+    /// it from the cache), checks its imports and its export, and pre-links
+    /// it.
+    pub fn load_bytes(&self, bytes: &[u8]) -> Result<Handler, LoadError> {
+        let (component, cache) = self.engine.load_component(bytes)?;
+        let ty = component.component_type();
+        let engine = self.engine.wasmtime();
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            let detail = format!("{e:#}");
+            let name = ty
+                .imports(engine)
+                .map(|(name, _)| name.to_string())
+                .find(|name| detail.contains(name.as_str()))
+                .unwrap_or_else(|| "an unknown import".to_string());
+            LoadError::MissingImport { name, detail }
+        })?;
+        let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
+        if !exports.iter().any(|e| e == HANDLER_EXPORT) {
+            if let Some(other) = exports.iter().find(|e| e.starts_with("workhost:task/handler@")) {
+                return Err(LoadError::WrongVersion {
+                    expected: HANDLER_EXPORT,
+                    found: other.clone(),
+                });
+            }
+            let found = if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports.iter().map(|e| format!("`{e}`")).collect::<Vec<_>>().join(", ")
+            };
+            return Err(LoadError::MissingExport {
+                expected: HANDLER_EXPORT,
+                found,
+            });
+        }
+        let pre = TaskHandlerPre::new(pre).map_err(|e| LoadError::BadExport {
+            expected: HANDLER_EXPORT,
+            detail: format!("{e:#}"),
+        })?;
+        Ok(Handler {
+            inner: Arc::new(HandlerInner {
+                pre,
+                engine: self.engine.clone(),
+                cache,
+            }),
+        })
+    }
+}
+
+/// A loaded, pre-linked task handler. Cheap to clone; runs may go on
+/// concurrently, each in its own instance.
+#[derive(Clone)]
+pub struct Handler {
+    inner: Arc<HandlerInner>,
+}
+
+struct HandlerInner {
+    pre: TaskHandlerPre<RunState>,
+    engine: Engine,
+    cache: CacheStatus,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("cache", &self.inner.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops a run from outside: cancel, constraint lost, host shutdown. The
+/// first reason given wins. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct StopHandle(Arc<watch::Sender<Option<StopReason>>>);
+
+impl Default for StopHandle {
+    fn default() -> Self {
+        StopHandle(Arc::new(watch::channel(None).0))
+    }
+}
+
+impl StopHandle {
+    /// A handle that has not stopped anything yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops the run (or the run about to start) for `reason`. The guest
+    /// yields at every epoch tick, so a running guest stops within about
+    /// one tick (10 ms).
+    pub fn stop(&self, reason: StopReason) {
+        self.0.send_if_modified(|current| {
+            if current.is_none() {
+                *current = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The reason given, if the run was stopped.
+    pub fn reason(&self) -> Option<StopReason> {
+        *self.0.borrow()
+    }
+
+    async fn stopped(&self) -> StopReason {
+        let mut rx = self.0.subscribe();
+        let reason = *rx.wait_for(Option::is_some).await.expect("the sender lives in self");
+        reason.expect("waited for Some")
+    }
+}
+
+/// One run's input: the task's facts and data, its budget, and the services
+/// it may use.
+#[derive(Clone)]
+pub struct RunRequest {
+    /// What the `context` import reports.
+    pub task: TaskFacts,
+    /// The input data.
+    pub input: Data,
+    /// The run's limits.
+    pub budget: Budget,
+    /// The handler's kv namespace.
+    pub kv: Kv,
+    /// Called with each progress report.
+    pub progress: Option<ProgressSink>,
+    /// Stops the run from outside.
+    pub stop: StopHandle,
+}
+
+impl RunRequest {
+    /// A first attempt of one-off task `name` with empty input, the default
+    /// budget and a fresh in-memory kv.
+    pub fn new(name: impl Into<String>) -> RunRequest {
+        let name = name.into();
+        RunRequest {
+            task: TaskFacts {
+                id: "exec".to_string(),
+                name: name.clone(),
+                unique_name: None,
+                tags: Vec::new(),
+                kind: crate::budget::TaskKind::OneOff,
+                attempt: 1,
+            },
+            input: Data::new(),
+            budget: Budget::default(),
+            kv: Kv::in_memory(name),
+            progress: None,
+            stop: StopHandle::new(),
+        }
+    }
+}
+
+impl Handler {
+    /// Whether loading this handler compiled it or found it in the cache.
+    pub fn cache_status(&self) -> CacheStatus {
+        self.inner.cache
+    }
+
+    /// Runs one task in a fresh instance and reports how it ended. Never
+    /// panics on guest behaviour: every end is a [`RunOutcome`].
+    pub async fn run(&self, request: RunRequest) -> RunOutcome {
+        let RunRequest {
+            task,
+            input,
+            budget,
+            kv,
+            progress,
+            stop,
+        } = request;
+        let started = Instant::now();
+        let deadline = started + budget.timeout;
+        let log = SharedLog::new(started, budget.max_log_bytes);
+        let engine = &self.inner.engine;
+        let fuel = engine.meters_fuel().then(|| budget.fuel.unwrap_or(u64::MAX));
+        let task = Arc::new(task);
+        let state = RunState::new(
+            RunLimiter::new(&budget),
+            log.clone(),
+            task.clone(),
+            deadline,
+            kv,
+            progress,
+        );
+        let mut store = wasmtime::Store::new(engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limiter);
+        engine.prepare_store(&mut store, fuel);
+        let input = data_to_wit(&input);
+
+        let ended = {
+            let call = async {
+                let instance = self.inner.pre.instantiate_async(&mut store).await?;
+                instance
+                    .workhost_task_handler()
+                    .call_execute_task(&mut store, &task.name, &input)
+                    .await
+            };
+            // A stop is checked before the call is polled, so a run stopped
+            // before it starts never instantiates.
+            tokio::select! {
+                biased;
+                reason = stop.stopped() => Err(reason),
+                result = call => Ok(result),
+                () = tokio::time::sleep_until(deadline.into()) => Err(StopReason::Timeout),
+            }
+        };
+
+        let out_of_fuel = matches!(&ended, Ok(Err(e)) if matches!(e.downcast_ref::<Trap>(), Some(Trap::OutOfFuel)));
+        let fuel_consumed = fuel.map(|initial| {
+            if out_of_fuel {
+                initial
+            } else {
+                initial - store.get_fuel().unwrap_or(initial)
+            }
+        });
+        let limiter = &store.data().limiter;
+        let result = match ended {
+            Err(reason) => RunResult::Stopped(reason),
+            Ok(Ok(Ok(Outcome::Success(pairs)))) => match data_from_wit(pairs) {
+                Ok(output) => RunResult::Succeeded(output),
+                Err(e) => RunResult::Failed(Failure::BadOutput(format!("output data refused: {e}"))),
+            },
+            Ok(Ok(Ok(Outcome::Retry))) => RunResult::Retry,
+            Ok(Ok(Err(message))) => RunResult::Failed(Failure::Error(message)),
+            Ok(Err(error)) => {
+                log.push(LogLevel::Error, LogSource::Host, format!("run trapped: {error:#}"));
+                classify_trap(&error, limiter.memory_refused)
+            }
+        };
+        RunOutcome {
+            result,
+            duration: started.elapsed(),
+            fuel_consumed,
+            peak_memory_bytes: limiter.peak_memory as u64,
+            log: log.finish(),
+        }
+    }
+}
+
+/// Names what stopped a trapped run. A refused memory grow decides
+/// `memory-exceeded` whatever trap followed (a Rust guest aborts with
+/// `unreachable` when its allocator fails).
+fn classify_trap(error: &wasmtime::Error, memory_refused: bool) -> RunResult {
+    if memory_refused {
+        return RunResult::Stopped(StopReason::MemoryExceeded);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => RunResult::Stopped(StopReason::FuelExhausted),
+        Some(Trap::StackOverflow) => RunResult::Stopped(StopReason::StackOverflow),
+        Some(trap) => RunResult::Failed(Failure::Trap(trap.to_string())),
+        None => RunResult::Failed(Failure::Trap(format!("{error:#}"))),
+    }
+}

@@ -1,0 +1,54 @@
+//! workhost: WorkManager for WebAssembly.
+//!
+//! Every task handler is a WebAssembly component exporting
+//! `workhost:task/handler@0.1.0` (see `wit/task.wit`). Every run gets its own
+//! fresh instance under a wall-clock, fuel, memory, table and stack budget,
+//! and ends as a [`RunOutcome`] value.
+//!
+//! # Layout
+//!
+//! - [`Executor`], [`Handler`], [`RunRequest`], [`StopHandle`]: load a
+//!   component once, run it many times, stop a run from outside.
+//! - [`Engine`], [`EngineConfig`]: the wasmtime configuration and the
+//!   compile cache; the only place that touches `wasmtime::Config`.
+//! - [`Budget`], [`TaskKind`]: per-run limits and their defaults.
+//! - [`RunOutcome`], [`RunResult`], [`StopReason`]: how a run ended.
+//! - [`Data`], [`Value`]: task data, its 10 KiB limit and JSON form.
+//! - [`Kv`], [`KvStore`], [`MemoryKv`]: the handler's key-value store.
+//! - [`units`]: durations and sizes as people write them.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use workhost::{Data, EngineConfig, Executor, RunRequest};
+//!
+//! let executor = Executor::new(EngineConfig::default())?;
+//! let handler = executor.load_file("target/guests/echo.wasm".as_ref())?;
+//! let mut request = RunRequest::new("greet");
+//! request.input = Data::new().with("name", "world");
+//! let outcome = handler.run(request).await;
+//! assert_eq!(outcome.output().and_then(|o| o.get("name")), Some(&"world".into()));
+//! # Ok(())
+//! # }
+//! ```
+
+mod bindings;
+mod budget;
+mod data;
+mod engine;
+mod executor;
+mod kv;
+mod outcome;
+mod platform;
+mod runlog;
+pub mod units;
+
+pub use budget::{Budget, DEFAULT_FUEL, TaskKind};
+pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
+pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
+pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
+pub use kv::{Kv, KvError, KvLimits, KvStore, MemoryKv};
+pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
+pub use platform::{ProgressSink, TaskFacts};
+pub use runlog::{LogLevel, LogLine, LogSource};

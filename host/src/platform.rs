@@ -1,0 +1,225 @@
+//! The host side of one run: the store data ([`RunState`]) and the
+//! `context`, `log` and `kv` imports of the `platform` world, plus the WASI
+//! context each run gets.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::workhost::task::{context, kv, log, types};
+use crate::budget::{RunLimiter, TaskKind};
+use crate::data::{Data, Value};
+use crate::kv::{Kv, KvError};
+use crate::runlog::{CaptureStream, LogLevel, LogSource, SharedLog};
+
+/// Receives a run's progress each time the handler reports it.
+pub type ProgressSink = Arc<dyn Fn(&Data) + Send + Sync>;
+
+/// The facts of the task a run belongs to, as the `context` import reports
+/// them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFacts {
+    /// The task's id.
+    pub id: String,
+    /// The task name passed to `execute-task`.
+    pub name: String,
+    /// The unique name, if the task has one.
+    pub unique_name: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Kind.
+    pub kind: TaskKind,
+    /// Run attempt count, this run included (1 on the first attempt).
+    pub attempt: u32,
+}
+
+/// Largest `wasi:random` request per call: keeps a guest from making the host
+/// allocate without bound.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
+
+/// Store data of one run.
+pub(crate) struct RunState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: RunLimiter,
+    log: SharedLog,
+    task: Arc<TaskFacts>,
+    deadline: Instant,
+    kv: Kv,
+    progress: Option<ProgressSink>,
+}
+
+impl RunState {
+    pub(crate) fn new(
+        limiter: RunLimiter,
+        log: SharedLog,
+        task: Arc<TaskFacts>,
+        deadline: Instant,
+        kv: Kv,
+        progress: Option<ProgressSink>,
+    ) -> Self {
+        RunState {
+            wasi: wasi_context(&log),
+            table: ResourceTable::new(),
+            limiter,
+            log,
+            task,
+            deadline,
+            kv,
+            progress,
+        }
+    }
+}
+
+/// The WASI context of a run: stdout and stderr captured into the run's
+/// log; no stdin, arguments, environment, preopened directories or network.
+/// Grants (directories, hosts, environment) are added here.
+fn wasi_context(log: &SharedLog) -> WasiCtx {
+    let mut b = WasiCtxBuilder::new();
+    b.stdout(CaptureStream {
+        log: log.clone(),
+        source: LogSource::Stdout,
+    })
+    .stderr(CaptureStream {
+        log: log.clone(),
+        source: LogSource::Stderr,
+    })
+    .max_random_size(MAX_RANDOM_BYTES)
+    .allow_ip_name_lookup(false)
+    .allow_tcp(false)
+    .allow_udp(false);
+    b.build()
+}
+
+impl WasiView for RunState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for RunState {}
+
+impl context::Host for RunState {
+    fn task_id(&mut self) -> String {
+        self.task.id.clone()
+    }
+
+    fn unique_name(&mut self) -> Option<String> {
+        self.task.unique_name.clone()
+    }
+
+    fn tags(&mut self) -> Vec<String> {
+        self.task.tags.clone()
+    }
+
+    fn run_attempt_count(&mut self) -> u32 {
+        self.task.attempt
+    }
+
+    fn kind(&mut self) -> types::TaskKind {
+        match self.task.kind {
+            TaskKind::OneOff => types::TaskKind::OneOff,
+            TaskKind::Periodic => types::TaskKind::Periodic,
+            TaskKind::Processing => types::TaskKind::Processing,
+        }
+    }
+
+    fn time_left_ms(&mut self) -> u64 {
+        self.deadline.saturating_duration_since(Instant::now()).as_millis() as u64
+    }
+
+    fn set_progress(&mut self, progress: Vec<(String, types::Value)>) -> Result<(), String> {
+        let data = data_from_wit(progress).map_err(|e| {
+            let message = format!("progress refused: {e}");
+            self.log.push(LogLevel::Warn, LogSource::Host, message.clone());
+            message
+        })?;
+        if let Some(sink) = &self.progress {
+            sink(&data);
+        }
+        Ok(())
+    }
+}
+
+impl log::Host for RunState {
+    fn write(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        self.log.push(level, LogSource::Handler, message);
+    }
+}
+
+impl kv::Host for RunState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        self.kv.get(&key).map_err(kv_error)
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
+        self.kv.set(&key, &value).map_err(kv_error)
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
+        self.kv.delete(&key).map_err(kv_error)
+    }
+
+    fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::KvError> {
+        self.kv.increment(&key, delta).map_err(kv_error)
+    }
+}
+
+fn kv_error(e: KvError) -> kv::KvError {
+    match e {
+        KvError::ValueTooLarge(n) => kv::KvError::ValueTooLarge(n),
+        KvError::InvalidKey(n) => kv::KvError::InvalidKey(n),
+        KvError::TooManyKeys(n) => kv::KvError::TooManyKeys(n),
+        KvError::NotAnInteger => kv::KvError::NotAnInteger,
+        KvError::Overflow => kv::KvError::Overflow,
+        KvError::Unavailable(m) => kv::KvError::Unavailable(m),
+    }
+}
+
+/// Converts data from the guest, validating it.
+pub(crate) fn data_from_wit(pairs: Vec<(String, types::Value)>) -> Result<Data, crate::data::DataError> {
+    Data::from_pairs(pairs.into_iter().map(|(k, v)| {
+        let v = match v {
+            types::Value::S64(x) => Value::S64(x),
+            types::Value::Bool(x) => Value::Bool(x),
+            types::Value::F64(x) => Value::F64(x),
+            types::Value::String(x) => Value::String(x),
+            types::Value::S64List(x) => Value::S64List(x),
+            types::Value::BoolList(x) => Value::BoolList(x),
+            types::Value::F64List(x) => Value::F64List(x),
+            types::Value::StringList(x) => Value::StringList(x),
+        };
+        (k, v)
+    }))
+}
+
+/// Converts data for the guest.
+pub(crate) fn data_to_wit(data: &Data) -> Vec<(String, types::Value)> {
+    data.iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::S64(x) => types::Value::S64(*x),
+                Value::Bool(x) => types::Value::Bool(*x),
+                Value::F64(x) => types::Value::F64(*x),
+                Value::String(x) => types::Value::String(x.clone()),
+                Value::S64List(x) => types::Value::S64List(x.clone()),
+                Value::BoolList(x) => types::Value::BoolList(x.clone()),
+                Value::F64List(x) => types::Value::F64List(x.clone()),
+                Value::StringList(x) => types::Value::StringList(x.clone()),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}

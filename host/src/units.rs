@@ -1,0 +1,155 @@
+//! Durations and sizes as people write them: `500ms`, `30s`, `15m`, `2h`,
+//! `1h30m`; `64MiB`, `1GiB`, `512KiB`, `4096`.
+
+use std::time::Duration;
+
+/// A duration or size that could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UnitError {
+    /// Not a duration.
+    #[error("{0:?} is not a duration; write a number and a unit such as 500ms, 30s, 15m, 2h or 1h30m")]
+    BadDuration(String),
+    /// Not a size.
+    #[error("{0:?} is not a size; write bytes or a number and a unit such as 512KiB, 64MiB or 1GiB")]
+    BadSize(String),
+}
+
+/// Parses a duration: one or more `<integer><unit>` parts, unit one of
+/// `ms`, `s`, `m`, `h`, `d`.
+pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
+    let bad = || UnitError::BadDuration(text.to_string());
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit_ms: u64 = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
+        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// Parses a size in bytes: a plain integer, or an integer with `B`, `KiB`,
+/// `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB` (powers of 1000).
+pub fn parse_size(text: &str) -> Result<u64, UnitError> {
+    let bad = || UnitError::BadSize(text.to_string());
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let mult: u64 = match t[digits..].trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Writes a duration the way [`parse_duration`] reads it, to millisecond
+/// precision (`1h30m`, `250ms`, `0s`).
+pub fn format_duration(d: Duration) -> String {
+    let mut ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let mut out = String::new();
+    for (unit, size) in [
+        ("d", 86_400_000u128),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ] {
+        if ms >= size {
+            out.push_str(&format!("{}{unit}", ms / size));
+            ms %= size;
+        }
+    }
+    out
+}
+
+/// Writes a size with a binary unit (`64MiB`, `1.5KiB`, `12B`).
+pub fn format_size(bytes: u64) -> String {
+    for (unit, size) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= size {
+            let whole = bytes / size;
+            let tenths = (bytes % size) * 10 / size;
+            return if tenths == 0 {
+                format!("{whole}{unit}")
+            } else {
+                format!("{whole}.{tenths}{unit}")
+            };
+        }
+    }
+    format!("{bytes}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_written() {
+        for (text, ms) in [
+            ("500ms", 500),
+            ("30s", 30_000),
+            ("15m", 900_000),
+            ("2h", 7_200_000),
+            ("1h30m", 5_400_000),
+            ("1d", 86_400_000),
+        ] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
+            assert_eq!(
+                parse_duration(&format_duration(Duration::from_millis(ms))),
+                Ok(Duration::from_millis(ms))
+            );
+        }
+        for bad in ["", "10", "ms", "1x", "1.5s", "-1s", "99999999999999999999h"] {
+            assert_eq!(parse_duration(bad), Err(UnitError::BadDuration(bad.into())), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_read_as_written() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("12B", 12),
+            ("512KiB", 512 << 10),
+            ("64MiB", 64 << 20),
+            ("1GiB", 1 << 30),
+            ("1MB", 1_000_000),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "MiB", "1 TB", "1.5GiB", "-1"] {
+            assert_eq!(parse_size(bad), Err(UnitError::BadSize(bad.into())), "{bad:?}");
+        }
+        assert_eq!(format_size(64 << 20), "64MiB");
+        assert_eq!(format_size(1536), "1.5KiB");
+    }
+}

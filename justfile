@@ -1,0 +1,37 @@
+# workhost recipes. Run them through scripts/just, which installs the pinned
+# `just` on first use. CI runs `test` and `lint`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Install what the build needs that rustup can add: the wasm32-wasip2 target.
+setup:
+    rustup target add wasm32-wasip2
+
+# Build every guest example into target/guests/<name>.wasm.
+guests: setup
+    cargo build --quiet -p workhost-tests
+    @ls target/guests/*.wasm
+
+# The main job: run the example handlers through `workhost exec`.
+demo: guests
+    cargo build --quiet -p workhost --bin workhost
+    scripts/demo
+
+# Run every test: unit, integration (guests built from source), doc tests.
+test: setup
+    cargo test --workspace
+
+# Lints as CI runs them: formatting, and clippy with warnings as errors.
+lint: setup
+    cargo fmt --all --check
+    cd guest-examples && cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cd guest-examples && cargo clippy --target wasm32-wasip2 -- -D warnings
+
+# Print the executor benchmark: echo's cost per run against bare wasmtime.
+bench: setup
+    cargo bench -p workhost-tests --bench executor

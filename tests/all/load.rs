@@ -1,0 +1,137 @@
+//! Components are checked when loaded: bad ones are refused with a message
+//! that says what is wrong; good ones are compiled once and cached.
+
+use workhost::{CacheStatus, EngineConfig, Executor, LoadError};
+use workhost_tests::{executor, guests};
+
+fn load_error(bytes: &[u8]) -> LoadError {
+    executor().load_bytes(bytes).expect_err("the component must be refused")
+}
+
+#[test]
+fn a_file_that_is_not_wasm_is_refused() {
+    let err = load_error(b"#!/bin/sh\necho hello\n");
+    assert!(matches!(err, LoadError::NotWasm), "{err}");
+    assert!(err.to_string().contains("not a WebAssembly file"));
+}
+
+#[test]
+fn a_core_module_is_refused_with_how_to_make_a_component() {
+    let err = load_error(&wat::parse_str("(module)").unwrap());
+    assert!(matches!(err, LoadError::CoreModule), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn a_truncated_component_is_refused_as_invalid() {
+    let bytes = std::fs::read(guests::ECHO).unwrap();
+    let err = load_error(&bytes[..bytes.len() / 2]);
+    assert!(matches!(err, LoadError::Invalid(_)), "{err}");
+}
+
+#[test]
+fn a_component_without_the_handler_export_is_refused_naming_it() {
+    let err = load_error(&wat::parse_str("(component)").unwrap());
+    let message = err.to_string();
+    assert!(matches!(err, LoadError::MissingExport { .. }), "{message}");
+    assert!(
+        message.contains("workhost:task/handler@0.1.0") && message.contains("exports nothing"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_component_for_another_contract_version_is_refused_naming_both() {
+    let wat = r#"(component (instance $i) (export "workhost:task/handler@0.2.0" (instance $i)))"#;
+    let message = load_error(&wat::parse_str(wat).unwrap()).to_string();
+    assert!(
+        message.contains("workhost:task/handler@0.2.0") && message.contains("workhost:task/handler@0.1.0"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_handler_export_of_the_wrong_shape_is_refused() {
+    let wat = r#"(component (instance $i) (export "workhost:task/handler@0.1.0" (instance $i)))"#;
+    let err = load_error(&wat::parse_str(wat).unwrap());
+    assert!(matches!(err, LoadError::BadExport { .. }), "{err}");
+    assert!(err.to_string().contains("execute-task"), "{err}");
+}
+
+#[test]
+fn a_component_importing_what_the_host_lacks_is_refused_naming_the_import() {
+    let wat = r#"(component (import "example:secret/vault@1.0.0" (instance (export "open" (func)))))"#;
+    let err = load_error(&wat::parse_str(wat).unwrap());
+    assert!(
+        matches!(&err, LoadError::MissingImport { name, .. } if name == "example:secret/vault@1.0.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_host_start_loads_the_compile_cache_and_compiles_nothing() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..EngineConfig::default()
+    };
+
+    let first = Executor::new(config.clone()).unwrap();
+    let handler = first.load_file(guests::ECHO.as_ref()).unwrap();
+    assert_eq!(handler.cache_status(), CacheStatus::Compiled);
+    assert_eq!(first.engine().compiled_count(), 1);
+    drop(first);
+
+    let second = Executor::new(config.clone()).unwrap();
+    for guest in [guests::ECHO, guests::ECHO] {
+        assert_eq!(
+            second.load_file(guest.as_ref()).unwrap().cache_status(),
+            CacheStatus::Hit
+        );
+    }
+    assert_eq!(second.engine().compiled_count(), 0);
+    assert_eq!(second.engine().cache_hit_count(), 2);
+
+    // Another engine configuration (no fuel metering) cannot use that code.
+    let unmetered = Executor::new(EngineConfig { fuel: false, ..config }).unwrap();
+    assert_eq!(
+        unmetered.load_file(guests::ECHO.as_ref()).unwrap().cache_status(),
+        CacheStatus::Compiled
+    );
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled_not_trusted() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..EngineConfig::default()
+    };
+    Executor::new(config.clone())
+        .unwrap()
+        .load_file(guests::ECHO.as_ref())
+        .unwrap();
+    let entry = walk(cache.path())
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
+    std::fs::write(&entry, b"garbage").unwrap();
+    let again = Executor::new(config).unwrap();
+    assert_eq!(
+        again.load_file(guests::ECHO.as_ref()).unwrap().cache_status(),
+        CacheStatus::Compiled
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -1,0 +1,6 @@
+//! workhost's integration tests: one binary, one module per surface.
+
+mod examples;
+mod exec_cli;
+mod load;
+mod stops;

@@ -1,0 +1,102 @@
+//! Test support for workhost's integration tests and benchmarks: paths of
+//! the built guest examples, the `workhost` binary, and small helpers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use workhost::{EngineConfig, Executor};
+
+/// Paths of the guest examples, built from source by `build.rs`.
+pub mod guests {
+    include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// An executor with the default engine, no compile cache.
+pub fn executor() -> Executor {
+    Executor::new(EngineConfig::default()).expect("building the default engine")
+}
+
+/// An executor on an engine without fuel metering.
+pub fn unmetered_executor() -> Executor {
+    Executor::new(EngineConfig {
+        fuel: false,
+        ..EngineConfig::default()
+    })
+    .expect("building an unmetered engine")
+}
+
+/// The `workhost` binary, built once per test process with the cargo that
+/// runs the tests (so it is never stale).
+pub fn workhost_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(root())
+            .args(["build", "--quiet", "-p", "workhost", "--bin", "workhost"])
+            .status()
+            .expect("running cargo build for the workhost binary");
+        assert!(status.success(), "building the workhost binary failed");
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/all-<hash> -> target/<profile>/workhost
+        let bin = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .join("workhost");
+        assert!(bin.is_file(), "no workhost binary at {}", bin.display());
+        bin
+    })
+}
+
+/// What a finished `workhost` command printed and returned.
+#[derive(Debug)]
+pub struct CliRun {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliRun {
+    /// Standard output parsed as one JSON value.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not one JSON value ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+}
+
+impl From<Output> for CliRun {
+    fn from(out: Output) -> Self {
+        CliRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `workhost <args>` with its compile cache in `cache`, and waits.
+pub fn workhost(args: &[&str], cache: &Path) -> CliRun {
+    Command::new(workhost_bin())
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .expect("running workhost")
+        .into()
+}
