@@ -38,17 +38,31 @@ mod budget;
 mod data;
 mod engine;
 mod executor;
+mod host;
 mod kv;
 mod outcome;
 mod platform;
+mod retry;
 mod runlog;
+mod store;
 pub mod units;
+mod work;
 
 pub use budget::{Budget, DEFAULT_FUEL, TaskKind};
 pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
 pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
+pub use host::{
+    Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SystemClock, TaskEvent, TestDriver,
+};
 pub use kv::{Kv, KvError, KvLimits, KvStore, MemoryKv};
 pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
+pub use retry::{RetryFacts, Transition, decide};
 pub use runlog::{LogLevel, LogLine, LogSource};
+pub use store::{Change, Claimed, Query, Selector, SqliteStore, StoreError, TaskStore};
+pub use work::{
+    AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
+    ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
+    backoff_delay,
+};

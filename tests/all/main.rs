@@ -3,4 +3,5 @@
 mod examples;
 mod exec_cli;
 mod load;
+mod scheduler;
 mod stops;

@@ -100,3 +100,28 @@ pub fn workhost(args: &[&str], cache: &Path) -> CliRun {
         .expect("running workhost")
         .into()
 }
+
+/// A host configuration on `data_dir` with every example as a handler
+/// (named like the example; `spin` runs without fuel so only the clock or
+/// a cancel stops it) and the periodic floors lowered to 1 s.
+pub fn host_config(data_dir: &Path) -> workhost::HostConfig {
+    let mut config = workhost::HostConfig::new(data_dir);
+    for (name, path) in [
+        ("echo", guests::ECHO),
+        ("counter", guests::COUNTER),
+        ("flaky", guests::FLAKY),
+        ("fail", guests::FAIL),
+        ("trap", guests::TRAP),
+        ("spin", guests::SPIN),
+        ("chatty", guests::CHATTY),
+    ] {
+        let mut handler = workhost::HandlerConfig::new(name, path);
+        handler.fuel = name != "spin";
+        config.handlers.push(handler);
+    }
+    config.periodic_floor = workhost::PeriodicFloor {
+        min_frequency: std::time::Duration::from_secs(1),
+        min_flex: std::time::Duration::from_secs(1),
+    };
+    config
+}

@@ -1,0 +1,784 @@
+//! The background-task runtime: [`Queue`] (enqueue, cancel, query, pause,
+//! prune; what CLI commands use) and [`Host`], which adds the handlers and
+//! the dispatcher that claims due work, runs it on the executor and applies
+//! the retry policy. [`TestDriver`] runs a host on a manual clock.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::budget::{Budget, TaskKind};
+use crate::data::Data;
+use crate::engine::{EngineConfig, EngineError, LoadError};
+use crate::executor::{Executor, Handler, RunRequest, StopHandle};
+use crate::kv::{Kv, KvLimits};
+use crate::outcome::{RunResult, StopReason};
+use crate::platform::TaskFacts;
+use crate::retry::decide;
+use crate::store::{Change, Claimed, Query, Selector, SqliteStore, StoreError, TaskStore};
+use crate::work::{Enqueued, Millis, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
+
+/// Where "now" comes from.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Milliseconds since the Unix epoch.
+    fn now(&self) -> Millis;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Millis {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis)
+    }
+}
+
+/// A clock that moves only when told to.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: AtomicI64,
+}
+
+impl ManualClock {
+    /// A clock reading `start`.
+    pub fn new(start: Millis) -> Self {
+        ManualClock {
+            now: AtomicI64::new(start),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.now.fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Millis {
+        self.now.load(Ordering::SeqCst)
+    }
+}
+
+/// One handler of a host.
+#[derive(Debug, Clone)]
+pub struct HandlerConfig {
+    /// The name work requests use.
+    pub name: String,
+    /// The component file.
+    pub component: PathBuf,
+    /// Default budget of one-off and periodic runs.
+    pub budget: Budget,
+    /// Default budget of processing runs.
+    pub processing_budget: Budget,
+    /// Most runs of this handler at once.
+    pub concurrency: usize,
+    /// Run on the fuel-metered engine (default) or the unmetered one.
+    pub fuel: bool,
+    /// kv limits.
+    pub kv_limits: KvLimits,
+}
+
+impl HandlerConfig {
+    /// A handler with default budgets and a concurrency of 4.
+    pub fn new(name: impl Into<String>, component: impl Into<PathBuf>) -> Self {
+        HandlerConfig {
+            name: name.into(),
+            component: component.into(),
+            budget: Budget::for_kind(TaskKind::OneOff),
+            processing_budget: Budget::for_kind(TaskKind::Processing),
+            concurrency: 4,
+            fuel: true,
+            kv_limits: KvLimits::default(),
+        }
+    }
+}
+
+/// How a host is built.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where the database (and the compile cache) live.
+    pub data_dir: PathBuf,
+    /// The handlers.
+    pub handlers: Vec<HandlerConfig>,
+    /// Most runs at once over all handlers.
+    pub max_concurrency: usize,
+    /// Floors for periodic work.
+    pub periodic_floor: PeriodicFloor,
+    /// How long finished work is kept before `prune` removes it.
+    pub retention: Duration,
+    /// How long running work may go on after shutdown is asked for.
+    pub shutdown_grace: Duration,
+    /// How often the store is polled for other processes' changes.
+    pub poll_interval: Duration,
+    /// The engine of fuel-metered handlers (the unmetered engine copies it).
+    pub engine: EngineConfig,
+}
+
+impl HostConfig {
+    /// Defaults: 16 runs at once, WorkManager's periodic floors, 1 day of
+    /// retention, a 10 s shutdown grace, a 25 ms poll, and the compile cache
+    /// in `<data_dir>/cache`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
+        HostConfig {
+            engine: EngineConfig {
+                cache_dir: Some(data_dir.join("cache")),
+                ..EngineConfig::default()
+            },
+            data_dir,
+            handlers: Vec::new(),
+            max_concurrency: 16,
+            periodic_floor: PeriodicFloor::default(),
+            retention: Duration::from_secs(86_400),
+            shutdown_grace: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(25),
+        }
+    }
+}
+
+/// A host could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The engine could not be built.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A handler's component could not be loaded.
+    #[error("handler {name:?} ({path:?}): {source}")]
+    Handler {
+        /// Handler name.
+        name: String,
+        /// Component path.
+        path: PathBuf,
+        /// Why.
+        source: LoadError,
+    },
+    /// Another process already runs a host on this data directory.
+    #[error("another `workhost serve` is already running on {0:?}; stop it first, or use another data directory")]
+    AlreadyServing(PathBuf),
+}
+
+/// What happened to a task, as observers see it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskEvent {
+    /// The task.
+    pub id: TaskId,
+    /// Its state after the event.
+    pub state: TaskState,
+    /// `scheduled`, `blocked`, `started`, `succeeded`, `failed`, `cancelled`,
+    /// `retrying`, `rescheduled` or `recovered`.
+    pub event: &'static str,
+    /// Details: attempt, stop reason, next run time, error.
+    pub detail: String,
+    /// When, ms since the epoch.
+    pub at: Millis,
+}
+
+/// The shared part of a host that needs no handlers: enqueue, cancel,
+/// query, pause, prune. CLI commands open one on the data directory while a
+/// daemon may be running on it.
+#[derive(Clone)]
+pub struct Queue {
+    store: Arc<SqliteStore>,
+    handlers: Arc<Vec<String>>,
+    floor: PeriodicFloor,
+    retention: Duration,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<TaskEvent>,
+    wake: Arc<Notify>,
+    /// Held from an enqueue's commit until its events are published, so a
+    /// run's `started` never precedes its `scheduled`.
+    publishing: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("store", &self.store)
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("store calls do not panic")
+}
+
+impl Queue {
+    /// Opens the store in `data_dir`. `handlers` are the names enqueue
+    /// accepts.
+    pub fn open(
+        data_dir: &std::path::Path,
+        handlers: Vec<String>,
+        floor: PeriodicFloor,
+        retention: Duration,
+    ) -> Result<Queue, StoreError> {
+        Ok(Queue {
+            store: SqliteStore::open(data_dir)?,
+            handlers: Arc::new(handlers),
+            floor,
+            retention,
+            clock: Arc::new(SystemClock),
+            events: broadcast::channel(4096).0,
+            wake: Arc::new(Notify::new()),
+            publishing: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<SqliteStore> {
+        &self.store
+    }
+
+    /// Now, by the queue's clock.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Enqueues work; durable when this returns.
+    pub async fn enqueue(&self, request: WorkRequest) -> Result<Enqueued, WorkError> {
+        if !self.handlers.iter().any(|h| *h == request.handler) {
+            return Err(WorkError::UnknownHandler(request.handler));
+        }
+        let (request, warnings) = request.checked(&self.floor)?;
+        let (store, now) = (self.store.clone(), self.now());
+        let _order = self.publishing.lock().await;
+        let (mut enqueued, changes) = blocking(move || store.enqueue(request, now)).await?;
+        enqueued.warnings = warnings;
+        self.publish(&changes, |c| match c.state {
+            TaskState::Blocked => ("blocked", String::new()),
+            TaskState::Cancelled => ("cancelled", "replaced by new unique work".into()),
+            TaskState::Failed => ("failed", "work it runs after failed".into()),
+            _ => ("scheduled", String::new()),
+        });
+        self.wake.notify_one();
+        Ok(enqueued)
+    }
+
+    /// Cancels work (and its dependents); returns the ids cancelled.
+    pub async fn cancel(&self, selector: Selector) -> Result<Vec<TaskId>, StoreError> {
+        let (store, now) = (self.store.clone(), self.now());
+        let changes = blocking(move || store.cancel(&selector, now)).await?;
+        self.publish(&changes, |_| ("cancelled", String::new()));
+        self.wake.notify_one();
+        Ok(changes.iter().map(|c| c.id).collect())
+    }
+
+    /// One task with its attempt history.
+    pub async fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError> {
+        let store = self.store.clone();
+        blocking(move || store.get(id)).await
+    }
+
+    /// Tasks matching the filter.
+    pub async fn query(&self, query: Query) -> Result<Vec<TaskInfo>, StoreError> {
+        let store = self.store.clone();
+        blocking(move || store.query(&query)).await
+    }
+
+    /// Pauses: nothing new starts, in this process or any other on the
+    /// store, until `resume`.
+    pub async fn pause(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        blocking(move || store.set_paused(true)).await
+    }
+
+    /// Resumes after `pause`.
+    pub async fn resume(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        blocking(move || store.set_paused(false)).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether the store is paused.
+    pub async fn is_paused(&self) -> Result<bool, StoreError> {
+        let store = self.store.clone();
+        blocking(move || store.paused()).await
+    }
+
+    /// Removes finished work older than the retention period (`all`:
+    /// every finished task); returns how many.
+    pub async fn prune(&self, all: bool) -> Result<usize, StoreError> {
+        let before = if all {
+            Millis::MAX
+        } else {
+            self.now() - self.retention.as_millis() as Millis
+        };
+        let store = self.store.clone();
+        blocking(move || store.prune(before)).await
+    }
+
+    /// A stream of state changes made by this process.
+    pub fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, changes: &[Change], describe: impl Fn(&Change) -> (&'static str, String)) {
+        let at = self.now();
+        for c in changes {
+            let (event, detail) = describe(c);
+            let _ = self.events.send(TaskEvent {
+                id: c.id,
+                state: c.state,
+                event,
+                detail,
+                at,
+            });
+        }
+    }
+}
+
+struct LoadedHandler {
+    handler: Handler,
+    config: HandlerConfig,
+}
+
+struct Inner {
+    queue: Queue,
+    handlers: HashMap<String, LoadedHandler>,
+    max_concurrency: usize,
+    poll: Duration,
+    running: Mutex<HashMap<TaskId, (String, StopHandle)>>,
+    shutting_down: watch::Sender<bool>,
+    _lock: std::fs::File,
+}
+
+/// A running host: the queue plus handlers and the dispatcher.
+pub struct Host {
+    inner: Arc<Inner>,
+    dispatcher: tokio::task::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("queue", &self.inner.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Host {
+    /// Starts a host on the system clock.
+    pub async fn start(config: HostConfig) -> Result<Host, HostError> {
+        Self::start_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// Starts a host: opens the store, loads (or loads from the cache) every
+    /// handler, re-enqueues work a dead host left running, and starts
+    /// dispatching.
+    pub async fn start_with_clock(config: HostConfig, clock: Arc<dyn Clock>) -> Result<Host, HostError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::DataDir {
+            path: config.data_dir.clone(),
+            detail: e.to_string(),
+        })?;
+        let lock_path = config.data_dir.join("serve.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::DataDir {
+                path: config.data_dir.clone(),
+                detail: e.to_string(),
+            })?;
+        if lock.try_lock().is_err() {
+            return Err(HostError::AlreadyServing(config.data_dir.clone()));
+        }
+        let names = config.handlers.iter().map(|h| h.name.clone()).collect();
+        let mut queue = Queue::open(&config.data_dir, names, config.periodic_floor, config.retention)?;
+        queue.clock = clock;
+
+        let handler_configs = config.handlers.clone();
+        let engine = config.engine.clone();
+        let handlers = blocking(move || -> Result<HashMap<String, LoadedHandler>, HostError> {
+            let metered = Executor::new(EngineConfig {
+                fuel: true,
+                ..engine.clone()
+            })?;
+            let mut unmetered = None;
+            let mut out = HashMap::new();
+            for hc in handler_configs {
+                let executor = if hc.fuel {
+                    &metered
+                } else {
+                    if unmetered.is_none() {
+                        unmetered = Some(Executor::new(EngineConfig {
+                            fuel: false,
+                            ..engine.clone()
+                        })?);
+                    }
+                    unmetered.as_ref().expect("just set")
+                };
+                let handler = executor.load_file(&hc.component).map_err(|source| HostError::Handler {
+                    name: hc.name.clone(),
+                    path: hc.component.clone(),
+                    source,
+                })?;
+                out.insert(hc.name.clone(), LoadedHandler { handler, config: hc });
+            }
+            Ok(out)
+        })
+        .await?;
+
+        let store = queue.store.clone();
+        let now = queue.now();
+        let recovered = blocking(move || store.recover(now)).await?;
+        queue.publish(&recovered, |c| {
+            ("recovered", format!("was running when its host died; now {}", c.state))
+        });
+
+        let inner = Arc::new(Inner {
+            queue,
+            handlers,
+            max_concurrency: config.max_concurrency.max(1),
+            poll: config.poll_interval,
+            running: Mutex::new(HashMap::new()),
+            shutting_down: watch::channel(false).0,
+            _lock: lock,
+        });
+        let dispatcher = tokio::spawn(dispatch(inner.clone()));
+        Ok(Host {
+            inner,
+            dispatcher,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// The queue: enqueue, cancel, query, pause, subscribe.
+    pub fn queue(&self) -> &Queue {
+        &self.inner.queue
+    }
+
+    /// Cancels work; running work stops within about one epoch tick.
+    pub async fn cancel(&self, selector: Selector) -> Result<Vec<TaskId>, StoreError> {
+        let ids = self.inner.queue.cancel(selector).await?;
+        self.inner.stop_running(&ids, StopReason::Cancelled);
+        Ok(ids)
+    }
+
+    /// Stops running work of `ids` whose constraint stopped holding.
+    pub fn stop_for_constraint(&self, ids: &[TaskId]) {
+        self.inner.stop_running(ids, StopReason::ConstraintLost);
+    }
+
+    /// Ids of the tasks running now.
+    pub fn running(&self) -> Vec<TaskId> {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Takes no new work, lets running work finish within the grace period,
+    /// then stops it (`host-shutdown`, re-enqueued) and returns.
+    pub async fn shutdown(self) {
+        let _ = self.inner.shutting_down.send(true);
+        self.inner.queue.wake.notify_one();
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let ids = self.running();
+        self.inner.stop_running(&ids, StopReason::HostShutdown);
+        let _ = self.dispatcher.await;
+    }
+}
+
+impl Inner {
+    fn stop_running(&self, ids: &[TaskId], reason: StopReason) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            if let Some((_, stop)) = running.get(id) {
+                stop.stop(reason);
+            }
+        }
+    }
+
+    fn free_slots(&self) -> (usize, HashMap<String, usize>) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per: HashMap<String, usize> = self
+            .handlers
+            .iter()
+            .map(|(n, h)| (n.clone(), h.config.concurrency))
+            .collect();
+        for (handler, _) in running.values() {
+            if let Some(n) = per.get_mut(handler) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        (self.max_concurrency.saturating_sub(running.len()), per)
+    }
+
+    /// Whether nothing runs and nothing is due now (or the host is paused).
+    async fn idle(&self) -> bool {
+        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return false;
+        }
+        let store = self.queue.store.clone();
+        let (paused, due) = blocking(move || (store.paused(), store.next_due())).await;
+        paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now())
+    }
+}
+
+/// The dispatcher: claims due work when slots are free, starts runs, and
+/// notices other processes' cancels and pauses by polling the store.
+async fn dispatch(inner: Arc<Inner>) {
+    let mut shutting_down = inner.shutting_down.subscribe();
+    let mut runs = tokio::task::JoinSet::new();
+    let mut last_change = u64::MAX;
+    loop {
+        if *shutting_down.borrow() {
+            break;
+        }
+        let store = inner.queue.store.clone();
+        let (free, per) = inner.free_slots();
+        let now = inner.queue.now();
+        let (claimed, counter) = blocking(move || {
+            let claimed = if free > 0 && !store.paused().unwrap_or(false) {
+                store.claim(now, free, &per)
+            } else {
+                Ok(Vec::new())
+            };
+            (claimed, store.change_counter().unwrap_or(0))
+        })
+        .await;
+        for c in claimed.unwrap_or_default() {
+            let (stop, handler) = (StopHandle::new(), c.info.handler.clone());
+            inner
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(c.info.id, (handler, stop.clone()));
+            runs.spawn(run_task(inner.clone(), c, stop));
+        }
+        if counter != last_change {
+            last_change = counter;
+            notice_foreign_cancels(&inner).await;
+        }
+        while runs.try_join_next().is_some() {}
+        tokio::select! {
+            () = inner.queue.wake.notified() => {}
+            () = tokio::time::sleep(inner.poll) => {}
+            _ = shutting_down.changed() => {}
+            Some(_) = runs.join_next(), if !runs.is_empty() => {}
+        }
+    }
+    while runs.join_next().await.is_some() {}
+}
+
+/// Stops running work that another process cancelled.
+async fn notice_foreign_cancels(inner: &Arc<Inner>) {
+    let ids: Vec<TaskId> = inner
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .copied()
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let store = inner.queue.store.clone();
+    let q = Query {
+        ids: Some(ids),
+        ..Query::default()
+    };
+    if let Ok(tasks) = blocking(move || store.query(&q)).await {
+        let cancelled: Vec<TaskId> = tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Cancelled)
+            .map(|t| t.id)
+            .collect();
+        inner.stop_running(&cancelled, StopReason::Cancelled);
+    }
+}
+
+async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
+    let info = &claimed.info;
+    let queue = &inner.queue;
+    let attempt = info.run_attempt_count;
+    drop(queue.publishing.lock().await);
+    let _ = queue.events.send(TaskEvent {
+        id: info.id,
+        state: TaskState::Running,
+        event: "started",
+        detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
+        at: queue.now(),
+    });
+    let outcome = match inner.handlers.get(&info.handler) {
+        Some(loaded) => {
+            let mut budget = if info.kind == TaskKind::Processing {
+                loaded.config.processing_budget.clone()
+            } else {
+                loaded.config.budget.clone()
+            };
+            // A task's own budget may only narrow its handler's.
+            if let Some(t) = info.budget.timeout {
+                budget.timeout = budget.timeout.min(t);
+            }
+            if let Some(f) = info.budget.fuel {
+                budget.fuel = Some(budget.fuel.map_or(f, |h| h.min(f)));
+            }
+            if let Some(m) = info.budget.max_memory_bytes {
+                budget.max_memory_bytes = budget.max_memory_bytes.min(m);
+            }
+            let store = queue.store.clone();
+            let id = info.id;
+            let request = RunRequest {
+                task: TaskFacts {
+                    id: info.id.to_string(),
+                    name: info.task.clone(),
+                    unique_name: info.unique_name.clone(),
+                    tags: info.tags.clone(),
+                    kind: info.kind,
+                    attempt,
+                },
+                input: info.input.clone(),
+                budget,
+                kv: Kv::new(queue.store.kv(), info.handler.clone(), loaded.config.kv_limits),
+                progress: Some(Arc::new(move |d: &Data| {
+                    let (store, d) = (store.clone(), d.clone());
+                    // Progress is stored off the run's thread; a lost
+                    // progress write only loses an observation.
+                    std::thread::spawn(move || store.set_progress(id, &d));
+                })),
+                stop,
+            };
+            loaded.handler.run(request).await
+        }
+        None => crate::outcome::RunOutcome {
+            result: RunResult::Failed(crate::outcome::Failure::Error(format!(
+                "no handler named {:?} in this host's manifest",
+                info.handler
+            ))),
+            duration: Duration::ZERO,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            log: Vec::new(),
+        },
+    };
+    let now = queue.now();
+    let transition = decide(&claimed.retry_facts(), &outcome.result, now);
+    let next = transition.next_run_at;
+    // Periodic work that moved on to its next period resets its attempts.
+    let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
+    let store = queue.store.clone();
+    let id = info.id;
+    let changes = blocking(move || store.finish(id, attempt, transition, &outcome, now))
+        .await
+        .unwrap_or_default();
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    queue.publish(&changes, |c| {
+        if c.id != id {
+            return match c.state {
+                TaskState::Enqueued => ("scheduled", "the work it runs after succeeded".into()),
+                s => (
+                    if s == TaskState::Failed { "failed" } else { "cancelled" },
+                    "the work it runs after ended".into(),
+                ),
+            };
+        }
+        match c.state {
+            TaskState::Succeeded => ("succeeded", String::new()),
+            TaskState::Failed => ("failed", String::new()),
+            TaskState::Cancelled => ("cancelled", String::new()),
+            TaskState::Enqueued if next_period => ("rescheduled", format!("next period at {next}")),
+            _ => ("retrying", format!("next attempt at {next}")),
+        }
+    });
+    queue.wake.notify_one();
+}
+
+/// Runs a host on a manual clock so tests control time and delays
+/// (WorkManager's TestDriver): nothing becomes due until the test says so.
+pub struct TestDriver {
+    host: Host,
+    clock: Arc<ManualClock>,
+}
+
+impl std::fmt::Debug for TestDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDriver")
+            .field("now", &self.clock.now())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TestDriver {
+    /// Starts a host on a manual clock reading 2026-01-01T00:00:00Z.
+    pub async fn start(config: HostConfig) -> Result<TestDriver, HostError> {
+        let clock = Arc::new(ManualClock::new(1_767_225_600_000));
+        let host = Host::start_with_clock(config, clock.clone()).await?;
+        Ok(TestDriver { host, clock })
+    }
+
+    /// The host.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &Queue {
+        self.host.queue()
+    }
+
+    /// Now, on the manual clock.
+    pub fn now(&self) -> Millis {
+        self.clock.now()
+    }
+
+    /// Moves the clock forward; work that becomes due starts.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.queue().wake.notify_one();
+    }
+
+    /// Makes a task's initial delay met: it is due now.
+    pub async fn set_initial_delay_met(&self, id: TaskId) -> Result<(), WorkError> {
+        let (store, now) = (self.queue().store.clone(), self.now());
+        blocking(move || store.make_due(id, now)).await?;
+        self.queue().wake.notify_one();
+        Ok(())
+    }
+
+    /// Makes a periodic task's period delay met: its next run is due now.
+    pub async fn set_period_delay_met(&self, id: TaskId) -> Result<(), WorkError> {
+        self.set_initial_delay_met(id).await
+    }
+
+    /// Waits until nothing runs and nothing is due at the current time.
+    pub async fn run_until_idle(&self) {
+        loop {
+            self.queue().wake.notify_one();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if self.host.inner.idle().await {
+                // Settle: a finishing run may have just made work due.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if self.host.inner.idle().await {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Shuts the host down.
+    pub async fn shutdown(self) {
+        self.host.shutdown().await;
+    }
+}

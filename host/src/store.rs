@@ -1,0 +1,1198 @@
+//! The durable task store: the [`TaskStore`] trait every backend
+//! implements, and [`SqliteStore`], the embedded default (one SQLite database
+//! in WAL mode in the data directory). Only this module does disk IO for
+//! tasks. Schema and commit protocol: docs/store.md.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::budget::TaskKind;
+use crate::data::Data;
+use crate::kv::{KvError, KvStore, parse_counter};
+use crate::outcome::RunOutcome;
+use crate::retry::{RetryFacts, Transition};
+use crate::work::{
+    AttemptRecord, BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, TaskId, TaskInfo,
+    TaskState, WorkError, WorkRequest,
+};
+
+/// The store failed, or the file is not a workhost database.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file exists but is not a workhost database (another program's
+    /// SQLite file, or not SQLite at all). Nothing was changed.
+    #[error(
+        "{path:?} is not a workhost database ({detail}); move it away or point --data-dir at another folder. Nothing was changed"
+    )]
+    Foreign {
+        /// The database file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// SQLite reported an error.
+    #[error("task store error: {0}")]
+    Sqlite(String),
+    /// The data directory could not be used.
+    #[error("cannot use the data directory {path:?}: {detail}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for WorkError {
+    fn from(e: rusqlite::Error) -> Self {
+        WorkError::Store(e.into())
+    }
+}
+
+/// Which tasks a cancel or query selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// One task.
+    Id(TaskId),
+    /// Every task with this unique name.
+    UniqueName(String),
+    /// Every task with this tag.
+    Tag(String),
+    /// Every task.
+    All,
+}
+
+/// A filter for [`TaskStore::query`]; unset fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only tasks with this tag.
+    pub tag: Option<String>,
+    /// Only tasks with this unique name.
+    pub unique_name: Option<String>,
+    /// Only these ids.
+    pub ids: Option<Vec<TaskId>>,
+    /// At most this many, oldest first (default: all).
+    pub limit: Option<usize>,
+}
+
+/// A task claimed for a run: the record as it was claimed (state RUNNING,
+/// attempt counted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The task.
+    pub info: TaskInfo,
+    /// Start of its current period (periodic work).
+    pub period_start: Millis,
+}
+
+impl Claimed {
+    /// The facts the retry policy needs.
+    pub fn retry_facts(&self) -> RetryFacts {
+        RetryFacts {
+            kind: self.info.kind,
+            periodic: self.info.periodic,
+            period_start: self.period_start,
+            attempts: self.info.run_attempt_count,
+            max_attempts: self.info.max_attempts,
+            backoff: self.info.backoff,
+            backoff_delay_ms: self.info.backoff_delay.as_millis() as i64,
+        }
+    }
+}
+
+/// What became of the tasks a store operation touched, for observers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The task.
+    pub id: TaskId,
+    /// Its new state.
+    pub state: TaskState,
+}
+
+/// A durable task store. Every method is atomic and durable when it returns.
+/// Backends pass the conformance suite in `tests/all/store.rs`.
+pub trait TaskStore: Send + Sync {
+    /// Enqueues work (already checked by [`WorkRequest::checked`]), applying
+    /// its unique-work policy atomically.
+    fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError>;
+    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run`,
+    /// oldest due first, marking them RUNNING and counting the attempt.
+    fn claim(&self, now: Millis, limit: usize, may_run: &HashMap<String, usize>) -> Result<Vec<Claimed>, StoreError>;
+    /// Records a finished run and applies its transition, unless the task
+    /// left RUNNING meanwhile (cancelled). Unblocks, fails or cancels
+    /// dependents as needed.
+    fn finish(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        transition: Transition,
+        outcome: &RunOutcome,
+        now: Millis,
+    ) -> Result<Vec<Change>, StoreError>;
+    /// Stores a running task's latest progress.
+    fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError>;
+    /// Cancels unfinished tasks and their dependents; returns what changed.
+    fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError>;
+    /// Makes ENQUEUED (or BLOCKED-free) task `id` due at `now`: the test
+    /// driver's "initial delay met" and "period delay met".
+    fn make_due(&self, id: TaskId, now: Millis) -> Result<(), WorkError>;
+    /// One task with its attempt history.
+    fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError>;
+    /// Tasks matching the filter, without attempt history.
+    fn query(&self, query: &Query) -> Result<Vec<TaskInfo>, StoreError>;
+    /// The earliest `next_run_at` of ENQUEUED work.
+    fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+    /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
+    fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError>;
+    /// Sets the paused flag shared by every process on this store.
+    fn set_paused(&self, paused: bool) -> Result<(), StoreError>;
+    /// The paused flag.
+    fn paused(&self) -> Result<bool, StoreError>;
+    /// Deletes finished tasks that finished before `before`; returns how many.
+    fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+    /// A number that changes whenever another connection commits (cheap;
+    /// polled to notice other processes' work).
+    fn change_counter(&self) -> Result<u64, StoreError>;
+    /// The durable kv backend on this store.
+    fn kv(&self) -> Arc<dyn KvStore>;
+}
+
+/// `PRAGMA application_id` of a workhost database ("wkhs").
+const APPLICATION_ID: i64 = 0x776b_6873;
+/// Schema version in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+const SCHEMA: &str = r#"
+CREATE TABLE tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    handler TEXT NOT NULL,
+    task TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    unique_name TEXT,
+    input TEXT NOT NULL,
+    output TEXT,
+    progress TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    next_run_at INTEGER NOT NULL,
+    initial_delay_ms INTEGER NOT NULL DEFAULT 0,
+    period_start INTEGER NOT NULL DEFAULT 0,
+    frequency_ms INTEGER,
+    flex_ms INTEGER,
+    backoff TEXT NOT NULL,
+    backoff_delay_ms INTEGER NOT NULL,
+    timeout_ms INTEGER,
+    fuel INTEGER,
+    max_memory INTEGER,
+    stop_reason TEXT,
+    error TEXT,
+    created_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE INDEX tasks_due ON tasks(state, next_run_at);
+CREATE INDEX tasks_unique ON tasks(unique_name) WHERE unique_name IS NOT NULL;
+CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE tags (tag TEXT NOT NULL, task_id INTEGER NOT NULL, PRIMARY KEY (tag, task_id)) WITHOUT ROWID;
+CREATE INDEX tags_task ON tags(task_id);
+CREATE TABLE deps (parent INTEGER NOT NULL, child INTEGER NOT NULL, PRIMARY KEY (parent, child)) WITHOUT ROWID;
+CREATE INDEX deps_child ON deps(child);
+CREATE TABLE attempts (
+    task_id INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    ended_at INTEGER,
+    outcome TEXT,
+    stop_reason TEXT,
+    error TEXT,
+    fuel INTEGER,
+    peak_memory INTEGER,
+    log TEXT,
+    PRIMARY KEY (task_id, attempt)
+) WITHOUT ROWID;
+CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"#;
+
+type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// The embedded store: `<data_dir>/workhost.db`, SQLite in WAL mode with
+/// `synchronous=FULL`. Writes go through one writer thread that commits
+/// whatever is queued in one transaction (group commit) and acknowledges
+/// each write only after that commit.
+pub struct SqliteStore {
+    path: PathBuf,
+    jobs: Mutex<mpsc::Sender<Job>>,
+    reader: Mutex<Connection>,
+    kv: Arc<SqliteKv>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`. A file that is
+    /// not a workhost database is refused, never reset.
+    pub fn open(data_dir: &Path) -> Result<Arc<SqliteStore>, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::DataDir {
+            path: data_dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let path = data_dir.join("workhost.db");
+        let writer = open_connection(&path)?;
+        init_schema(&writer, &path)?;
+        let reader = open_connection(&path)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("workhost-store".into())
+            .spawn(move || writer_loop(writer, rx))
+            .map_err(|e| StoreError::Sqlite(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new_cyclic(|weak: &std::sync::Weak<SqliteStore>| SqliteStore {
+            path,
+            jobs: Mutex::new(tx),
+            reader: Mutex::new(reader),
+            kv: Arc::new(SqliteKv { store: weak.clone() }),
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer's next transaction and waits for its commit.
+    fn write<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        let (tx, rx) = mpsc::sync_channel::<Result<T, E>>(1);
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let reply: Reply = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    Some(e) => Err(e.into()),
+                    None => result,
+                });
+            });
+            (ok, reply)
+        });
+        let sent = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+        if sent.is_err() {
+            return Err(StoreError::Sqlite("the store's writer thread has stopped".into()).into());
+        }
+        rx.recv()
+            .unwrap_or_else(|_| Err(StoreError::Sqlite("the store's writer thread has stopped".into()).into()))
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(f(&conn)?)
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let foreign = |detail: String| StoreError::Foreign {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::DataDir {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // The first read of the header tells a non-database file apart.
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| foreign(e.to_string()))?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| foreign(e.to_string()))?;
+    if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
+        return Err(foreign(format!(
+            "its application id is {app_id:#x} with {tables} schema objects"
+        )));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(|e| foreign(e.to_string()))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| -> Result<(), StoreError> {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+        if app_id == 0 {
+            conn.execute_batch(SCHEMA)?;
+            conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else if version != SCHEMA_VERSION {
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                detail: format!("schema version {version}, this workhost reads version {SCHEMA_VERSION}"),
+            });
+        }
+        Ok(())
+    })();
+    conn.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+    result
+}
+
+/// The writer thread: takes every queued job, runs each in a savepoint of one
+/// transaction, commits once, then acknowledges them all.
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = begin {
+            let e = StoreError::from(e);
+            for job in batch {
+                // Run nothing; every job is answered with the error.
+                let (_, reply) = job(&failed_connection_marker());
+                reply(Some(e.clone()));
+            }
+            continue;
+        }
+        for job in batch {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, reply) = job(&conn);
+            let _ = conn.execute_batch(if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            });
+            replies.push(reply);
+        }
+        let commit = conn.execute_batch("COMMIT").err().map(StoreError::from);
+        if commit.is_some() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+/// A connection to an empty in-memory database: jobs that run on it after a
+/// failed BEGIN produce errors that are then replaced by the BEGIN error.
+fn failed_connection_marker() -> Connection {
+    Connection::open_in_memory().expect("an in-memory SQLite database always opens")
+}
+
+fn kind_str(kind: TaskKind) -> &'static str {
+    kind.as_str()
+}
+
+fn backoff_str(b: BackoffPolicy) -> &'static str {
+    match b {
+        BackoffPolicy::Exponential => "exponential",
+        BackoffPolicy::Linear => "linear",
+    }
+}
+
+const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, output, progress, attempts, max_attempts, \
+     next_run_at, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, stop_reason, error, \
+     created_at, finished_at, period_start";
+
+fn data_column(text: Option<String>) -> Option<Data> {
+    text.and_then(|t| Data::from_json(&t).ok())
+}
+
+fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, Millis)> {
+    let frequency: Option<i64> = r.get(12)?;
+    let flex: Option<i64> = r.get(13)?;
+    let ms = |v: i64| std::time::Duration::from_millis(v.max(0) as u64);
+    let info = TaskInfo {
+        id: r.get(0)?,
+        handler: r.get(1)?,
+        task: r.get(2)?,
+        kind: TaskKind::parse(&r.get::<_, String>(3)?).unwrap_or(TaskKind::OneOff),
+        state: TaskState::parse(&r.get::<_, String>(4)?).unwrap_or(TaskState::Failed),
+        unique_name: r.get(5)?,
+        tags: Vec::new(),
+        input: data_column(r.get(6)?).unwrap_or_default(),
+        output: data_column(r.get(7)?),
+        progress: data_column(r.get(8)?),
+        run_attempt_count: r.get(9)?,
+        max_attempts: r.get(10)?,
+        next_run_at: r.get(11)?,
+        periodic: frequency.map(|f| Periodic {
+            frequency: ms(f),
+            flex: ms(flex.unwrap_or(f)),
+        }),
+        backoff: if r.get::<_, String>(14)? == "linear" {
+            BackoffPolicy::Linear
+        } else {
+            BackoffPolicy::Exponential
+        },
+        backoff_delay: ms(r.get(15)?),
+        budget: BudgetOverride {
+            timeout: r.get::<_, Option<i64>>(16)?.map(ms),
+            fuel: r.get::<_, Option<i64>>(17)?.map(|f| f as u64),
+            max_memory_bytes: r.get::<_, Option<i64>>(18)?.map(|m| m as u64),
+        },
+        stop_reason: r.get(19)?,
+        error: r.get(20)?,
+        after: Vec::new(),
+        created_at: r.get(21)?,
+        finished_at: r.get(22)?,
+        attempts: Vec::new(),
+    };
+    Ok((info, r.get(23)?))
+}
+
+fn load_tags_and_deps(conn: &Connection, info: &mut TaskInfo) -> rusqlite::Result<()> {
+    let mut s = conn.prepare_cached("SELECT tag FROM tags WHERE task_id = ?1 ORDER BY tag")?;
+    info.tags = s.query_map([info.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut s = conn.prepare_cached("SELECT parent FROM deps WHERE child = ?1 ORDER BY parent")?;
+    info.after = s.query_map([info.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    Ok(())
+}
+
+fn load_task(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<(TaskInfo, Millis)>> {
+    let mut s = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let Some((mut info, period_start)) = s.query_row([id], row_to_info).optional()? else {
+        return Ok(None);
+    };
+    load_tags_and_deps(conn, &mut info)?;
+    Ok(Some((info, period_start)))
+}
+
+fn set_state(
+    conn: &Connection,
+    id: TaskId,
+    state: TaskState,
+    error: Option<&str>,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    let finished = state.is_finished().then_some(now);
+    conn.prepare_cached("UPDATE tasks SET state = ?2, error = COALESCE(?3, error), finished_at = ?4 WHERE id = ?1")?
+        .execute(params![id, state.as_str(), error, finished])?;
+    Ok(())
+}
+
+/// Fails or cancels every unfinished dependent of `id`, transitively.
+fn propagate(
+    conn: &Connection,
+    id: TaskId,
+    state: TaskState,
+    now: Millis,
+    changes: &mut Vec<Change>,
+) -> rusqlite::Result<()> {
+    let mut stack = vec![id];
+    while let Some(parent) = stack.pop() {
+        let children: Vec<TaskId> = conn
+            .prepare_cached(
+                "SELECT d.child FROM deps d JOIN tasks t ON t.id = d.child \
+                 WHERE d.parent = ?1 AND t.state IN ('enqueued', 'blocked', 'running')",
+            )?
+            .query_map([parent], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        for child in children {
+            let error = (state == TaskState::Failed).then(|| format!("task {parent} that this task runs after failed"));
+            set_state(conn, child, state, error.as_deref(), now)?;
+            changes.push(Change { id: child, state });
+            stack.push(child);
+        }
+    }
+    Ok(())
+}
+
+/// Moves BLOCKED dependents of `id` whose parents have all succeeded to
+/// ENQUEUED, merging the parents' outputs over their input.
+fn unblock(conn: &Connection, id: TaskId, now: Millis, changes: &mut Vec<Change>) -> rusqlite::Result<()> {
+    let children: Vec<TaskId> = conn
+        .prepare_cached(
+            "SELECT d.child FROM deps d JOIN tasks t ON t.id = d.child WHERE d.parent = ?1 AND t.state = 'blocked'",
+        )?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for child in children {
+        try_release(conn, child, now, changes)?;
+    }
+    Ok(())
+}
+
+/// Decides a dependent task's state from its parents: FAILED or CANCELLED
+/// if one did, ENQUEUED (with merged input) if all succeeded, else BLOCKED.
+fn try_release(
+    conn: &Connection,
+    child: TaskId,
+    now: Millis,
+    changes: &mut Vec<Change>,
+) -> rusqlite::Result<TaskState> {
+    let parents: Vec<(TaskId, String, Option<String>)> = conn
+        .prepare_cached("SELECT t.id, t.state, t.output FROM deps d JOIN tasks t ON t.id = d.parent WHERE d.child = ?1 ORDER BY t.id")?
+        .query_map([child], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (parent, state, _) in &parents {
+        let state = TaskState::parse(state);
+        if matches!(state, Some(TaskState::Failed) | Some(TaskState::Cancelled)) {
+            let s = state.expect("matched");
+            let error = (s == TaskState::Failed).then(|| format!("task {parent} that this task runs after failed"));
+            set_state(conn, child, s, error.as_deref(), now)?;
+            changes.push(Change { id: child, state: s });
+            propagate(conn, child, s, now, changes)?;
+            return Ok(s);
+        }
+    }
+    if parents.iter().any(|(_, s, _)| s != "succeeded") {
+        return Ok(TaskState::Blocked);
+    }
+    let (input, delay): (String, i64) = conn.query_row(
+        "SELECT input, initial_delay_ms FROM tasks WHERE id = ?1",
+        [child],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut merged = Data::from_json(&input).unwrap_or_default();
+    for (_, _, output) in &parents {
+        if let Some(out) = data_column(output.clone()) {
+            merged.merge(&out);
+        }
+    }
+    if let Err(e) = merged.validate() {
+        set_state(
+            conn,
+            child,
+            TaskState::Failed,
+            Some(&format!("merged input refused: {e}")),
+            now,
+        )?;
+        changes.push(Change {
+            id: child,
+            state: TaskState::Failed,
+        });
+        propagate(conn, child, TaskState::Failed, now, changes)?;
+        return Ok(TaskState::Failed);
+    }
+    conn.prepare_cached("UPDATE tasks SET state = 'enqueued', input = ?2, next_run_at = ?3 WHERE id = ?1")?
+        .execute(params![child, merged.to_json(), now + delay])?;
+    changes.push(Change {
+        id: child,
+        state: TaskState::Enqueued,
+    });
+    Ok(TaskState::Enqueued)
+}
+
+fn cancel_ids(conn: &Connection, ids: &[TaskId], now: Millis, changes: &mut Vec<Change>) -> rusqlite::Result<()> {
+    for &id in ids {
+        let state: Option<String> = conn
+            .query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        if state
+            .as_deref()
+            .and_then(TaskState::parse)
+            .is_some_and(|s| !s.is_finished())
+        {
+            set_state(conn, id, TaskState::Cancelled, None, now)?;
+            changes.push(Change {
+                id,
+                state: TaskState::Cancelled,
+            });
+            propagate(conn, id, TaskState::Cancelled, now, changes)?;
+        }
+    }
+    Ok(())
+}
+
+fn insert_task(
+    conn: &Connection,
+    r: &WorkRequest,
+    after: &[TaskId],
+    now: Millis,
+    changes: &mut Vec<Change>,
+) -> Result<TaskId, WorkError> {
+    let delay = r.initial_delay.as_millis() as i64;
+    let (period_start, next_run_at) = match r.periodic {
+        Some(p) => (now + delay, p.due_in_period(now + delay)),
+        None => (0, now + delay),
+    };
+    let state = if after.is_empty() {
+        TaskState::Enqueued
+    } else {
+        TaskState::Blocked
+    };
+    conn.prepare_cached(
+        "INSERT INTO tasks (handler, task, kind, state, unique_name, input, max_attempts, next_run_at, initial_delay_ms, \
+         period_start, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+    )?
+    .execute(params![
+        r.handler,
+        r.task,
+        kind_str(r.kind),
+        state.as_str(),
+        r.unique.as_ref().map(|(n, _)| n.as_str()),
+        r.input.to_json(),
+        r.max_attempts,
+        next_run_at,
+        delay,
+        period_start,
+        r.periodic.map(|p| p.frequency.as_millis() as i64),
+        r.periodic.map(|p| p.flex.as_millis() as i64),
+        backoff_str(r.backoff),
+        r.backoff_delay.as_millis() as i64,
+        r.budget.timeout.map(|t| t.as_millis() as i64),
+        r.budget.fuel.map(|f| f as i64),
+        r.budget.max_memory_bytes.map(|m| m as i64),
+        now,
+    ])?;
+    let id = conn.last_insert_rowid();
+    for tag in &r.tags {
+        conn.prepare_cached("INSERT OR IGNORE INTO tags (tag, task_id) VALUES (?1, ?2)")?
+            .execute(params![tag, id])?;
+    }
+    for parent in after {
+        let exists: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1)", [parent], |r| {
+            r.get(0)
+        })?;
+        if !exists {
+            return Err(WorkError::UnknownTask(*parent));
+        }
+        conn.prepare_cached("INSERT OR IGNORE INTO deps (parent, child) VALUES (?1, ?2)")?
+            .execute(params![parent, id])?;
+    }
+    if after.is_empty() {
+        changes.push(Change { id, state });
+    } else if try_release(conn, id, now, changes)? == TaskState::Blocked {
+        changes.push(Change {
+            id,
+            state: TaskState::Blocked,
+        });
+    }
+    Ok(id)
+}
+
+fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError> {
+    let mut changes = Vec::new();
+    let mut after = std::mem::take(&mut r.after);
+    if let Some((name, policy)) = r.unique.clone() {
+        // The latest task with this name, and every unfinished one.
+        let latest: Option<(TaskId, String)> = conn
+            .query_row(
+                "SELECT id, state FROM tasks WHERE unique_name = ?1 ORDER BY id DESC LIMIT 1",
+                [&name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let unfinished: Vec<TaskId> = conn
+            .prepare_cached(
+                "SELECT id FROM tasks WHERE unique_name = ?1 AND state IN ('enqueued', 'running', 'blocked') ORDER BY id",
+            )?
+            .query_map([&name], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        let latest_state = latest.as_ref().and_then(|(_, s)| TaskState::parse(s));
+        use ExistingWorkPolicy::*;
+        match policy {
+            Keep if !unfinished.is_empty() => {
+                return Ok((
+                    Enqueued {
+                        id: unfinished[0],
+                        created: false,
+                        warnings: Vec::new(),
+                    },
+                    changes,
+                ));
+            }
+            Update if !unfinished.is_empty() => {
+                let id = unfinished[0];
+                conn.execute(
+                    "UPDATE tasks SET handler = ?2, task = ?3, input = ?4, max_attempts = ?5, frequency_ms = ?6, flex_ms = ?7, \
+                     backoff = ?8, backoff_delay_ms = ?9, timeout_ms = ?10, fuel = ?11, max_memory = ?12 WHERE id = ?1",
+                    params![
+                        id,
+                        r.handler,
+                        r.task,
+                        r.input.to_json(),
+                        r.max_attempts,
+                        r.periodic.map(|p| p.frequency.as_millis() as i64),
+                        r.periodic.map(|p| p.flex.as_millis() as i64),
+                        backoff_str(r.backoff),
+                        r.backoff_delay.as_millis() as i64,
+                        r.budget.timeout.map(|t| t.as_millis() as i64),
+                        r.budget.fuel.map(|f| f as i64),
+                        r.budget.max_memory_bytes.map(|m| m as i64),
+                    ],
+                )?;
+                conn.execute("DELETE FROM tags WHERE task_id = ?1", [id])?;
+                for tag in &r.tags {
+                    conn.execute(
+                        "INSERT OR IGNORE INTO tags (tag, task_id) VALUES (?1, ?2)",
+                        params![tag, id],
+                    )?;
+                }
+                return Ok((
+                    Enqueued {
+                        id,
+                        created: false,
+                        warnings: Vec::new(),
+                    },
+                    changes,
+                ));
+            }
+            Replace | CancelAndReenqueue => cancel_ids(conn, &unfinished, now, &mut changes)?,
+            Append => after.extend(latest.map(|(id, _)| id)),
+            AppendOrReplace => {
+                if !matches!(latest_state, Some(TaskState::Failed) | Some(TaskState::Cancelled)) {
+                    after.extend(latest.map(|(id, _)| id));
+                }
+            }
+            Keep | Update => {}
+        }
+    }
+    let id = insert_task(conn, &r, &after, now, &mut changes)?;
+    Ok((
+        Enqueued {
+            id,
+            created: true,
+            warnings: Vec::new(),
+        },
+        changes,
+    ))
+}
+
+fn selector_ids(conn: &Connection, selector: &Selector) -> rusqlite::Result<Vec<TaskId>> {
+    let unfinished = "state IN ('enqueued', 'running', 'blocked')";
+    let (sql, arg): (String, Option<String>) = match selector {
+        Selector::Id(id) => (
+            format!("SELECT id FROM tasks WHERE id = ?1 AND {unfinished}"),
+            Some(id.to_string()),
+        ),
+        Selector::UniqueName(n) => (
+            format!("SELECT id FROM tasks WHERE unique_name = ?1 AND {unfinished}"),
+            Some(n.clone()),
+        ),
+        Selector::Tag(t) => (
+            format!("SELECT t.id FROM tasks t JOIN tags g ON g.task_id = t.id WHERE g.tag = ?1 AND t.{unfinished}"),
+            Some(t.clone()),
+        ),
+        Selector::All => (format!("SELECT id FROM tasks WHERE {unfinished}"), None),
+    };
+    let mut s = conn.prepare(&sql)?;
+    let rows = match arg {
+        Some(a) => s.query_map([a], |r| r.get(0))?.collect(),
+        None => s.query_map([], |r| r.get(0))?.collect(),
+    };
+    rows
+}
+
+impl TaskStore for SqliteStore {
+    fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError> {
+        self.write(move |conn| enqueue_in(conn, request, now))
+    }
+
+    fn claim(&self, now: Millis, limit: usize, may_run: &HashMap<String, usize>) -> Result<Vec<Claimed>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut free = may_run.clone();
+        self.write(move |conn| {
+            let candidates: Vec<(TaskId, String)> = conn
+                .prepare_cached(
+                    "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1 ORDER BY next_run_at, id LIMIT ?2",
+                )?
+                .query_map(params![now, (limit * 4) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut claimed = Vec::new();
+            for (id, handler) in candidates {
+                if claimed.len() >= limit {
+                    break;
+                }
+                let Some(slots) = free.get_mut(&handler) else { continue };
+                if *slots == 0 {
+                    continue;
+                }
+                *slots -= 1;
+                conn.prepare_cached(
+                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL WHERE id = ?1 AND state = 'enqueued'",
+                )?
+                .execute([id])?;
+                let (mut info, period_start) = load_task(conn, id)?.expect("the row was just updated");
+                info.tags.shrink_to_fit();
+                conn.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, attempt, started_at) VALUES (?1, ?2, ?3)")?
+                    .execute(params![id, info.run_attempt_count, now])?;
+                claimed.push(Claimed { info, period_start });
+            }
+            Ok::<_, StoreError>(claimed)
+        })
+    }
+
+    fn finish(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        t: Transition,
+        outcome: &RunOutcome,
+        now: Millis,
+    ) -> Result<Vec<Change>, StoreError> {
+        let log = serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into());
+        let (kind, stop, error, fuel, peak) = (
+            outcome.kind().to_string(),
+            outcome.stop_reason().map(str::to_string),
+            outcome.error().map(str::to_string),
+            outcome.fuel_consumed.map(|f| f as i64),
+            outcome.peak_memory_bytes as i64,
+        );
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, peak_memory = ?8, log = ?9 \
+                 WHERE task_id = ?1 AND attempt = ?2",
+            )?
+            .execute(params![id, attempt, now, kind, stop, error, fuel, peak, log])?;
+            let finished = t.state.is_finished().then_some(now);
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE tasks SET state = ?3, next_run_at = ?4, period_start = ?5, attempts = ?6, \
+                     output = COALESCE(?7, output), stop_reason = ?8, error = ?9, finished_at = ?10 \
+                     WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+                )?
+                .execute(params![
+                    id,
+                    attempt,
+                    t.state.as_str(),
+                    t.next_run_at,
+                    t.period_start,
+                    t.attempts,
+                    t.output.as_ref().map(Data::to_json),
+                    t.stop_reason,
+                    t.error,
+                    finished,
+                ])?;
+            let mut changes = Vec::new();
+            if updated == 1 {
+                changes.push(Change { id, state: t.state });
+                match t.state {
+                    TaskState::Succeeded => unblock(conn, id, now, &mut changes)?,
+                    TaskState::Failed | TaskState::Cancelled => propagate(conn, id, t.state, now, &mut changes)?,
+                    _ => {}
+                }
+            }
+            Ok::<_, StoreError>(changes)
+        })
+    }
+
+    fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError> {
+        let json = progress.to_json();
+        self.write(move |conn| {
+            conn.prepare_cached("UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running'")?
+                .execute(params![id, json])?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError> {
+        let selector = selector.clone();
+        self.write(move |conn| {
+            let ids = selector_ids(conn, &selector)?;
+            let mut changes = Vec::new();
+            cancel_ids(conn, &ids, now, &mut changes)?;
+            Ok::<_, StoreError>(changes)
+        })
+    }
+
+    fn make_due(&self, id: TaskId, now: Millis) -> Result<(), WorkError> {
+        self.write(move |conn| {
+            let n = conn.execute(
+                "UPDATE tasks SET next_run_at = ?2 WHERE id = ?1 AND state = 'enqueued'",
+                params![id, now],
+            )?;
+            if n == 0 {
+                return Err(WorkError::Invalid(format!("task {id} is not enqueued")));
+            }
+            Ok(())
+        })
+    }
+
+    fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError> {
+        self.read(|conn| {
+            let Some((mut info, _)) = load_task(conn, id)? else {
+                return Ok(None);
+            };
+            let mut s = conn.prepare_cached(
+                "SELECT attempt, started_at, ended_at, outcome, stop_reason, error, fuel, peak_memory, log \
+                 FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+            )?;
+            info.attempts = s
+                .query_map([id], |r| {
+                    let log: Option<String> = r.get(8)?;
+                    Ok(AttemptRecord {
+                        attempt: r.get(0)?,
+                        started_at: r.get(1)?,
+                        ended_at: r.get(2)?,
+                        outcome: r.get(3)?,
+                        stop_reason: r.get(4)?,
+                        error: r.get(5)?,
+                        fuel_consumed: r.get::<_, Option<i64>>(6)?.map(|f| f as u64),
+                        peak_memory_bytes: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
+                        log: log.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(Some(info))
+        })
+    }
+
+    fn query(&self, q: &Query) -> Result<Vec<TaskInfo>, StoreError> {
+        self.read(|conn| {
+            let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE 1 = 1");
+            let mut args: Vec<String> = Vec::new();
+            if let Some(state) = q.state {
+                args.push(state.as_str().to_string());
+                sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+            }
+            if let Some(tag) = &q.tag {
+                args.push(tag.clone());
+                sql.push_str(&format!(
+                    " AND t.id IN (SELECT task_id FROM tags WHERE tag = ?{})",
+                    args.len()
+                ));
+            }
+            if let Some(name) = &q.unique_name {
+                args.push(name.clone());
+                sql.push_str(&format!(" AND t.unique_name = ?{}", args.len()));
+            }
+            if let Some(ids) = &q.ids {
+                let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+                sql.push_str(&format!(" AND t.id IN ({})", list.join(",")));
+            }
+            sql.push_str(" ORDER BY t.id");
+            if let Some(limit) = q.limit {
+                sql.push_str(&format!(" LIMIT {limit}"));
+            }
+            let mut s = conn.prepare(&sql)?;
+            let mut out: Vec<TaskInfo> = s
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                    row_to_info(r).map(|(i, _)| i)
+                })?
+                .collect::<Result<_, _>>()?;
+            for info in &mut out {
+                load_tags_and_deps(conn, info)?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued'", [], |r| {
+                r.get(0)
+            })
+        })
+    }
+
+    fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError> {
+        self.write(move |conn| {
+            let ids: Vec<TaskId> = conn
+                .prepare("SELECT id FROM tasks WHERE state = 'running'")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for id in &ids {
+                conn.execute(
+                    "UPDATE attempts SET ended_at = ?2, outcome = 'stopped', stop_reason = 'host-shutdown', \
+                     error = 'the host died during this run' WHERE task_id = ?1 AND ended_at IS NULL",
+                    params![id, now],
+                )?;
+                conn.execute(
+                    "UPDATE tasks SET state = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN 'failed' ELSE 'enqueued' END, \
+                     next_run_at = ?2, stop_reason = 'host-shutdown', \
+                     error = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN 'gave up after ' || attempts || ' attempts; the last one died with its host' ELSE error END, \
+                     finished_at = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN ?2 ELSE NULL END WHERE id = ?1",
+                    params![id, now],
+                )?;
+            }
+            let mut changes = Vec::new();
+            for id in ids {
+                let state: String = conn.query_row("SELECT state FROM tasks WHERE id = ?1", [id], |r| r.get(0))?;
+                let state = TaskState::parse(&state).unwrap_or(TaskState::Enqueued);
+                changes.push(Change { id, state });
+                if state == TaskState::Failed {
+                    propagate(conn, id, state, now, &mut changes)?;
+                }
+            }
+            Ok::<_, StoreError>(changes)
+        })
+    }
+
+    fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO settings (key, value) VALUES ('paused', ?1)",
+                [if paused { "1" } else { "0" }],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    fn paused(&self) -> Result<bool, StoreError> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row("SELECT value FROM settings WHERE key = 'paused'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+                .is_some_and(|v| v == "1"))
+        })
+    }
+
+    fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let where_ = "finished_at IS NOT NULL AND finished_at < ?1";
+            conn.execute(&format!("DELETE FROM tags WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"), [before])?;
+            conn.execute(&format!("DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"), [before])?;
+            conn.execute(
+                &format!("DELETE FROM deps WHERE parent IN (SELECT id FROM tasks WHERE {where_}) OR child IN (SELECT id FROM tasks WHERE {where_})"),
+                [before],
+            )?;
+            Ok::<_, StoreError>(conn.execute(&format!("DELETE FROM tasks WHERE {where_}"), [before])?)
+        })
+    }
+
+    fn change_counter(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+                .map(|v| v as u64)
+        })
+    }
+
+    fn kv(&self) -> Arc<dyn KvStore> {
+        self.kv.clone()
+    }
+}
+
+/// The durable kv backend: the `kv` table of the task store.
+struct SqliteKv {
+    store: std::sync::Weak<SqliteStore>,
+}
+
+impl SqliteKv {
+    fn store(&self) -> Result<Arc<SqliteStore>, KvError> {
+        self.store
+            .upgrade()
+            .ok_or_else(|| KvError::Unavailable("the task store is closed".into()))
+    }
+}
+
+fn kv_err(e: StoreError) -> KvError {
+    KvError::Unavailable(e.to_string())
+}
+
+fn count_keys(conn: &Connection, ns: &str) -> rusqlite::Result<u32> {
+    conn.query_row("SELECT count(*) FROM kv WHERE namespace = ?1", [ns], |r| r.get(0))
+}
+
+impl From<StoreError> for KvError {
+    fn from(e: StoreError) -> Self {
+        kv_err(e)
+    }
+}
+
+impl KvStore for SqliteKv {
+    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        self.store()?
+            .read(|conn| {
+                conn.query_row(
+                    "SELECT value FROM kv WHERE namespace = ?1 AND key = ?2",
+                    [namespace, key],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
+            .map_err(kv_err)
+    }
+
+    fn set(&self, namespace: &str, key: &str, value: &[u8], max_keys: u32) -> Result<(), KvError> {
+        let (ns, key, value) = (namespace.to_string(), key.to_string(), value.to_vec());
+        self.store()?.write(move |conn| {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT EXISTS(SELECT 1 FROM kv WHERE namespace = ?1 AND key = ?2)",
+                    [&ns, &key],
+                    |r| r.get(0),
+                )
+                .map_err(sq)?;
+            if !exists && count_keys(conn, &ns).map_err(sq)? >= max_keys {
+                return Err(KvError::TooManyKeys(max_keys));
+            }
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)",
+                params![ns, key, value],
+            )
+            .map_err(sq)?;
+            Ok(())
+        })
+    }
+
+    fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
+        let (ns, key) = (namespace.to_string(), key.to_string());
+        self.store()?.write(move |conn| {
+            conn.execute("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", [&ns, &key])
+                .map_err(sq)?;
+            Ok(())
+        })
+    }
+
+    fn increment(&self, namespace: &str, key: &str, delta: i64, max_keys: u32) -> Result<i64, KvError> {
+        let (ns, key) = (namespace.to_string(), key.to_string());
+        self.store()?.write(move |conn| {
+            let current: Option<Vec<u8>> = conn
+                .query_row(
+                    "SELECT value FROM kv WHERE namespace = ?1 AND key = ?2",
+                    [&ns, &key],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sq)?;
+            let current = match current {
+                Some(v) => parse_counter(&v)?,
+                None if count_keys(conn, &ns).map_err(sq)? >= max_keys => return Err(KvError::TooManyKeys(max_keys)),
+                None => 0,
+            };
+            let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (namespace, key, value) VALUES (?1, ?2, ?3)",
+                params![ns, key, next.to_string().into_bytes()],
+            )
+            .map_err(sq)?;
+            Ok(next)
+        })
+    }
+}
+
+fn sq(e: rusqlite::Error) -> KvError {
+    KvError::Unavailable(e.to_string())
+}

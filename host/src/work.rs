@@ -1,0 +1,562 @@
+//! Work requests and task records: what is enqueued, the task states, the
+//! unique-work and backoff policies, and the scheduling arithmetic (backoff
+//! delays, periodic windows). Pure: no wasmtime, no SQL.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::budget::TaskKind;
+use crate::data::Data;
+use crate::runlog::LogLine;
+
+/// A task's id: unique in its data directory, never reused.
+pub type TaskId = i64;
+
+/// Milliseconds since the Unix epoch: how the store and the clock speak of
+/// time.
+pub type Millis = i64;
+
+/// The states of a task (see docs/task-states.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Waiting for its time, its constraints or a free slot.
+    Enqueued,
+    /// A run is going on.
+    Running,
+    /// Done (one-off and processing work only).
+    Succeeded,
+    /// Failed permanently (one-off and processing work only).
+    Failed,
+    /// Waiting for the work it depends on.
+    Blocked,
+    /// Cancelled; the only way periodic work ends.
+    Cancelled,
+}
+
+impl TaskState {
+    /// The lowercase name used in JSON, SQL and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Enqueued => "enqueued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Blocked => "blocked",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads a lowercase state name.
+    pub fn parse(text: &str) -> Option<TaskState> {
+        [
+            TaskState::Enqueued,
+            TaskState::Running,
+            TaskState::Succeeded,
+            TaskState::Failed,
+            TaskState::Blocked,
+            TaskState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
+    /// Whether the task can never run again.
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl std::fmt::Display for TaskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What to do when work with the same unique name is already pending or
+/// running. One-off work takes `Keep` (default), `Replace`, `Append` or
+/// `AppendOrReplace`; periodic work `Keep`, `Update` (default) or
+/// `CancelAndReenqueue`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExistingWorkPolicy {
+    /// Keep the existing work; the new request is dropped and the existing
+    /// id returned.
+    Keep,
+    /// Cancel the existing work (and its dependents) and enqueue the new.
+    Replace,
+    /// Enqueue the new work after the existing work, as its dependent; if
+    /// the existing work fails or is cancelled, so does the new.
+    Append,
+    /// Like `Append`, but if the existing work already failed or was
+    /// cancelled, start a fresh chain instead.
+    AppendOrReplace,
+    /// Periodic: change the existing work's spec in place, keeping its id,
+    /// schedule and any run in progress.
+    Update,
+    /// Periodic: cancel the existing work and enqueue the new.
+    CancelAndReenqueue,
+}
+
+impl ExistingWorkPolicy {
+    /// Reads `keep`, `replace`, `append`, `append-or-replace`, `update` or
+    /// `cancel-and-reenqueue`.
+    pub fn parse(text: &str) -> Option<ExistingWorkPolicy> {
+        Some(match text {
+            "keep" => ExistingWorkPolicy::Keep,
+            "replace" => ExistingWorkPolicy::Replace,
+            "append" => ExistingWorkPolicy::Append,
+            "append-or-replace" => ExistingWorkPolicy::AppendOrReplace,
+            "update" => ExistingWorkPolicy::Update,
+            "cancel-and-reenqueue" => ExistingWorkPolicy::CancelAndReenqueue,
+            _ => return None,
+        })
+    }
+
+    fn fits(self, periodic: bool) -> bool {
+        use ExistingWorkPolicy::*;
+        if periodic {
+            matches!(self, Keep | Update | CancelAndReenqueue)
+        } else {
+            matches!(self, Keep | Replace | Append | AppendOrReplace)
+        }
+    }
+}
+
+/// How the delay before a retry grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffPolicy {
+    /// `delay × 2^(attempt−1)` (default).
+    Exponential,
+    /// `delay × attempt`.
+    Linear,
+}
+
+/// Shortest backoff delay (WorkManager's MIN_BACKOFF_MILLIS).
+pub const MIN_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest backoff delay, and the cap on any computed backoff.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 3600);
+/// Default backoff delay.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(30);
+/// Default attempt limit.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 20;
+/// Default period of periodic work.
+pub const DEFAULT_FREQUENCY: Duration = Duration::from_secs(15 * 60);
+/// Default floor of a period (an operator may lower it).
+pub const MIN_FREQUENCY: Duration = Duration::from_secs(15 * 60);
+/// Default floor of a flex window (an operator may lower it).
+pub const MIN_FLEX: Duration = Duration::from_secs(5 * 60);
+
+/// The backoff before retry number `attempt` (the attempt that just ended,
+/// counting from 1): the delay clamped to [10 s, 5 h], grown by the policy,
+/// capped at 5 h.
+pub fn backoff_delay(policy: BackoffPolicy, delay: Duration, attempt: u32) -> Duration {
+    let base = delay.clamp(MIN_BACKOFF, MAX_BACKOFF);
+    let attempt = attempt.max(1);
+    let grown = match policy {
+        BackoffPolicy::Exponential => base.checked_mul(1u32.checked_shl(attempt - 1).unwrap_or(u32::MAX)),
+        BackoffPolicy::Linear => base.checked_mul(attempt),
+    };
+    grown.unwrap_or(MAX_BACKOFF).min(MAX_BACKOFF)
+}
+
+/// Periodic scheduling: a run in the last `flex` of every `frequency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Periodic {
+    /// The period.
+    pub frequency: Duration,
+    /// The window at the end of each period in which the run happens
+    /// (defaults to the whole period).
+    pub flex: Duration,
+}
+
+impl Periodic {
+    /// When the run of the period starting at `period_start` is due.
+    pub fn due_in_period(&self, period_start: Millis) -> Millis {
+        period_start + (self.frequency.saturating_sub(self.flex)).as_millis() as Millis
+    }
+}
+
+/// Floors for periodic work; a host setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodicFloor {
+    /// Shortest period (default 15 min).
+    pub min_frequency: Duration,
+    /// Shortest flex (default 5 min).
+    pub min_flex: Duration,
+}
+
+impl Default for PeriodicFloor {
+    fn default() -> Self {
+        PeriodicFloor {
+            min_frequency: MIN_FREQUENCY,
+            min_flex: MIN_FLEX,
+        }
+    }
+}
+
+impl PeriodicFloor {
+    /// Clamps a period and flex to the floors (and flex to the period),
+    /// returning a warning for each change, as WorkManager does.
+    pub fn clamp(&self, mut p: Periodic) -> (Periodic, Vec<String>) {
+        let mut warnings = Vec::new();
+        if p.frequency < self.min_frequency {
+            warnings.push(format!(
+                "frequency {} is below the minimum {}; using {}",
+                crate::units::format_duration(p.frequency),
+                crate::units::format_duration(self.min_frequency),
+                crate::units::format_duration(self.min_frequency)
+            ));
+            p.frequency = self.min_frequency;
+        }
+        if p.flex < self.min_flex {
+            warnings.push(format!(
+                "flex {} is below the minimum {}; using {}",
+                crate::units::format_duration(p.flex),
+                crate::units::format_duration(self.min_flex),
+                crate::units::format_duration(self.min_flex)
+            ));
+            p.flex = self.min_flex;
+        }
+        if p.flex > p.frequency {
+            p.flex = p.frequency;
+        }
+        (p, warnings)
+    }
+}
+
+/// Per-task budget overrides; unset fields take the handler's budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BudgetOverride {
+    /// Wall-clock budget.
+    pub timeout: Option<Duration>,
+    /// Fuel budget.
+    pub fuel: Option<u64>,
+    /// Memory budget in bytes.
+    pub max_memory_bytes: Option<u64>,
+}
+
+/// A request to enqueue work.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkRequest {
+    /// The handler (a name from the manifest or `Host::register`).
+    pub handler: String,
+    /// The task name passed to `execute-task`.
+    pub task: String,
+    /// One-off, periodic or processing. Periodic work needs `periodic`.
+    pub kind: TaskKind,
+    /// Input data (validated at enqueue).
+    pub input: Data,
+    /// Wait this long before the first run (one-off and processing).
+    pub initial_delay: Duration,
+    /// The schedule of periodic work.
+    pub periodic: Option<Periodic>,
+    /// A unique name and what to do when it is taken.
+    pub unique: Option<(String, ExistingWorkPolicy)>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Work that must succeed first; its output is merged into this input.
+    pub after: Vec<TaskId>,
+    /// Backoff policy.
+    pub backoff: BackoffPolicy,
+    /// Backoff delay (clamped to [10 s, 5 h]).
+    pub backoff_delay: Duration,
+    /// Attempts before the task fails (one-off) or skips to its next period
+    /// (periodic).
+    pub max_attempts: u32,
+    /// Budget overrides within the handler's.
+    pub budget: BudgetOverride,
+}
+
+impl WorkRequest {
+    /// One-off work with defaults.
+    pub fn one_off(handler: impl Into<String>, task: impl Into<String>) -> WorkRequest {
+        WorkRequest {
+            handler: handler.into(),
+            task: task.into(),
+            kind: TaskKind::OneOff,
+            input: Data::new(),
+            initial_delay: Duration::ZERO,
+            periodic: None,
+            unique: None,
+            tags: Vec::new(),
+            after: Vec::new(),
+            backoff: BackoffPolicy::Exponential,
+            backoff_delay: DEFAULT_BACKOFF,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            budget: BudgetOverride::default(),
+        }
+    }
+
+    /// Periodic work every `frequency` (flex = the whole period).
+    pub fn periodic(handler: impl Into<String>, task: impl Into<String>, frequency: Duration) -> WorkRequest {
+        WorkRequest {
+            kind: TaskKind::Periodic,
+            periodic: Some(Periodic {
+                frequency,
+                flex: frequency,
+            }),
+            unique: None,
+            ..WorkRequest::one_off(handler, task)
+        }
+    }
+
+    /// Long processing work (10 min default budget).
+    pub fn processing(handler: impl Into<String>, task: impl Into<String>) -> WorkRequest {
+        WorkRequest {
+            kind: TaskKind::Processing,
+            ..WorkRequest::one_off(handler, task)
+        }
+    }
+
+    /// Checks what can be checked without the store; returns the request
+    /// with periodic values clamped, and warnings.
+    pub fn checked(mut self, floor: &PeriodicFloor) -> Result<(WorkRequest, Vec<String>), WorkError> {
+        self.input.validate().map_err(WorkError::Data)?;
+        if self.task.is_empty() {
+            return Err(WorkError::Invalid("the task name must not be empty".into()));
+        }
+        if self.max_attempts == 0 {
+            return Err(WorkError::Invalid("max attempts must be at least 1".into()));
+        }
+        if self.tags.iter().any(String::is_empty) {
+            return Err(WorkError::Invalid("tags must not be empty".into()));
+        }
+        let periodic = self.kind == TaskKind::Periodic;
+        if periodic != self.periodic.is_some() {
+            return Err(WorkError::Invalid(
+                "periodic work needs a frequency, and only periodic work has one".into(),
+            ));
+        }
+        if periodic && !self.after.is_empty() {
+            return Err(WorkError::Invalid("periodic work cannot run after other work".into()));
+        }
+        if let Some((name, policy)) = &self.unique {
+            if name.is_empty() {
+                return Err(WorkError::Invalid("the unique name must not be empty".into()));
+            }
+            if !policy.fits(periodic) {
+                return Err(WorkError::Invalid(format!(
+                    "policy {policy:?} does not apply to {} work; use {}",
+                    self.kind.as_str(),
+                    if periodic {
+                        "keep, update or cancel-and-reenqueue"
+                    } else {
+                        "keep, replace, append or append-or-replace"
+                    }
+                )));
+            }
+        }
+        let mut warnings = Vec::new();
+        if let Some(p) = self.periodic {
+            let (p, w) = floor.clamp(p);
+            self.periodic = Some(p);
+            warnings = w;
+        }
+        Ok((self, warnings))
+    }
+}
+
+/// Why work could not be enqueued, cancelled or found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkError {
+    /// Bad input data.
+    #[error("input data refused: {0}")]
+    Data(crate::data::DataError),
+    /// A request that makes no sense; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// No handler of that name.
+    #[error("no handler named {0:?}; the manifest's [handlers] table lists the handlers")]
+    UnknownHandler(String),
+    /// No task with that id.
+    #[error("no task with id {0}")]
+    UnknownTask(TaskId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What an enqueue did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enqueued {
+    /// The new task's id, or (with KEEP, or UPDATE) the existing one's.
+    pub id: TaskId,
+    /// Whether a new task was created.
+    pub created: bool,
+    /// Clamps applied (periodic floors).
+    pub warnings: Vec<String>,
+}
+
+/// One attempt of a task, as kept in its history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AttemptRecord {
+    /// The attempt number (1 for the first).
+    pub attempt: u32,
+    /// Start time, ms since the epoch.
+    pub started_at: Millis,
+    /// End time, if it ended.
+    pub ended_at: Option<Millis>,
+    /// `success`, `retry`, `failed`, `stopped`, or none while running.
+    pub outcome: Option<String>,
+    /// The stop reason, if any.
+    pub stop_reason: Option<String>,
+    /// The error message, if any.
+    pub error: Option<String>,
+    /// Fuel consumed.
+    pub fuel_consumed: Option<u64>,
+    /// Peak linear memory.
+    pub peak_memory_bytes: Option<u64>,
+    /// The run's log.
+    pub log: Vec<LogLine>,
+}
+
+/// Everything known about a task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskInfo {
+    /// Id.
+    pub id: TaskId,
+    /// Handler name.
+    pub handler: String,
+    /// Task name.
+    pub task: String,
+    /// Kind.
+    pub kind: TaskKind,
+    /// State.
+    pub state: TaskState,
+    /// Unique name.
+    pub unique_name: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Input data.
+    pub input: Data,
+    /// Output of the last successful run.
+    pub output: Option<Data>,
+    /// Latest progress of the current (or last) run.
+    pub progress: Option<Data>,
+    /// Attempts started since the last success (periodic) or ever (others).
+    pub run_attempt_count: u32,
+    /// Attempt limit.
+    pub max_attempts: u32,
+    /// Earliest time the next run may begin, ms since the epoch (for
+    /// ENQUEUED work).
+    pub next_run_at: Millis,
+    /// Why the last run was stopped, if it was.
+    pub stop_reason: Option<String>,
+    /// The last error message.
+    pub error: Option<String>,
+    /// The periodic schedule.
+    pub periodic: Option<Periodic>,
+    /// Backoff policy.
+    pub backoff: BackoffPolicy,
+    /// Backoff delay (as requested).
+    pub backoff_delay: Duration,
+    /// Budget overrides.
+    pub budget: BudgetOverride,
+    /// Tasks this one waits for.
+    pub after: Vec<TaskId>,
+    /// When it was enqueued.
+    pub created_at: Millis,
+    /// When it finished, if it did.
+    pub finished_at: Option<Millis>,
+    /// Attempt history (filled by `inspect`, empty in lists).
+    pub attempts: Vec<AttemptRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_formulas_and_clamps() {
+        let s = Duration::from_secs;
+        let exp = |d, a| backoff_delay(BackoffPolicy::Exponential, d, a);
+        let lin = |d, a| backoff_delay(BackoffPolicy::Linear, d, a);
+        assert_eq!(exp(s(30), 1), s(30));
+        assert_eq!(exp(s(30), 2), s(60));
+        assert_eq!(exp(s(30), 5), s(480));
+        assert_eq!(lin(s(30), 1), s(30));
+        assert_eq!(lin(s(30), 4), s(120));
+        assert_eq!(exp(s(1), 1), s(10), "delay clamped up to 10 s");
+        assert_eq!(lin(s(1), 3), s(30));
+        assert_eq!(exp(s(6 * 3600), 1), MAX_BACKOFF, "delay clamped down to 5 h");
+        assert_eq!(exp(s(30), 20), MAX_BACKOFF, "result capped at 5 h");
+        assert_eq!(exp(s(30), 100), MAX_BACKOFF, "no overflow");
+        assert_eq!(lin(s(3600), 10), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn periodic_floors_clamp_with_warnings() {
+        let m = |n| Duration::from_secs(n * 60);
+        let floor = PeriodicFloor::default();
+        let (p, w) = floor.clamp(Periodic {
+            frequency: m(1),
+            flex: m(1),
+        });
+        assert_eq!(
+            p,
+            Periodic {
+                frequency: m(15),
+                flex: m(5)
+            }
+        );
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("1m") && w[0].contains("15m"), "{w:?}");
+        let (p, w) = floor.clamp(Periodic {
+            frequency: m(60),
+            flex: m(90),
+        });
+        assert_eq!(
+            p,
+            Periodic {
+                frequency: m(60),
+                flex: m(60)
+            }
+        );
+        assert!(w.is_empty());
+        let low = PeriodicFloor {
+            min_frequency: Duration::from_secs(1),
+            min_flex: Duration::from_secs(1),
+        };
+        assert_eq!(
+            low.clamp(Periodic {
+                frequency: Duration::from_secs(2),
+                flex: Duration::from_secs(2)
+            })
+            .1,
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn a_periodic_run_is_due_at_the_start_of_its_flex_window() {
+        let p = Periodic {
+            frequency: Duration::from_secs(900),
+            flex: Duration::from_secs(300),
+        };
+        assert_eq!(p.due_in_period(1_000_000), 1_000_000 + 600_000);
+    }
+
+    #[test]
+    fn policies_fit_their_kind() {
+        let mut r = WorkRequest::one_off("h", "t");
+        r.unique = Some(("u".into(), ExistingWorkPolicy::Update));
+        assert!(
+            r.checked(&PeriodicFloor::default())
+                .unwrap_err()
+                .to_string()
+                .contains("keep, replace, append")
+        );
+        let mut r = WorkRequest::periodic("h", "t", DEFAULT_FREQUENCY);
+        r.unique = Some(("u".into(), ExistingWorkPolicy::Append));
+        assert!(
+            r.checked(&PeriodicFloor::default())
+                .unwrap_err()
+                .to_string()
+                .contains("keep, update or cancel-and-reenqueue")
+        );
+    }
+}

@@ -1,0 +1,489 @@
+//! WorkManager semantics on the durable store, driven through the library
+//! with the TestDriver's manual clock: delays, retries and backoff,
+//! periodic windows, unique work, chains, cancel, pause.
+
+use std::time::Duration;
+
+use workhost::{
+    BackoffPolicy, Data, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo, TaskState,
+    TestDriver, Value, WorkRequest,
+};
+use workhost_tests::host_config;
+
+async fn driver(dir: &tempfile::TempDir) -> TestDriver {
+    TestDriver::start(host_config(dir.path())).await.unwrap()
+}
+
+async fn task(d: &TestDriver, id: TaskId) -> TaskInfo {
+    d.queue().get(id).await.unwrap().unwrap()
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_off_work_waits_for_its_initial_delay_then_succeeds_with_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let mut r = WorkRequest::one_off("echo", "hello");
+    r.input = Data::new().with("x", 1i64);
+    r.initial_delay = secs(60);
+    let id = d.queue().enqueue(r).await.unwrap().id;
+    d.run_until_idle().await;
+    let t = task(&d, id).await;
+    assert_eq!((t.state, t.next_run_at), (TaskState::Enqueued, d.now() + 60_000));
+    d.set_initial_delay_met(id).await.unwrap();
+    d.run_until_idle().await;
+    let t = task(&d, id).await;
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.output, Some(Data::new().with("x", 1i64)));
+    assert_eq!(t.attempts.len(), 1);
+    assert_eq!(t.attempts[0].outcome.as_deref(), Some("success"));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_work_backs_off_linearly_and_exponentially_then_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    for (policy, waits) in [
+        (BackoffPolicy::Linear, [10, 20]),
+        (BackoffPolicy::Exponential, [10, 20]),
+    ] {
+        let mut r = WorkRequest::one_off("flaky", "f");
+        r.backoff = policy;
+        r.backoff_delay = secs(1); // clamped up to 10 s
+        let id = d.queue().enqueue(r).await.unwrap().id;
+        for (attempt, wait) in waits.iter().enumerate() {
+            d.run_until_idle().await;
+            let t = task(&d, id).await;
+            assert_eq!(
+                (t.state, t.run_attempt_count),
+                (TaskState::Enqueued, attempt as u32 + 1),
+                "{policy:?}"
+            );
+            assert_eq!(
+                t.next_run_at,
+                d.now() + wait * 1000,
+                "{policy:?} attempt {}",
+                attempt + 1
+            );
+            d.advance(secs(*wait as u64));
+        }
+        d.run_until_idle().await;
+        let t = task(&d, id).await;
+        assert_eq!(t.state, TaskState::Succeeded, "{policy:?}");
+        assert_eq!(t.output.unwrap().get("attempts"), Some(&Value::S64(3)));
+        assert_eq!(
+            t.attempts
+                .iter()
+                .map(|a| a.outcome.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["retry", "retry", "success"]
+        );
+    }
+    // Exponential growth shows from the third attempt: 30 s, 60 s, 120 s.
+    let mut r = WorkRequest::one_off("flaky", "g");
+    r.input = Data::new().with("succeed_at", 10i64);
+    let id = d.queue().enqueue(r).await.unwrap().id;
+    for wait in [30, 60, 120] {
+        d.run_until_idle().await;
+        assert_eq!(task(&d, id).await.next_run_at, d.now() + wait * 1000);
+        d.advance(secs(wait as u64));
+    }
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_that_reaches_max_attempts_fails_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let mut r = WorkRequest::one_off("flaky", "f");
+    r.input = Data::new().with("succeed_at", 10i64);
+    r.max_attempts = 2;
+    let id = d.queue().enqueue(r).await.unwrap().id;
+    d.run_until_idle().await;
+    d.advance(secs(30));
+    d.run_until_idle().await;
+    let t = task(&d, id).await;
+    assert_eq!((t.state, t.run_attempt_count), (TaskState::Failed, 2));
+    assert!(
+        t.error.as_deref().unwrap().contains("gave up after 2 attempts"),
+        "{:?}",
+        t.error
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_work_runs_in_the_flex_window_of_every_period_and_never_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let start = d.now();
+    let mut r = WorkRequest::periodic("counter", "count", Duration::from_secs(900));
+    r.periodic = Some(Periodic {
+        frequency: secs(900),
+        flex: secs(300),
+    });
+    let id = d.queue().enqueue(r).await.unwrap().id;
+    d.run_until_idle().await;
+    assert_eq!(
+        task(&d, id).await.next_run_at,
+        start + 600_000,
+        "first run at the start of the first flex window"
+    );
+    d.advance(secs(599));
+    d.run_until_idle().await;
+    assert!(task(&d, id).await.attempts.is_empty());
+    d.advance(secs(1));
+    d.run_until_idle().await;
+    let t = task(&d, id).await;
+    assert_eq!(
+        (t.state, t.run_attempt_count, t.next_run_at),
+        (TaskState::Enqueued, 0, start + 1_500_000)
+    );
+    assert_eq!(t.output.unwrap().get("total_executions"), Some(&Value::S64(1)));
+    d.set_period_delay_met(id).await.unwrap();
+    d.run_until_idle().await;
+    let t = task(&d, id).await;
+    assert_eq!(t.output.unwrap().get("total_executions"), Some(&Value::S64(2)));
+    assert_eq!(t.state, TaskState::Enqueued);
+    d.host().cancel(Selector::Id(id)).await.unwrap();
+    assert_eq!(task(&d, id).await.state, TaskState::Cancelled);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_frequency_and_flex_below_the_floor_are_clamped_with_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.periodic_floor = PeriodicFloor::default();
+    let d = TestDriver::start(config).await.unwrap();
+    let mut r = WorkRequest::periodic("echo", "p", secs(60));
+    r.periodic = Some(Periodic {
+        frequency: secs(60),
+        flex: secs(30),
+    });
+    let e = d.queue().enqueue(r).await.unwrap();
+    assert_eq!(e.warnings.len(), 2, "{:?}", e.warnings);
+    assert_eq!(
+        task(&d, e.id).await.periodic,
+        Some(Periodic {
+            frequency: secs(900),
+            flex: secs(300)
+        })
+    );
+    d.shutdown().await;
+}
+
+fn unique(handler: &str, name: &str, policy: ExistingWorkPolicy) -> WorkRequest {
+    let mut r = WorkRequest::one_off(handler, "u");
+    r.unique = Some((name.into(), policy));
+    r.initial_delay = secs(3600);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_off_unique_work_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    // KEEP: the existing work stays, its id is returned.
+    let first = q.enqueue(unique("echo", "k", ExistingWorkPolicy::Keep)).await.unwrap();
+    let again = q.enqueue(unique("echo", "k", ExistingWorkPolicy::Keep)).await.unwrap();
+    assert_eq!((again.id, again.created), (first.id, false));
+    // REPLACE: the existing work is cancelled.
+    let replaced = q
+        .enqueue(unique("echo", "k", ExistingWorkPolicy::Replace))
+        .await
+        .unwrap();
+    assert_ne!(replaced.id, first.id);
+    assert_eq!(task(&d, first.id).await.state, TaskState::Cancelled);
+    // APPEND: the new work waits for the existing work.
+    let appended = q
+        .enqueue(unique("echo", "k", ExistingWorkPolicy::Append))
+        .await
+        .unwrap();
+    let t = task(&d, appended.id).await;
+    assert_eq!((t.state, t.after.clone()), (TaskState::Blocked, vec![replaced.id]));
+    // APPEND_OR_REPLACE after a failure starts a fresh chain; APPEND fails.
+    let failing = q
+        .enqueue(unique("fail", "f", ExistingWorkPolicy::Keep))
+        .await
+        .unwrap()
+        .id;
+    d.set_initial_delay_met(failing).await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(task(&d, failing).await.state, TaskState::Failed);
+    let after_fail = q
+        .enqueue(unique("echo", "f", ExistingWorkPolicy::Append))
+        .await
+        .unwrap();
+    assert_eq!(task(&d, after_fail.id).await.state, TaskState::Failed);
+    let fresh = q
+        .enqueue(unique("echo", "f", ExistingWorkPolicy::AppendOrReplace))
+        .await
+        .unwrap();
+    let t = task(&d, fresh.id).await;
+    assert_eq!((t.state, t.after.len()), (TaskState::Enqueued, 0));
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_unique_work_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    let periodic = |policy, input: i64| {
+        let mut r = WorkRequest::periodic("echo", "p", secs(900));
+        r.unique = Some(("sync".into(), policy));
+        r.initial_delay = secs(3600);
+        r.input = Data::new().with("v", input);
+        r
+    };
+    let first = q.enqueue(periodic(ExistingWorkPolicy::Update, 1)).await.unwrap();
+    let before = task(&d, first.id).await;
+    let kept = q.enqueue(periodic(ExistingWorkPolicy::Keep, 2)).await.unwrap();
+    assert_eq!(
+        (kept.id, task(&d, first.id).await.input.get("v").cloned()),
+        (first.id, Some(Value::S64(1)))
+    );
+    let updated = q.enqueue(periodic(ExistingWorkPolicy::Update, 3)).await.unwrap();
+    let after = task(&d, first.id).await;
+    assert_eq!((updated.id, updated.created), (first.id, false));
+    assert_eq!(after.input.get("v"), Some(&Value::S64(3)));
+    assert_eq!(after.next_run_at, before.next_run_at, "UPDATE keeps the schedule");
+    let re = q
+        .enqueue(periodic(ExistingWorkPolicy::CancelAndReenqueue, 4))
+        .await
+        .unwrap();
+    assert!(re.created && re.id != first.id);
+    assert_eq!(task(&d, first.id).await.state, TaskState::Cancelled);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chained_work_gets_its_parents_output_and_shares_their_fate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    let mut parent = WorkRequest::one_off("echo", "parent");
+    parent.input = Data::new().with("from_parent", "p").with("shared", 1i64);
+    parent.initial_delay = secs(10);
+    let parent = q.enqueue(parent).await.unwrap().id;
+    let mut child = WorkRequest::one_off("echo", "child");
+    child.input = Data::new().with("own", true).with("shared", 2i64);
+    child.after = vec![parent];
+    let child = q.enqueue(child).await.unwrap().id;
+    assert_eq!(task(&d, child).await.state, TaskState::Blocked);
+    d.advance(secs(10));
+    d.run_until_idle().await;
+    let t = task(&d, child).await;
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(
+        t.output,
+        Some(
+            Data::new()
+                .with("from_parent", "p")
+                .with("own", true)
+                .with("shared", 1i64)
+        )
+    );
+
+    // A failed parent fails its dependents, transitively; a cancelled one
+    // cancels them.
+    let failing = q.enqueue(WorkRequest::one_off("fail", "x")).await.unwrap().id;
+    let mut c1 = WorkRequest::one_off("echo", "c1");
+    c1.after = vec![failing];
+    let c1 = q.enqueue(c1).await.unwrap().id;
+    let mut c2 = WorkRequest::one_off("echo", "c2");
+    c2.after = vec![c1];
+    let c2 = q.enqueue(c2).await.unwrap().id;
+    d.run_until_idle().await;
+    for id in [failing, c1, c2] {
+        assert_eq!(task(&d, id).await.state, TaskState::Failed, "task {id}");
+    }
+    let mut later = WorkRequest::one_off("echo", "later");
+    later.initial_delay = secs(100);
+    let later = q.enqueue(later).await.unwrap().id;
+    let mut c3 = WorkRequest::one_off("echo", "c3");
+    c3.after = vec![later];
+    let c3 = q.enqueue(c3).await.unwrap().id;
+    let cancelled = d.host().cancel(Selector::Id(later)).await.unwrap();
+    assert_eq!(cancelled, vec![later, c3]);
+    assert_eq!(task(&d, c3).await.state, TaskState::Cancelled);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_running_work_stops_it_and_cancel_selects_by_tag_name_and_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    let id = q.enqueue(WorkRequest::one_off("spin", "forever")).await.unwrap().id;
+    while task(&d, id).await.state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let asked = std::time::Instant::now();
+    d.host().cancel(Selector::Id(id)).await.unwrap();
+    while !d.host().running().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(asked.elapsed() < Duration::from_secs(1), "{:?}", asked.elapsed());
+    let t = task(&d, id).await;
+    assert_eq!(t.state, TaskState::Cancelled);
+    assert_eq!(t.attempts[0].stop_reason.as_deref(), Some("cancelled"));
+
+    let mut ids = Vec::new();
+    for (tag, name) in [("a", "n1"), ("a", "n2"), ("b", "n3"), ("c", "n4")] {
+        let mut r = unique("echo", name, ExistingWorkPolicy::Keep);
+        r.tags = vec![tag.into()];
+        ids.push(q.enqueue(r).await.unwrap().id);
+    }
+    assert_eq!(
+        d.host().cancel(Selector::Tag("a".into())).await.unwrap(),
+        vec![ids[0], ids[1]]
+    );
+    assert_eq!(
+        d.host().cancel(Selector::UniqueName("n3".into())).await.unwrap(),
+        vec![ids[2]]
+    );
+    assert_eq!(d.host().cancel(Selector::All).await.unwrap(), vec![ids[3]]);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_hosts_start_nothing_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    d.queue().pause().await.unwrap();
+    assert!(d.queue().is_paused().await.unwrap());
+    let id = d.queue().enqueue(WorkRequest::one_off("echo", "x")).await.unwrap().id;
+    d.run_until_idle().await;
+    assert_eq!(task(&d, id).await.state, TaskState::Enqueued);
+    d.queue().resume().await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(task(&d, id).await.state, TaskState::Succeeded);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_is_durable_across_host_restarts_and_private_per_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    for expected in [1i64, 2] {
+        let d = driver(&dir).await;
+        let id = d
+            .queue()
+            .enqueue(WorkRequest::one_off("counter", "c"))
+            .await
+            .unwrap()
+            .id;
+        d.run_until_idle().await;
+        assert_eq!(
+            task(&d, id).await.output.unwrap().get("total_executions"),
+            Some(&Value::S64(expected))
+        );
+        d.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_naming_the_problem_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    let err = q
+        .enqueue(WorkRequest::one_off("nope", "x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no handler named \"nope\""), "{err}");
+    let mut r = WorkRequest::one_off("echo", "x");
+    r.input = Data::new().with("blob", "x".repeat(11_000));
+    assert!(q.enqueue(r).await.unwrap_err().to_string().contains("\"blob\""));
+    let mut r = WorkRequest::one_off("echo", "x");
+    r.after = vec![999];
+    assert!(
+        q.enqueue(r)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("no task with id 999")
+    );
+    assert!(
+        q.query(Default::default()).await.unwrap().is_empty(),
+        "a refused request leaves nothing behind"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_select_by_state_tag_and_unique_name_and_events_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let mut events = d.queue().subscribe();
+    let mut r = unique("echo", "named", ExistingWorkPolicy::Keep);
+    r.tags = vec!["t1".into(), "t2".into()];
+    let delayed = d.queue().enqueue(r).await.unwrap().id;
+    let ran = d.queue().enqueue(WorkRequest::one_off("echo", "now")).await.unwrap().id;
+    d.run_until_idle().await;
+    let ids = |v: Vec<TaskInfo>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
+    let q = d.queue();
+    assert_eq!(
+        ids(q
+            .query(workhost::Query {
+                state: Some(TaskState::Enqueued),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        [delayed]
+    );
+    assert_eq!(
+        ids(q
+            .query(workhost::Query {
+                state: Some(TaskState::Succeeded),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        [ran]
+    );
+    assert_eq!(
+        ids(q
+            .query(workhost::Query {
+                tag: Some("t2".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        [delayed]
+    );
+    assert_eq!(
+        ids(q
+            .query(workhost::Query {
+                unique_name: Some("named".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()),
+        [delayed]
+    );
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.id, e.event));
+    }
+    assert_eq!(
+        seen,
+        [
+            (delayed, "scheduled"),
+            (ran, "scheduled"),
+            (ran, "started"),
+            (ran, "succeeded")
+        ]
+    );
+    assert_eq!(q.prune(true).await.unwrap(), 1);
+    assert!(q.get(ran).await.unwrap().is_none());
+    d.shutdown().await;
+}
