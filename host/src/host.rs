@@ -248,7 +248,7 @@ impl Queue {
 
     /// Enqueues work; durable when this returns.
     pub async fn enqueue(&self, request: WorkRequest) -> Result<Enqueued, WorkError> {
-        if !self.handlers.iter().any(|h| *h == request.handler) {
+        if !self.handlers.contains(&request.handler) {
             return Err(WorkError::UnknownHandler(request.handler));
         }
         let (request, warnings) = request.checked(&self.floor)?;
@@ -675,7 +675,13 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     };
     let now = queue.now();
     let transition = decide(&claimed.retry_facts(), &outcome.result, now);
-    let next = transition.next_run_at;
+    let next = crate::units::format_rfc3339(transition.next_run_at);
+    let why = match (&transition.stop_reason, &transition.error) {
+        (Some(r), Some(e)) => format!("{r}: {e}"),
+        (Some(r), None) => r.clone(),
+        (None, Some(e)) => e.clone(),
+        (None, None) => String::new(),
+    };
     // Periodic work that moved on to its next period resets its attempts.
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
     let store = queue.store.clone();
@@ -696,10 +702,11 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
         }
         match c.state {
             TaskState::Succeeded => ("succeeded", String::new()),
-            TaskState::Failed => ("failed", String::new()),
+            TaskState::Failed => ("failed", why.clone()),
             TaskState::Cancelled => ("cancelled", String::new()),
             TaskState::Enqueued if next_period => ("rescheduled", format!("next period at {next}")),
-            _ => ("retrying", format!("next attempt at {next}")),
+            _ if why.is_empty() => ("retrying", format!("next attempt at {next}")),
+            _ => ("retrying", format!("{why}; next attempt at {next}")),
         }
     });
     queue.wake.notify_one();

@@ -40,6 +40,7 @@ mod engine;
 mod executor;
 mod host;
 mod kv;
+mod manifest;
 mod outcome;
 mod platform;
 mod retry;
@@ -56,6 +57,7 @@ pub use host::{
     Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SystemClock, TaskEvent, TestDriver,
 };
 pub use kv::{Kv, KvError, KvLimits, KvStore, MemoryKv};
+pub use manifest::{ManifestError, load_manifest, parse_manifest};
 pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
 pub use retry::{RetryFacts, Transition, decide};

@@ -804,11 +804,10 @@ fn selector_ids(conn: &Connection, selector: &Selector) -> rusqlite::Result<Vec<
         Selector::All => (format!("SELECT id FROM tasks WHERE {unfinished}"), None),
     };
     let mut s = conn.prepare(&sql)?;
-    let rows = match arg {
+    match arg {
         Some(a) => s.query_map([a], |r| r.get(0))?.collect(),
         None => s.query_map([], |r| r.get(0))?.collect(),
-    };
-    rows
+    }
 }
 
 impl TaskStore for SqliteStore {

@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn periodic_floors_clamp_with_warnings() {
-        let m = |n| Duration::from_secs(n * 60);
+        let m = |n: u64| Duration::from_secs(n * 60);
         let floor = PeriodicFloor::default();
         let (p, w) = floor.clamp(Periodic {
             frequency: m(1),

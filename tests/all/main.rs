@@ -1,5 +1,6 @@
 //! workhost's integration tests: one binary, one module per surface.
 
+mod cli_store;
 mod examples;
 mod exec_cli;
 mod load;

@@ -125,3 +125,60 @@ pub fn host_config(data_dir: &Path) -> workhost::HostConfig {
     };
     config
 }
+
+/// Writes a manifest in `dir` naming every example as a handler (with
+/// `spin` unmetered and a 60 s budget) and a data directory beside it;
+/// returns the manifest's path.
+pub fn write_manifest(dir: &Path) -> PathBuf {
+    let cache = root().join("target/test-compile-cache");
+    let mut text = format!("cache_dir = {cache:?}\n");
+    text.push_str("data_dir = \"data\"\nmin_periodic_interval = \"1s\"\nmin_flex = \"1s\"\nshutdown_grace = \"1s\"\n");
+    for (name, path) in [
+        ("echo", guests::ECHO),
+        ("counter", guests::COUNTER),
+        ("flaky", guests::FLAKY),
+        ("fail", guests::FAIL),
+        ("chatty", guests::CHATTY),
+        ("spin", guests::SPIN),
+    ] {
+        text.push_str(&format!("\n[handlers.{name}]\ncomponent = {path:?}\n"));
+        if name == "spin" {
+            text.push_str("fuel = false\ntimeout = \"60s\"\n");
+        }
+    }
+    let path = dir.join("workhost.toml");
+    std::fs::write(&path, text).expect("writing the test manifest");
+    path
+}
+
+/// A `workhost serve` child process, killed when dropped.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    /// Starts `workhost serve --config <manifest>`; its stderr goes to
+    /// `serve.log` beside the manifest.
+    pub fn start(manifest: &Path) -> Daemon {
+        Daemon(
+            Command::new(workhost_bin())
+                .args(["serve", "--config"])
+                .arg(manifest)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(manifest.with_file_name("serve.log")).expect("creating serve.log"))
+                .spawn()
+                .expect("starting workhost serve"),
+        )
+    }
+
+    /// Kills it with SIGKILL, as a crash would.
+    pub fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

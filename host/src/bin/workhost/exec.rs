@@ -111,7 +111,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Builds input data from `--input-json` and then each `--input KEY=VALUE`.
-fn read_input(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Data> {
+pub fn read_input(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Data> {
     let mut data = match json {
         Some(text) => Data::from_json(text).context("--input-json")?,
         None => Data::new(),

@@ -1,11 +1,13 @@
-//! The `workhost` command line: `exec` runs one component once, without a
-//! store (the handler author's loop).
+//! The `workhost` command line: `exec` runs one component once without a
+//! store (the handler author's loop); `serve` is the daemon; the other
+//! commands work on its data directory.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod exec;
+mod store_cmds;
 
 /// Exit code for usage and load errors.
 const EXIT_USAGE: u8 = 2;
@@ -25,6 +27,23 @@ enum Command {
     /// outcome. Exit code: 0 success, 75 retry, 1 failed or stopped, 2 usage
     /// or load error.
     Exec(exec::ExecArgs),
+    /// Run the daemon: dispatch due work from the data directory until
+    /// SIGINT/SIGTERM, then shut down gracefully.
+    Serve(store_cmds::ServeArgs),
+    /// Enqueue work; prints the task id (with KEEP, the kept task's id).
+    Enqueue(store_cmds::EnqueueArgs),
+    /// List tasks with their earliest begin time.
+    List(store_cmds::ListArgs),
+    /// Show one task with its attempt history and logs.
+    Inspect(store_cmds::InspectArgs),
+    /// Cancel work by id, unique name, tag, or all; running work stops.
+    Cancel(store_cmds::CancelArgs),
+    /// Pause: nothing new starts until `resume`.
+    Pause(store_cmds::SimpleArgs),
+    /// Resume after `pause`.
+    Resume(store_cmds::SimpleArgs),
+    /// Remove finished work older than the retention period.
+    Prune(store_cmds::PruneArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +58,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Exec(args) => exec::run(args).await,
+            Command::Serve(args) => store_cmds::serve(args).await,
+            Command::Enqueue(args) => store_cmds::enqueue(args).await,
+            Command::List(args) => store_cmds::list(args).await,
+            Command::Inspect(args) => store_cmds::inspect(args).await,
+            Command::Cancel(args) => store_cmds::cancel(args).await,
+            Command::Pause(args) => store_cmds::pause(args, true).await,
+            Command::Resume(args) => store_cmds::pause(args, false).await,
+            Command::Prune(args) => store_cmds::prune(args).await,
         }
     });
     match result {

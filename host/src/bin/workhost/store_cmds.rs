@@ -1,0 +1,419 @@
+//! The commands that work on a data directory: `serve` (the daemon) and
+//! `enqueue`, `list`, `inspect`, `cancel`, `pause`, `resume`, `prune`, which
+//! may run while a daemon serves the same directory.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use workhost::units::{format_rfc3339 as rfc3339, parse_duration};
+use workhost::{
+    BackoffPolicy, ExistingWorkPolicy, Host, HostConfig, Periodic, Query, Queue, Selector, TaskInfo, TaskKind,
+    TaskState, WorkRequest,
+};
+
+/// Where the manifest and data directory are.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The manifest.
+    #[arg(long = "config", value_name = "PATH", default_value = "workhost.toml", global = true)]
+    config: PathBuf,
+    /// The data directory (overrides the manifest's `data_dir`).
+    #[arg(long = "data-dir", value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn host_config(&self) -> anyhow::Result<HostConfig> {
+        Ok(workhost::load_manifest(&self.config, self.data_dir.as_deref())?)
+    }
+
+    fn queue(&self) -> anyhow::Result<Queue> {
+        let c = self.host_config()?;
+        let names = c.handlers.iter().map(|h| h.name.clone()).collect();
+        Ok(Queue::open(&c.data_dir, names, c.periodic_floor, c.retention)?)
+    }
+}
+
+/// `workhost serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print every state change as it happens.
+    #[arg(long)]
+    debug: bool,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = args.store.host_config()?;
+    let (handlers, dir) = (config.handlers.len(), config.data_dir.clone());
+    let host = Host::start(config).await?;
+    let mut events = host.queue().subscribe();
+    eprintln!("workhost: serving {handlers} handlers on {}", dir.display());
+    let debug = args.debug;
+    let printer = tokio::spawn(async move {
+        while let Ok(e) = events.recv().await {
+            if debug {
+                let detail = if e.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", e.detail)
+                };
+                println!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
+            }
+        }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("workhost: shutting down; running work gets its grace period");
+    host.shutdown().await;
+    printer.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `workhost enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The handler, as named in the manifest.
+    handler: String,
+    /// The task name passed to `execute-task`.
+    #[arg(long = "task", value_name = "NAME")]
+    task: String,
+    /// An input value, typed from its text. Repeatable.
+    #[arg(long = "input", value_name = "KEY=VALUE")]
+    input: Vec<String>,
+    /// Input as a JSON object.
+    #[arg(long = "input-json", value_name = "JSON")]
+    input_json: Option<String>,
+    /// A unique name for this work.
+    #[arg(long = "unique", value_name = "NAME")]
+    unique: Option<String>,
+    /// What to do when the unique name is taken (default keep for one-off
+    /// work, update for periodic work).
+    #[arg(long, value_name = "POLICY", requires = "unique",
+          value_parser = ["keep", "replace", "append", "append-or-replace", "update", "cancel-and-reenqueue"])]
+    policy: Option<String>,
+    /// A tag. Repeatable.
+    #[arg(long = "tag", value_name = "T")]
+    tags: Vec<String>,
+    /// Initial delay.
+    #[arg(long, value_name = "DUR")]
+    delay: Option<String>,
+    /// Make it periodic with this frequency.
+    #[arg(long, value_name = "DUR", conflicts_with = "processing")]
+    every: Option<String>,
+    /// Run in the last DUR of each period.
+    #[arg(long, value_name = "DUR", requires = "every")]
+    flex: Option<String>,
+    /// Long processing work (10 min budget by default).
+    #[arg(long)]
+    processing: bool,
+    /// Run after this task (its output is merged into this input). Repeatable.
+    #[arg(long = "after", value_name = "ID")]
+    after: Vec<i64>,
+    /// Backoff policy.
+    #[arg(long, value_name = "POLICY", value_parser = ["exponential", "linear"])]
+    backoff: Option<String>,
+    /// Backoff delay (clamped to 10s..5h).
+    #[arg(long = "backoff-delay", value_name = "DUR")]
+    backoff_delay: Option<String>,
+    /// Attempt limit.
+    #[arg(long = "max-attempts", value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let mut r = match &a.every {
+        Some(every) => {
+            let frequency = parse_duration(every).context("--every")?;
+            let flex = a
+                .flex
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .context("--flex")?
+                .unwrap_or(frequency);
+            let mut r = WorkRequest::periodic(&a.handler, &a.task, frequency);
+            r.periodic = Some(Periodic { frequency, flex });
+            r
+        }
+        None if a.processing => WorkRequest::processing(&a.handler, &a.task),
+        None => WorkRequest::one_off(&a.handler, &a.task),
+    };
+    r.input = crate::exec::read_input(a.input_json.as_deref(), &a.input)?;
+    if let Some(name) = &a.unique {
+        let default = if r.kind == TaskKind::Periodic { "update" } else { "keep" };
+        let policy =
+            ExistingWorkPolicy::parse(a.policy.as_deref().unwrap_or(default)).expect("clap checked the policy");
+        r.unique = Some((name.clone(), policy));
+    }
+    r.tags = a.tags.clone();
+    if let Some(d) = &a.delay {
+        r.initial_delay = parse_duration(d).context("--delay")?;
+    }
+    r.after = a.after.clone();
+    if let Some(b) = &a.backoff {
+        r.backoff = if b == "linear" {
+            BackoffPolicy::Linear
+        } else {
+            BackoffPolicy::Exponential
+        };
+    }
+    if let Some(d) = &a.backoff_delay {
+        r.backoff_delay = parse_duration(d).context("--backoff-delay")?;
+    }
+    if let Some(n) = a.max_attempts {
+        r.max_attempts = n;
+    }
+    let queue = a.store.queue()?;
+    let e = queue.enqueue(r).await?;
+    for w in &e.warnings {
+        eprintln!("warning: {w}");
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"id": e.id, "created": e.created, "warnings": e.warnings})
+        );
+    } else {
+        println!("{}", e.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `workhost list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only tasks in this state.
+    #[arg(long, value_name = "S", value_parser = ["enqueued", "running", "succeeded", "failed", "blocked", "cancelled"])]
+    state: Option<String>,
+    /// Only tasks with this tag.
+    #[arg(long, value_name = "T")]
+    tag: Option<String>,
+    /// Only tasks with this unique name.
+    #[arg(long, value_name = "NAME")]
+    unique: Option<String>,
+    /// Print a JSON array.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let queue = a.store.queue()?;
+    let q = Query {
+        state: a.state.as_deref().and_then(TaskState::parse),
+        tag: a.tag.clone(),
+        unique_name: a.unique.clone(),
+        ..Query::default()
+    };
+    let tasks = queue.query(q).await?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::Value::Array(tasks.iter().map(|t| task_json(t, false)).collect())
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_table(&tasks);
+    if queue.is_paused().await? {
+        println!("(paused: nothing new starts until `workhost resume`)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints tasks as a table with their earliest begin time (the seed's
+/// printScheduledTasks).
+pub fn print_table(tasks: &[TaskInfo]) {
+    println!(
+        "{:>5}  {:<9}  {:<10}  {:<14}  {:<10}  {:>8}  {:<24}  {:<12}  TAGS",
+        "ID", "STATE", "HANDLER", "TASK", "KIND", "ATTEMPTS", "EARLIEST BEGIN", "UNIQUE"
+    );
+    for t in tasks {
+        let begin = if t.state == TaskState::Enqueued {
+            rfc3339(t.next_run_at)
+        } else {
+            "-".into()
+        };
+        println!(
+            "{:>5}  {:<9}  {:<10}  {:<14}  {:<10}  {:>8}  {:<24}  {:<12}  {}",
+            t.id,
+            t.state.as_str(),
+            t.handler,
+            t.task,
+            t.kind.as_str(),
+            t.run_attempt_count,
+            begin,
+            t.unique_name.as_deref().unwrap_or("-"),
+            t.tags.join(",")
+        );
+    }
+}
+
+/// `workhost inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The task id.
+    id: i64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
+    let queue = a.store.queue()?;
+    let Some(t) = queue.get(a.id).await? else {
+        bail!("no task with id {}", a.id)
+    };
+    if a.json {
+        println!("{}", task_json(&t, true));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let json = task_json(&t, false);
+    for (k, v) in json.as_object().expect("an object") {
+        if !v.is_null() {
+            println!("{k:<18} {v}");
+        }
+    }
+    for at in &t.attempts {
+        println!(
+            "attempt {}: started {} {} {}{}",
+            at.attempt,
+            rfc3339(at.started_at),
+            at.outcome.as_deref().unwrap_or("running"),
+            at.stop_reason.as_deref().map(|r| format!("({r}) ")).unwrap_or_default(),
+            at.error.as_deref().unwrap_or("")
+        );
+        for line in &at.log {
+            println!(
+                "    {:>6}ms {:?} {:?}: {}",
+                line.at_ms, line.level, line.source, line.message
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `workhost cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The task id.
+    #[arg(required_unless_present_any = ["unique", "tag", "all"])]
+    id: Option<i64>,
+    /// Cancel work with this unique name.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["id", "tag", "all"])]
+    unique: Option<String>,
+    /// Cancel work with this tag.
+    #[arg(long, value_name = "T", conflicts_with_all = ["id", "all"])]
+    tag: Option<String>,
+    /// Cancel all unfinished work.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+}
+
+pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
+    let selector = match (&a.id, &a.unique, &a.tag, a.all) {
+        (Some(id), ..) => Selector::Id(*id),
+        (_, Some(u), ..) => Selector::UniqueName(u.clone()),
+        (_, _, Some(t), _) => Selector::Tag(t.clone()),
+        _ => Selector::All,
+    };
+    let queue = a.store.queue()?;
+    let ids = queue.cancel(selector).await?;
+    println!(
+        "cancelled {} task(s){}",
+        ids.len(),
+        if ids.is_empty() {
+            String::new()
+        } else {
+            format!(": {ids:?}")
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `workhost pause`, `resume`, `prune`.
+#[derive(Debug, Args)]
+pub struct SimpleArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+/// `workhost prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Remove every finished task, not only those past the retention period.
+    #[arg(long)]
+    all: bool,
+}
+
+pub async fn pause(a: SimpleArgs, paused: bool) -> anyhow::Result<ExitCode> {
+    let queue = a.store.queue()?;
+    if paused {
+        queue.pause().await?
+    } else {
+        queue.resume().await?
+    }
+    println!(
+        "{}",
+        if paused {
+            "paused: nothing new starts until `workhost resume`"
+        } else {
+            "resumed"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
+    let n = a.store.queue()?.prune(a.all).await?;
+    println!("pruned {n} finished task(s)");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A task as JSON, with the field names the README documents.
+pub fn task_json(t: &TaskInfo, attempts: bool) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": t.id,
+        "handler": t.handler,
+        "task": t.task,
+        "kind": t.kind.as_str(),
+        "state": t.state.as_str(),
+        "unique_name": t.unique_name,
+        "tags": t.tags,
+        "input": t.input,
+        "output": t.output,
+        "progress": t.progress,
+        "run_attempt_count": t.run_attempt_count,
+        "max_attempts": t.max_attempts,
+        "next_run_at": (t.state == TaskState::Enqueued).then(|| rfc3339(t.next_run_at)),
+        "stop_reason": t.stop_reason,
+        "error": t.error,
+        "after": t.after,
+        "every_ms": t.periodic.map(|p| p.frequency.as_millis() as u64),
+        "flex_ms": t.periodic.map(|p| p.flex.as_millis() as u64),
+        "created_at": rfc3339(t.created_at),
+        "finished_at": t.finished_at.map(rfc3339),
+    });
+    if attempts {
+        v["attempts"] = serde_json::to_value(&t.attempts).expect("attempts serialize");
+    }
+    v
+}

@@ -1,0 +1,179 @@
+//! `workhost.toml`: the data directory, host settings and one table per
+//! handler, turned into a [`HostConfig`]. Paths are relative to the
+//! manifest; unknown keys are refused by name.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::host::{HandlerConfig, HostConfig};
+use crate::units::{parse_duration, parse_size};
+
+/// The manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read the manifest {path:?}: {source}; pass --config PATH or create workhost.toml")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key or a value of the wrong type.
+    #[error("manifest {path:?}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and line).
+        message: String,
+    },
+    /// A value is out of range or refers to something missing.
+    #[error("manifest {path:?}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, dotted (`handlers.echo.timeout`).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    data_dir: Option<String>,
+    cache_dir: Option<String>,
+    max_concurrency: Option<usize>,
+    min_periodic_interval: Option<String>,
+    min_flex: Option<String>,
+    retention: Option<String>,
+    shutdown_grace: Option<String>,
+    #[serde(default)]
+    handlers: BTreeMap<String, HandlerFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HandlerFile {
+    component: String,
+    concurrency: Option<usize>,
+    timeout: Option<String>,
+    processing_timeout: Option<String>,
+    fuel: Option<Fuel>,
+    max_memory: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Fuel {
+    Metered(bool),
+    Budget(u64),
+}
+
+/// Reads the manifest at `path` into a host configuration; `data_dir`
+/// overrides the manifest's `data_dir`.
+pub fn load_manifest(path: &Path, data_dir: Option<&Path>) -> Result<HostConfig, ManifestError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_manifest(&text, path, data_dir)
+}
+
+/// Parses manifest text; `path` locates relative paths and names the file
+/// in errors.
+pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Result<HostConfig, ManifestError> {
+    let file: File = toml::from_str(text).map_err(|e| ManifestError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim().to_string(),
+    })?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let invalid = |key: String, message: String| ManifestError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let duration = |key: &str, value: &Option<String>| -> Result<Option<Duration>, ManifestError> {
+        value
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| invalid(key.to_string(), e.to_string()))
+    };
+    let data_dir = match data_dir {
+        Some(d) => d.to_path_buf(),
+        None => base.join(file.data_dir.as_deref().unwrap_or("workhost-data")),
+    };
+    let mut config = HostConfig::new(data_dir);
+    if let Some(cache) = &file.cache_dir {
+        config.engine.cache_dir = Some(base.join(cache));
+    }
+    if let Some(n) = file.max_concurrency {
+        if n == 0 {
+            return Err(invalid("max_concurrency".into(), "must be at least 1".into()));
+        }
+        config.max_concurrency = n;
+    }
+    if let Some(d) = duration("min_periodic_interval", &file.min_periodic_interval)? {
+        config.periodic_floor.min_frequency = d;
+    }
+    if let Some(d) = duration("min_flex", &file.min_flex)? {
+        config.periodic_floor.min_flex = d;
+    }
+    if let Some(d) = duration("retention", &file.retention)? {
+        config.retention = d;
+    }
+    if let Some(d) = duration("shutdown_grace", &file.shutdown_grace)? {
+        config.shutdown_grace = d;
+    }
+    for (name, h) in file.handlers {
+        let key = |k: &str| format!("handlers.{name}.{k}");
+        let component = base.join(&h.component);
+        if !component.is_file() {
+            return Err(invalid(
+                key("component"),
+                format!("{component:?} is not a file; build it first (scripts/just guests builds the examples)"),
+            ));
+        }
+        let mut hc = HandlerConfig::new(name.clone(), component);
+        if let Some(n) = h.concurrency {
+            if n == 0 {
+                return Err(invalid(key("concurrency"), "must be at least 1".into()));
+            }
+            hc.concurrency = n;
+        }
+        if let Some(d) = duration(&key("timeout"), &h.timeout)? {
+            hc.budget.timeout = d;
+        }
+        if let Some(d) = duration(&key("processing_timeout"), &h.processing_timeout)? {
+            hc.processing_budget.timeout = d;
+        }
+        match h.fuel {
+            Some(Fuel::Metered(false)) => {
+                hc.fuel = false;
+                hc.budget.fuel = None;
+                hc.processing_budget.fuel = None;
+            }
+            Some(Fuel::Metered(true)) | None => {}
+            Some(Fuel::Budget(n)) => {
+                hc.budget.fuel = Some(n);
+                hc.processing_budget.fuel = Some(n);
+            }
+        }
+        if let Some(m) = &h.max_memory {
+            let bytes = parse_size(m).map_err(|e| invalid(key("max_memory"), e.to_string()))?;
+            hc.budget.max_memory_bytes = bytes;
+            hc.processing_budget.max_memory_bytes = bytes;
+        }
+        config.handlers.push(hc);
+    }
+    Ok(config)
+}

@@ -1,0 +1,268 @@
+//! The operator's surface: `workhost serve` and the commands that drive it
+//! from other processes, on one data directory.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use workhost_tests::{CliRun, Daemon, workhost, write_manifest};
+
+fn wh(manifest: &Path, args: &[&str]) -> CliRun {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", manifest.to_str().unwrap()]);
+    workhost(&all, manifest.parent().unwrap())
+}
+
+fn ok(manifest: &Path, args: &[&str]) -> CliRun {
+    let run = wh(manifest, args);
+    assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    run
+}
+
+fn task(manifest: &Path, id: &str) -> serde_json::Value {
+    ok(manifest, &["inspect", id, "--json"]).json()
+}
+
+/// Polls `inspect` until `done` holds (the daemon is another process).
+fn wait_for(manifest: &Path, id: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let t = task(manifest, id);
+        if done(&t) {
+            return t;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "task {id} never got there: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_daemon_runs_what_other_processes_enqueue_and_they_observe_and_control_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let _daemon = Daemon::start(&m);
+    let id = ok(
+        &m,
+        &[
+            "enqueue", "echo", "--task", "hi", "--input", "n=1", "--tag", "t", "--unique", "u",
+        ],
+    )
+    .stdout
+    .trim()
+    .to_string();
+    let t = wait_for(&m, &id, |t| t["state"] == "succeeded");
+    assert_eq!(t["output"], serde_json::json!({"n": 1}));
+    for field in [
+        "id",
+        "handler",
+        "task",
+        "kind",
+        "state",
+        "unique_name",
+        "tags",
+        "input",
+        "output",
+        "progress",
+        "run_attempt_count",
+        "next_run_at",
+        "stop_reason",
+        "attempts",
+    ] {
+        assert!(t.get(field).is_some(), "inspect --json lacks {field}: {t}");
+    }
+    assert_eq!(
+        (
+            t["kind"].as_str(),
+            t["unique_name"].as_str(),
+            t["attempts"][0]["outcome"].as_str()
+        ),
+        (Some("one-off"), Some("u"), Some("success"))
+    );
+
+    // Pause from here holds back work in the daemon; resume lets it run.
+    ok(&m, &["pause"]);
+    let held = ok(&m, &["enqueue", "echo", "--task", "held"]).stdout.trim().to_string();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(task(&m, &held)["state"], "enqueued");
+    assert!(ok(&m, &["list"]).stdout.contains("paused"));
+    ok(&m, &["resume"]);
+    wait_for(&m, &held, |t| t["state"] == "succeeded");
+
+    // Cancel from here stops a run going on in the daemon.
+    let spin = ok(&m, &["enqueue", "spin", "--task", "forever"])
+        .stdout
+        .trim()
+        .to_string();
+    wait_for(&m, &spin, |t| t["state"] == "running");
+    ok(&m, &["cancel", &spin]);
+    let t = wait_for(&m, &spin, |t| t["attempts"][0]["stop_reason"] == "cancelled");
+    assert_eq!(t["state"], "cancelled");
+
+    let delayed = ok(&m, &["enqueue", "echo", "--task", "later", "--delay", "1h", "--json"]).json();
+    let listed = ok(&m, &["list", "--state", "enqueued", "--json"]).json();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], delayed["id"]);
+    assert!(listed[0]["next_run_at"].as_str().unwrap().ends_with('Z'), "{listed}");
+    assert!(ok(&m, &["list"]).stdout.contains("EARLIEST BEGIN"));
+    assert_eq!(
+        ok(&m, &["list", "--tag", "t", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(ok(&m, &["cancel", "--all"]).stdout.contains("cancelled 1 task"));
+    assert!(ok(&m, &["prune", "--all"]).stdout.contains("pruned 4"));
+}
+
+#[test]
+fn a_host_killed_with_sigkill_mid_run_loses_nothing_and_counts_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let daemon = Daemon::start(&m);
+    let spin = ok(&m, &["enqueue", "spin", "--task", "forever"])
+        .stdout
+        .trim()
+        .to_string();
+    let delayed = ok(&m, &["enqueue", "echo", "--task", "later", "--delay", "2s"])
+        .stdout
+        .trim()
+        .to_string();
+    wait_for(&m, &spin, |t| t["state"] == "running");
+    daemon.kill9();
+    assert_eq!(task(&m, &spin)["state"], "running", "the dead host left it running");
+
+    let _daemon = Daemon::start(&m);
+    let t = wait_for(&m, &spin, |t| t["run_attempt_count"] == 2 && t["state"] == "running");
+    assert_eq!(t["attempts"][0]["stop_reason"], "host-shutdown");
+    assert_eq!(t["attempts"][0]["error"], "the host died during this run");
+    wait_for(&m, &delayed, |t| t["state"] == "succeeded");
+    ok(&m, &["cancel", &spin]);
+}
+
+#[test]
+fn processes_racing_on_one_unique_name_never_both_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    ok(&m, &["list"]); // create the store once
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(workhost_tests::workhost_bin())
+                .args([
+                    "enqueue", "echo", "--task", "race", "--unique", "race", "--policy", "keep", "--delay", "1h",
+                    "--config",
+                ])
+                .arg(&m)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // All six run at once; each waits on SQLite's lock for its turn.
+    let ids: std::collections::BTreeSet<String> = children
+        .into_iter()
+        .map(|c| {
+            String::from_utf8(c.wait_with_output().unwrap().stdout)
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(
+        ok(&m, &["list", "--unique", "race", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Each case: manifest text, words the error must contain.
+#[test]
+fn bad_manifests_and_requests_are_refused_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_manifest(dir.path());
+    let cases: &[(&str, &[&str])] = &[
+        ("data_dir = \"d\"\nfrobnicate = 1\n", &["frobnicate"]),
+        (
+            "[handlers.x]\ncomponent = \"missing.wasm\"\n",
+            &["handlers.x.component", "missing.wasm"],
+        ),
+        ("[handlers.x]\ncompnent = \"a.wasm\"\n", &["compnent"]),
+        ("max_concurrency = \"lots\"\n", &["max_concurrency"]),
+        (
+            "retention = \"forever\"\n",
+            &["retention", "\"forever\" is not a duration"],
+        ),
+        ("this is not toml", &["workhost.toml"]),
+    ];
+    for (text, words) in cases {
+        let bad = dir.path().join("bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        let path = bad.join("workhost.toml");
+        std::fs::write(&path, text).unwrap();
+        let run = wh(&path, &["list"]);
+        assert_eq!(run.code, 2, "{text:?}: {run:?}");
+        for w in *words {
+            assert!(run.stderr.contains(w), "{text:?}: {w:?} missing from {}", run.stderr);
+        }
+    }
+    let missing = dir.path().join("nowhere.toml");
+    assert!(wh(&missing, &["list"]).stderr.contains("cannot read the manifest"));
+    for (args, word) in [
+        (&["enqueue", "nope", "--task", "x"][..], "no handler named \"nope\""),
+        (
+            &["enqueue", "echo", "--task", "x", "--delay", "soon"],
+            "\"soon\" is not a duration",
+        ),
+        (
+            &["enqueue", "echo", "--task", "x", "--input-json", "{\"a\":null}"],
+            "\"a\"",
+        ),
+        (
+            &["enqueue", "echo", "--task", "x", "--unique", "u", "--policy", "update"],
+            "keep, replace, append",
+        ),
+        (
+            &["enqueue", "echo", "--task", "x", "--after", "42"],
+            "no task with id 42",
+        ),
+        (&["inspect", "42"], "no task with id 42"),
+        (&["cancel"], "<ID>"),
+    ] {
+        let run = wh(&good, args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains(word),
+            "{args:?}: {word:?} missing from {}",
+            run.stderr
+        );
+    }
+    assert!(
+        ok(&good, &["list", "--json"]).json().as_array().unwrap().is_empty(),
+        "refused requests stored nothing"
+    );
+}
+
+#[test]
+fn a_foreign_database_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let db = dir.path().join("data/workhost.db");
+    std::fs::write(
+        &db,
+        b"this is somebody's notes, not a database, and it is long enough to matter............",
+    )
+    .unwrap();
+    let before = std::fs::read(&db).unwrap();
+    let run = wh(&m, &["list"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is not a workhost database"), "{}", run.stderr);
+    assert_eq!(std::fs::read(&db).unwrap(), before, "nothing was reset");
+}
