@@ -32,6 +32,7 @@ lint: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cd guest-examples && cargo clippy --target wasm32-wasip2 -- -D warnings
 
-# Print the executor benchmark: echo's cost per run against bare wasmtime.
+# Print the benchmarks: echo per run against bare wasmtime; durable throughput.
 bench: setup
     cargo bench -p workhost-tests --bench executor
+    cargo bench -p workhost-tests --bench scheduler

@@ -197,9 +197,11 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<TaskEvent>,
     wake: Arc<Notify>,
-    /// Held from an enqueue's commit until its events are published, so a
-    /// run's `started` never precedes its `scheduled`.
-    publishing: Arc<tokio::sync::Mutex<()>>,
+    /// Enqueues hold it shared from their commit until their events are
+    /// published; a run takes it exclusively before publishing `started`,
+    /// so `started` never precedes `scheduled` while enqueues still commit
+    /// together.
+    publishing: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -232,7 +234,7 @@ impl Queue {
             clock: Arc::new(SystemClock),
             events: broadcast::channel(4096).0,
             wake: Arc::new(Notify::new()),
-            publishing: Arc::new(tokio::sync::Mutex::new(())),
+            publishing: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -253,7 +255,7 @@ impl Queue {
         }
         let (request, warnings) = request.checked(&self.floor)?;
         let (store, now) = (self.store.clone(), self.now());
-        let _order = self.publishing.lock().await;
+        let _order = self.publishing.read().await;
         let (mut enqueued, changes) = blocking(move || store.enqueue(request, now)).await?;
         enqueued.warnings = warnings;
         self.publish(&changes, |c| match c.state {
@@ -613,7 +615,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;
-    drop(queue.publishing.lock().await);
+    drop(queue.publishing.write().await);
     let _ = queue.events.send(TaskEvent {
         id: info.id,
         state: TaskState::Running,
