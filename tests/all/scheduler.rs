@@ -428,48 +428,47 @@ async fn queries_select_by_state_tag_and_unique_name_and_events_stream() {
     let delayed = d.queue().enqueue(r).await.unwrap().id;
     let ran = d.queue().enqueue(WorkRequest::one_off("echo", "now")).await.unwrap().id;
     d.run_until_idle().await;
-    let ids = |v: Vec<TaskInfo>| v.into_iter().map(|t| t.id).collect::<Vec<_>>();
     let q = d.queue();
-    assert_eq!(
-        ids(q
-            .query(workhost::Query {
+    let cases = [
+        (
+            workhost::Query {
                 state: Some(TaskState::Enqueued),
                 ..Default::default()
-            })
-            .await
-            .unwrap()),
-        [delayed]
-    );
-    assert_eq!(
-        ids(q
-            .query(workhost::Query {
+            },
+            vec![delayed],
+        ),
+        (
+            workhost::Query {
                 state: Some(TaskState::Succeeded),
                 ..Default::default()
-            })
-            .await
-            .unwrap()),
-        [ran]
-    );
-    assert_eq!(
-        ids(q
-            .query(workhost::Query {
+            },
+            vec![ran],
+        ),
+        (
+            workhost::Query {
                 tag: Some("t2".into()),
                 ..Default::default()
-            })
-            .await
-            .unwrap()),
-        [delayed]
-    );
-    assert_eq!(
-        ids(q
-            .query(workhost::Query {
+            },
+            vec![delayed],
+        ),
+        (
+            workhost::Query {
                 unique_name: Some("named".into()),
                 ..Default::default()
-            })
+            },
+            vec![delayed],
+        ),
+    ];
+    for (query, expected) in cases {
+        let found: Vec<TaskId> = q
+            .query(query.clone())
             .await
-            .unwrap()),
-        [delayed]
-    );
+            .unwrap()
+            .into_iter()
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(found, expected, "{query:?}");
+    }
     let mut seen = Vec::new();
     while let Ok(e) = events.try_recv() {
         seen.push((e.id, e.event));
