@@ -197,11 +197,6 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<TaskEvent>,
     wake: Arc<Notify>,
-    /// Enqueues hold it shared from their commit until their events are
-    /// published; a run takes it exclusively before publishing `started`,
-    /// so `started` never precedes `scheduled` while enqueues still commit
-    /// together.
-    publishing: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -234,7 +229,6 @@ impl Queue {
             clock: Arc::new(SystemClock),
             events: broadcast::channel(4096).0,
             wake: Arc::new(Notify::new()),
-            publishing: Arc::new(tokio::sync::RwLock::new(())),
         })
     }
 
@@ -254,16 +248,22 @@ impl Queue {
             return Err(WorkError::UnknownHandler(request.handler));
         }
         let (request, warnings) = request.checked(&self.floor)?;
-        let (store, now) = (self.store.clone(), self.now());
-        let _order = self.publishing.read().await;
-        let (mut enqueued, changes) = blocking(move || store.enqueue(request, now)).await?;
+        let now = self.now();
+        // The events are published in the writer thread right after the
+        // commit, before any later write: a task is always `scheduled`
+        // before a dispatcher can claim it and report it `started`.
+        let (events, clock) = (self.events.clone(), self.clock.clone());
+        let on_commit: crate::store::CommitHook<(Enqueued, Vec<Change>)> =
+            Box::new(move |(_, changes): &(Enqueued, Vec<Change>)| {
+                publish(&events, clock.now(), changes, |c| match c.state {
+                    TaskState::Blocked => ("blocked", String::new()),
+                    TaskState::Cancelled => ("cancelled", "replaced by new unique work".into()),
+                    TaskState::Failed => ("failed", "work it runs after failed".into()),
+                    _ => ("scheduled", String::new()),
+                });
+            });
+        let (mut enqueued, _) = self.store.enqueue_async(request, now, on_commit).await?;
         enqueued.warnings = warnings;
-        self.publish(&changes, |c| match c.state {
-            TaskState::Blocked => ("blocked", String::new()),
-            TaskState::Cancelled => ("cancelled", "replaced by new unique work".into()),
-            TaskState::Failed => ("failed", "work it runs after failed".into()),
-            _ => ("scheduled", String::new()),
-        });
         self.wake.notify_one();
         Ok(enqueued)
     }
@@ -287,6 +287,12 @@ impl Queue {
     pub async fn query(&self, query: Query) -> Result<Vec<TaskInfo>, StoreError> {
         let store = self.store.clone();
         blocking(move || store.query(&query)).await
+    }
+
+    /// How many tasks are in each state.
+    pub async fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError> {
+        let store = self.store.clone();
+        blocking(move || store.count_by_state()).await
     }
 
     /// Pauses: nothing new starts, in this process or any other on the
@@ -339,6 +345,24 @@ impl Queue {
                 at,
             });
         }
+    }
+}
+
+fn publish(
+    events: &broadcast::Sender<TaskEvent>,
+    at: Millis,
+    changes: &[Change],
+    describe: impl Fn(&Change) -> (&'static str, String),
+) {
+    for c in changes {
+        let (event, detail) = describe(c);
+        let _ = events.send(TaskEvent {
+            id: c.id,
+            state: c.state,
+            event,
+            detail,
+            at,
+        });
     }
 }
 
@@ -551,15 +575,14 @@ async fn dispatch(inner: Arc<Inner>) {
         let store = inner.queue.store.clone();
         let (free, per) = inner.free_slots();
         let now = inner.queue.now();
-        let (claimed, counter) = blocking(move || {
-            let claimed = if free > 0 && !store.paused().unwrap_or(false) {
-                store.claim(now, free, &per)
-            } else {
-                Ok(Vec::new())
-            };
-            (claimed, store.change_counter().unwrap_or(0))
-        })
-        .await;
+        let claimed = if free > 0 {
+            store.claim_async(now, free, per).await
+        } else {
+            Ok(Vec::new())
+        };
+        // A read of SQLite's in-memory change counter: microseconds, so it
+        // runs inline rather than on the blocking pool.
+        let counter = store.change_counter().unwrap_or(0);
         for c in claimed.unwrap_or_default() {
             let (stop, handler) = (StopHandle::new(), c.info.handler.clone());
             inner
@@ -615,7 +638,6 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;
-    drop(queue.publishing.write().await);
     let _ = queue.events.send(TaskEvent {
         id: info.id,
         state: TaskState::Running,
@@ -686,9 +708,10 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     };
     // Periodic work that moved on to its next period resets its attempts.
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
-    let store = queue.store.clone();
     let id = info.id;
-    let changes = blocking(move || store.finish(id, attempt, transition, &outcome, now))
+    let changes = queue
+        .store
+        .finish_async(id, attempt, transition, &outcome, now)
         .await
         .unwrap_or_default();
     inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);

@@ -153,6 +153,8 @@ pub trait TaskStore: Send + Sync {
     fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError>;
     /// Tasks matching the filter, without attempt history.
     fn query(&self, query: &Query) -> Result<Vec<TaskInfo>, StoreError>;
+    /// How many tasks are in each state.
+    fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
     /// The earliest `next_run_at` of ENQUEUED work.
     fn next_due(&self) -> Result<Option<Millis>, StoreError>;
     /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
@@ -230,6 +232,34 @@ CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 "#;
 
 type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
+
+/// Runs in the writer thread right after the commit that made a write
+/// durable, before any later write.
+pub type CommitHook<T> = Box<dyn FnOnce(&T) + Send>;
+
+/// Where a write's result goes: a blocked thread or an awaiting task.
+enum ReplyTo<T> {
+    Blocking(mpsc::SyncSender<T>),
+    Async(tokio::sync::oneshot::Sender<T>),
+}
+
+impl<T> ReplyTo<T> {
+    fn send(self, value: T) {
+        match self {
+            ReplyTo::Blocking(tx) => {
+                let _ = tx.send(value);
+            }
+            ReplyTo::Async(tx) => {
+                let _ = tx.send(value);
+            }
+        }
+    }
+}
+
+fn writer_stopped() -> StoreError {
+    StoreError::Sqlite("the store's writer thread has stopped".into())
+}
+
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 /// The embedded store: `<data_dir>/workhost.db`, SQLite in WAL mode with
@@ -281,29 +311,96 @@ impl SqliteStore {
         &self.path
     }
 
-    /// Runs `f` in the writer's next transaction and waits for its commit.
-    fn write<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+    /// Queues `f` for the writer's next transaction; its result goes to
+    /// `reply` after that transaction commits. `hook` runs in the writer
+    /// thread right after the commit, before any later job.
+    fn submit<T: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E> {
-        let (tx, rx) = mpsc::sync_channel::<Result<T, E>>(1);
+        hook: Option<CommitHook<T>>,
+        reply: ReplyTo<Result<T, E>>,
+    ) {
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
             let reply: Reply = Box::new(move |commit_error| {
-                let _ = tx.send(match commit_error {
+                let result = match commit_error {
                     Some(e) => Err(e.into()),
-                    None => result,
-                });
+                    None => {
+                        if let (Ok(value), Some(hook)) = (&result, hook) {
+                            hook(value);
+                        }
+                        result
+                    }
+                };
+                reply.send(result);
             });
             (ok, reply)
         });
-        let sent = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
-        if sent.is_err() {
-            return Err(StoreError::Sqlite("the store's writer thread has stopped".into()).into());
-        }
-        rx.recv()
-            .unwrap_or_else(|_| Err(StoreError::Sqlite("the store's writer thread has stopped".into()).into()))
+        // If the writer has stopped, the job (and its reply sender) is
+        // dropped, and the waiting side reports that.
+        let _ = self.jobs.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+    }
+
+    /// Runs `f` in the writer's next transaction and blocks until it commits.
+    fn write<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(f, None, ReplyTo::Blocking(tx));
+        rx.recv().unwrap_or_else(|_| Err(writer_stopped().into()))
+    }
+
+    /// Runs `f` in the writer's next transaction and waits, without blocking
+    /// a thread, until it commits.
+    async fn write_async<T: Send + 'static, E: From<StoreError> + Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        hook: Option<CommitHook<T>>,
+    ) -> Result<T, E> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.submit(f, hook, ReplyTo::Async(tx));
+        rx.await.unwrap_or_else(|_| Err(writer_stopped().into()))
+    }
+
+    /// [`TaskStore::enqueue`] without blocking a thread; `on_commit` sees the
+    /// result right after it is durable and before any later write, so
+    /// observers learn of a task before anyone can claim it.
+    pub async fn enqueue_async(
+        &self,
+        request: WorkRequest,
+        now: Millis,
+        on_commit: CommitHook<(Enqueued, Vec<Change>)>,
+    ) -> Result<(Enqueued, Vec<Change>), WorkError> {
+        self.write_async(move |conn| enqueue_in(conn, request, now), Some(on_commit))
+            .await
+    }
+
+    /// [`TaskStore::claim`] without blocking a thread; claims nothing while
+    /// the store is paused.
+    pub async fn claim_async(
+        &self,
+        now: Millis,
+        limit: usize,
+        may_run: HashMap<String, usize>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.write_async(move |conn| claim_in(conn, now, limit, may_run, true), None)
+            .await
+    }
+
+    /// [`TaskStore::finish`] without blocking a thread.
+    pub async fn finish_async(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        transition: Transition,
+        outcome: &RunOutcome,
+        now: Millis,
+    ) -> Result<Vec<Change>, StoreError> {
+        let record = AttemptEnd::of(outcome);
+        self.write_async(move |conn| finish_in(conn, id, attempt, transition, record, now), None)
+            .await
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -786,6 +883,137 @@ fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> Result<(Enq
     ))
 }
 
+/// Claims up to `limit` due tasks (see [`TaskStore::claim`]); with
+/// `unless_paused`, nothing while the store is paused.
+fn claim_in(
+    conn: &Connection,
+    now: Millis,
+    limit: usize,
+    mut free: HashMap<String, usize>,
+    unless_paused: bool,
+) -> Result<Vec<Claimed>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    if unless_paused {
+        let paused: Option<String> = conn
+            .query_row("SELECT value FROM settings WHERE key = 'paused'", [], |r| r.get(0))
+            .optional()?;
+        if paused.as_deref() == Some("1") {
+            return Ok(Vec::new());
+        }
+    }
+    let candidates: Vec<(TaskId, String)> = conn
+        .prepare_cached(
+            "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1 \
+             ORDER BY next_run_at, id LIMIT ?2",
+        )?
+        .query_map(params![now, (limit * 4) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut claimed = Vec::new();
+    for (id, handler) in candidates {
+        if claimed.len() >= limit {
+            break;
+        }
+        let Some(slots) = free.get_mut(&handler) else { continue };
+        if *slots == 0 {
+            continue;
+        }
+        *slots -= 1;
+        let mut stmt = conn.prepare_cached(&format!(
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL \
+             WHERE id = ?1 AND state = 'enqueued' RETURNING {TASK_COLUMNS}"
+        ))?;
+        let Some((mut info, period_start)) = stmt.query_row([id], row_to_info).optional()? else {
+            continue;
+        };
+        load_tags_and_deps(conn, &mut info)?;
+        conn.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, attempt, started_at) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, info.run_attempt_count, now])?;
+        claimed.push(Claimed { info, period_start });
+    }
+    Ok(claimed)
+}
+
+/// What an attempt's row records of its run.
+struct AttemptEnd {
+    outcome: String,
+    stop_reason: Option<String>,
+    error: Option<String>,
+    fuel: Option<i64>,
+    peak_memory: i64,
+    log: String,
+}
+
+impl AttemptEnd {
+    fn of(outcome: &RunOutcome) -> AttemptEnd {
+        AttemptEnd {
+            outcome: outcome.kind().to_string(),
+            stop_reason: outcome.stop_reason().map(str::to_string),
+            error: outcome.error().map(str::to_string),
+            fuel: outcome.fuel_consumed.map(|f| f as i64),
+            peak_memory: outcome.peak_memory_bytes as i64,
+            log: serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+}
+
+/// Records a finished run and applies its transition (see
+/// [`TaskStore::finish`]).
+fn finish_in(
+    conn: &Connection,
+    id: TaskId,
+    attempt: u32,
+    t: Transition,
+    a: AttemptEnd,
+    now: Millis,
+) -> Result<Vec<Change>, StoreError> {
+    conn.prepare_cached(
+        "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, \
+         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = ?2",
+    )?
+    .execute(params![
+        id,
+        attempt,
+        now,
+        a.outcome,
+        a.stop_reason,
+        a.error,
+        a.fuel,
+        a.peak_memory,
+        a.log
+    ])?;
+    let finished = t.state.is_finished().then_some(now);
+    let updated = conn
+        .prepare_cached(
+            "UPDATE tasks SET state = ?3, next_run_at = ?4, period_start = ?5, attempts = ?6, \
+             output = COALESCE(?7, output), stop_reason = ?8, error = ?9, finished_at = ?10 \
+             WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+        )?
+        .execute(params![
+            id,
+            attempt,
+            t.state.as_str(),
+            t.next_run_at,
+            t.period_start,
+            t.attempts,
+            t.output.as_ref().map(Data::to_json),
+            t.stop_reason,
+            t.error,
+            finished,
+        ])?;
+    let mut changes = Vec::new();
+    if updated == 1 {
+        changes.push(Change { id, state: t.state });
+        match t.state {
+            TaskState::Succeeded => unblock(conn, id, now, &mut changes)?,
+            TaskState::Failed | TaskState::Cancelled => propagate(conn, id, t.state, now, &mut changes)?,
+            _ => {}
+        }
+    }
+    Ok(changes)
+}
+
 fn selector_ids(conn: &Connection, selector: &Selector) -> rusqlite::Result<Vec<TaskId>> {
     let unfinished = "state IN ('enqueued', 'running', 'blocked')";
     let (sql, arg): (String, Option<String>) = match selector {
@@ -816,39 +1044,8 @@ impl TaskStore for SqliteStore {
     }
 
     fn claim(&self, now: Millis, limit: usize, may_run: &HashMap<String, usize>) -> Result<Vec<Claimed>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let mut free = may_run.clone();
-        self.write(move |conn| {
-            let candidates: Vec<(TaskId, String)> = conn
-                .prepare_cached(
-                    "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1 ORDER BY next_run_at, id LIMIT ?2",
-                )?
-                .query_map(params![now, (limit * 4) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            let mut claimed = Vec::new();
-            for (id, handler) in candidates {
-                if claimed.len() >= limit {
-                    break;
-                }
-                let Some(slots) = free.get_mut(&handler) else { continue };
-                if *slots == 0 {
-                    continue;
-                }
-                *slots -= 1;
-                conn.prepare_cached(
-                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL WHERE id = ?1 AND state = 'enqueued'",
-                )?
-                .execute([id])?;
-                let (mut info, period_start) = load_task(conn, id)?.expect("the row was just updated");
-                info.tags.shrink_to_fit();
-                conn.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, attempt, started_at) VALUES (?1, ?2, ?3)")?
-                    .execute(params![id, info.run_attempt_count, now])?;
-                claimed.push(Claimed { info, period_start });
-            }
-            Ok::<_, StoreError>(claimed)
-        })
+        let may_run = may_run.clone();
+        self.write(move |conn| claim_in(conn, now, limit, may_run, false))
     }
 
     fn finish(
@@ -859,50 +1056,8 @@ impl TaskStore for SqliteStore {
         outcome: &RunOutcome,
         now: Millis,
     ) -> Result<Vec<Change>, StoreError> {
-        let log = serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into());
-        let (kind, stop, error, fuel, peak) = (
-            outcome.kind().to_string(),
-            outcome.stop_reason().map(str::to_string),
-            outcome.error().map(str::to_string),
-            outcome.fuel_consumed.map(|f| f as i64),
-            outcome.peak_memory_bytes as i64,
-        );
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, peak_memory = ?8, log = ?9 \
-                 WHERE task_id = ?1 AND attempt = ?2",
-            )?
-            .execute(params![id, attempt, now, kind, stop, error, fuel, peak, log])?;
-            let finished = t.state.is_finished().then_some(now);
-            let updated = conn
-                .prepare_cached(
-                    "UPDATE tasks SET state = ?3, next_run_at = ?4, period_start = ?5, attempts = ?6, \
-                     output = COALESCE(?7, output), stop_reason = ?8, error = ?9, finished_at = ?10 \
-                     WHERE id = ?1 AND state = 'running' AND attempts = ?2",
-                )?
-                .execute(params![
-                    id,
-                    attempt,
-                    t.state.as_str(),
-                    t.next_run_at,
-                    t.period_start,
-                    t.attempts,
-                    t.output.as_ref().map(Data::to_json),
-                    t.stop_reason,
-                    t.error,
-                    finished,
-                ])?;
-            let mut changes = Vec::new();
-            if updated == 1 {
-                changes.push(Change { id, state: t.state });
-                match t.state {
-                    TaskState::Succeeded => unblock(conn, id, now, &mut changes)?,
-                    TaskState::Failed | TaskState::Cancelled => propagate(conn, id, t.state, now, &mut changes)?,
-                    _ => {}
-                }
-            }
-            Ok::<_, StoreError>(changes)
-        })
+        let record = AttemptEnd::of(outcome);
+        self.write(move |conn| finish_in(conn, id, attempt, t, record, now))
     }
 
     fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError> {
@@ -1001,6 +1156,21 @@ impl TaskStore for SqliteStore {
                 .collect::<Result<_, _>>()?;
             for info in &mut out {
                 load_tags_and_deps(conn, info)?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError> {
+        self.read(|conn| {
+            let mut s = conn.prepare_cached("SELECT state, count(*) FROM tasks GROUP BY state")?;
+            let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            let mut out = HashMap::new();
+            for row in rows {
+                let (state, n) = row?;
+                if let Some(state) = TaskState::parse(&state) {
+                    out.insert(state, n as usize);
+                }
             }
             Ok(out)
         })
