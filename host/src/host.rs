@@ -197,6 +197,9 @@ pub struct Queue {
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<TaskEvent>,
     wake: Arc<Notify>,
+    /// Ids this process enqueued and already reported, while anyone
+    /// subscribes: the dispatcher reports the others as enqueued elsewhere.
+    reported: Arc<Mutex<std::collections::HashSet<TaskId>>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -229,6 +232,7 @@ impl Queue {
             clock: Arc::new(SystemClock),
             events: broadcast::channel(4096).0,
             wake: Arc::new(Notify::new()),
+            reported: Arc::new(Mutex::new(std::collections::HashSet::new())),
         })
     }
 
@@ -252,7 +256,20 @@ impl Queue {
         // The events are published in the writer thread right after the
         // commit, before any later write: a task is always `scheduled`
         // before a dispatcher can claim it and report it `started`.
-        let (events, clock) = (self.events.clone(), self.clock.clone());
+        let (events, clock, reported) = (self.events.clone(), self.clock.clone(), self.reported.clone());
+        // While anyone watches, this process's ids are noted inside the
+        // transaction, so the dispatcher never takes them for another
+        // process's enqueues.
+        let watched = events.receiver_count() > 0;
+        let before_commit: crate::store::CommitHook<(Enqueued, Vec<Change>)> =
+            Box::new(move |(_, changes): &(Enqueued, Vec<Change>)| {
+                if watched {
+                    reported
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(changes.iter().map(|c| c.id));
+                }
+            });
         let on_commit: crate::store::CommitHook<(Enqueued, Vec<Change>)> =
             Box::new(move |(_, changes): &(Enqueued, Vec<Change>)| {
                 publish(&events, clock.now(), changes, |c| match c.state {
@@ -262,7 +279,7 @@ impl Queue {
                     _ => ("scheduled", String::new()),
                 });
             });
-        let (mut enqueued, _) = self.store.enqueue_async(request, now, on_commit).await?;
+        let (mut enqueued, _) = self.store.enqueue_async(request, now, before_commit, on_commit).await?;
         enqueued.warnings = warnings;
         self.wake.notify_one();
         Ok(enqueued)
@@ -568,6 +585,7 @@ async fn dispatch(inner: Arc<Inner>) {
     let mut shutting_down = inner.shutting_down.subscribe();
     let mut runs = tokio::task::JoinSet::new();
     let mut last_change = u64::MAX;
+    let mut last_seen: Option<TaskId> = None;
     loop {
         if *shutting_down.borrow() {
             break;
@@ -583,6 +601,13 @@ async fn dispatch(inner: Arc<Inner>) {
         // A read of SQLite's in-memory change counter: microseconds, so it
         // runs inline rather than on the blocking pool.
         let counter = store.change_counter().unwrap_or(0);
+        // Report tasks other processes enqueued before any of them is
+        // reported started.
+        if inner.queue.events.receiver_count() > 0
+            && (counter != last_change || claimed.as_ref().is_ok_and(|c| !c.is_empty()))
+        {
+            last_seen = Some(report_foreign_enqueues(&inner, last_seen).await);
+        }
         for c in claimed.unwrap_or_default() {
             let (stop, handler) = (StopHandle::new(), c.info.handler.clone());
             inner
@@ -605,6 +630,43 @@ async fn dispatch(inner: Arc<Inner>) {
         }
     }
     while runs.join_next().await.is_some() {}
+}
+
+/// Reports tasks another process enqueued since `last_seen`; the first call
+/// only finds where to start. This process's own enqueues are noted in
+/// `reported` inside their transaction, so they are never reported twice.
+async fn report_foreign_enqueues(inner: &Arc<Inner>, last_seen: Option<TaskId>) -> TaskId {
+    let store = inner.queue.store.clone();
+    let query = match last_seen {
+        Some(after) => Query {
+            after_id: Some(after),
+            limit: Some(1000),
+            ..Query::default()
+        },
+        None => return blocking(move || store.last_id()).await.unwrap_or(0),
+    };
+    let Ok(tasks) = blocking(move || store.query(&query)).await else {
+        return last_seen.unwrap_or(0);
+    };
+    let mut reported = inner.queue.reported.lock().unwrap_or_else(|e| e.into_inner());
+    let changes: Vec<Change> = tasks
+        .iter()
+        .filter(|t| !reported.remove(&t.id))
+        .map(|t| Change {
+            id: t.id,
+            state: t.state,
+        })
+        .collect();
+    drop(reported);
+    inner.queue.publish(&changes, |c| {
+        let event = if c.state == TaskState::Blocked {
+            "blocked"
+        } else {
+            "scheduled"
+        };
+        (event, "enqueued by another process".into())
+    });
+    tasks.last().map_or(last_seen.unwrap_or(0), |t| t.id)
 }
 
 /// Stops running work that another process cancelled.

@@ -84,6 +84,8 @@ pub struct Query {
     pub unique_name: Option<String>,
     /// Only these ids.
     pub ids: Option<Vec<TaskId>>,
+    /// Only ids above this one (tasks enqueued since).
+    pub after_id: Option<TaskId>,
     /// At most this many, oldest first (default: all).
     pub limit: Option<usize>,
 }
@@ -153,6 +155,8 @@ pub trait TaskStore: Send + Sync {
     fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError>;
     /// Tasks matching the filter, without attempt history.
     fn query(&self, query: &Query) -> Result<Vec<TaskInfo>, StoreError>;
+    /// The highest task id so far (0 for an empty store).
+    fn last_id(&self) -> Result<TaskId, StoreError>;
     /// How many tasks are in each state.
     fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
     /// The earliest `next_run_at` of ENQUEUED work.
@@ -364,17 +368,25 @@ impl SqliteStore {
         rx.await.unwrap_or_else(|_| Err(writer_stopped().into()))
     }
 
-    /// [`TaskStore::enqueue`] without blocking a thread; `on_commit` sees the
-    /// result right after it is durable and before any later write, so
-    /// observers learn of a task before anyone can claim it.
+    /// [`TaskStore::enqueue`] without blocking a thread. `before_commit`
+    /// sees the result inside the transaction, before any other connection
+    /// can read it; `on_commit` right after it is durable and before any
+    /// later write, so observers learn of a task before anyone can claim it.
     pub async fn enqueue_async(
         &self,
         request: WorkRequest,
         now: Millis,
+        before_commit: CommitHook<(Enqueued, Vec<Change>)>,
         on_commit: CommitHook<(Enqueued, Vec<Change>)>,
     ) -> Result<(Enqueued, Vec<Change>), WorkError> {
-        self.write_async(move |conn| enqueue_in(conn, request, now), Some(on_commit))
-            .await
+        let job = move |conn: &Connection| {
+            let result = enqueue_in(conn, request, now);
+            if let Ok(value) = &result {
+                before_commit(value);
+            }
+            result
+        };
+        self.write_async(job, Some(on_commit)).await
     }
 
     /// [`TaskStore::claim`] without blocking a thread; claims nothing while
@@ -1144,6 +1156,9 @@ impl TaskStore for SqliteStore {
                 let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
                 sql.push_str(&format!(" AND t.id IN ({})", list.join(",")));
             }
+            if let Some(after) = q.after_id {
+                sql.push_str(&format!(" AND t.id > {after}"));
+            }
             sql.push_str(" ORDER BY t.id");
             if let Some(limit) = q.limit {
                 sql.push_str(&format!(" LIMIT {limit}"));
@@ -1159,6 +1174,10 @@ impl TaskStore for SqliteStore {
             }
             Ok(out)
         })
+    }
+
+    fn last_id(&self) -> Result<TaskId, StoreError> {
+        self.read(|conn| conn.query_row("SELECT coalesce(max(id), 0) FROM tasks", [], |r| r.get(0)))
     }
 
     fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError> {

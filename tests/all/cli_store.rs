@@ -266,3 +266,32 @@ fn a_foreign_database_file_is_refused_and_left_alone() {
     assert!(run.stderr.contains("is not a workhost database"), "{}", run.stderr);
     assert_eq!(std::fs::read(&db).unwrap(), before, "nothing was reset");
 }
+
+#[test]
+fn serve_debug_prints_every_state_change_including_work_enqueued_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let _daemon = Daemon::start_debug(&m);
+    // Wait for the daemon to be up (it holds serve.lock once started).
+    let ok_id = ok(&m, &["enqueue", "echo", "--task", "a"]).stdout.trim().to_string();
+    wait_for(&m, &ok_id, |t| t["state"] == "succeeded");
+    let id = ok(&m, &["enqueue", "fail", "--task", "b"]).stdout.trim().to_string();
+    wait_for(&m, &id, |t| t["state"] == "failed");
+    let log_path = dir.path().join("events.log");
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let want = [
+            format!("task {id} scheduled (enqueued by another process)"),
+            format!("task {id} started"),
+            format!("task {id} failed (fail handler failed on purpose)"),
+        ];
+        let positions: Vec<Option<usize>> = want.iter().map(|w| log.find(w.as_str())).collect();
+        if positions.iter().all(Option::is_some) {
+            assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order:\n{log}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "missing {want:?} in:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -6,3 +6,4 @@ mod exec_cli;
 mod load;
 mod scheduler;
 mod stops;
+mod store;

@@ -158,11 +158,29 @@ impl Daemon {
     /// Starts `workhost serve --config <manifest>`; its stderr goes to
     /// `serve.log` beside the manifest.
     pub fn start(manifest: &Path) -> Daemon {
+        Self::start_with(manifest, &[])
+    }
+
+    /// Starts `workhost serve --debug`; its stdout (the state changes) goes
+    /// to `events.log` beside the manifest.
+    pub fn start_debug(manifest: &Path) -> Daemon {
+        Self::start_with(manifest, &["--debug"])
+    }
+
+    fn start_with(manifest: &Path, extra: &[&str]) -> Daemon {
+        let stdout = if extra.contains(&"--debug") {
+            std::fs::File::create(manifest.with_file_name("events.log"))
+                .expect("creating events.log")
+                .into()
+        } else {
+            std::process::Stdio::null()
+        };
         Daemon(
             Command::new(workhost_bin())
                 .args(["serve", "--config"])
                 .arg(manifest)
-                .stdout(std::process::Stdio::null())
+                .args(extra)
+                .stdout(stdout)
                 .stderr(std::fs::File::create(manifest.with_file_name("serve.log")).expect("creating serve.log"))
                 .spawn()
                 .expect("starting workhost serve"),

@@ -50,12 +50,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.store.host_config()?;
     let (handlers, dir) = (config.handlers.len(), config.data_dir.clone());
     let host = Host::start(config).await?;
-    let mut events = host.queue().subscribe();
     eprintln!("workhost: serving {handlers} handlers on {}", dir.display());
-    let debug = args.debug;
-    let printer = tokio::spawn(async move {
-        while let Ok(e) = events.recv().await {
-            if debug {
+    // Subscribing costs the dispatcher a look for other processes' enqueues
+    // at each change, so only --debug subscribes.
+    let printer = args.debug.then(|| {
+        let mut events = host.queue().subscribe();
+        tokio::spawn(async move {
+            while let Ok(e) = events.recv().await {
                 let detail = if e.detail.is_empty() {
                     String::new()
                 } else {
@@ -63,7 +64,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 };
                 println!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
             }
-        }
+        })
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -72,7 +73,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("workhost: shutting down; running work gets its grace period");
     host.shutdown().await;
-    printer.abort();
+    if let Some(p) = printer {
+        p.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 

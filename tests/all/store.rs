@@ -1,0 +1,277 @@
+//! The `TaskStore` conformance suite: every backend must pass each case.
+//! Cases speak only the trait; `BACKENDS` lists the implementations.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use workhost::{
+    Data, ExistingWorkPolicy, Query, RunOutcome, RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore,
+    WorkRequest, decide,
+};
+
+type Open = fn(&Path) -> Arc<dyn TaskStore>;
+
+/// Every backend, by name. A new backend adds a line here.
+const BACKENDS: &[(&str, Open)] = &[("sqlite", |dir| SqliteStore::open(dir).unwrap())];
+
+/// Runs `case` on a fresh store of every backend; `open` reopens the same
+/// directory (a second process, or a restart).
+fn each_backend(case: impl Fn(&dyn Fn() -> Arc<dyn TaskStore>)) {
+    for (name, open) in BACKENDS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        eprintln!("backend {name}");
+        case(&|| open(&path));
+    }
+}
+
+const NOW: i64 = 1_000_000;
+
+fn slots(n: usize) -> HashMap<String, usize> {
+    ["a", "b"].iter().map(|h| (h.to_string(), n)).collect()
+}
+
+fn outcome(result: RunResult) -> RunOutcome {
+    RunOutcome {
+        result,
+        duration: Duration::from_millis(1),
+        fuel_consumed: Some(7),
+        peak_memory_bytes: 65536,
+        log: Vec::new(),
+    }
+}
+
+fn run(store: &dyn TaskStore, handler_slots: usize, result: RunResult, now: i64) -> Vec<i64> {
+    let claimed = store.claim(now, 100, &slots(handler_slots)).unwrap();
+    for c in &claimed {
+        let t = decide(&c.retry_facts(), &result, now);
+        store
+            .finish(c.info.id, c.info.run_attempt_count, t, &outcome(result.clone()), now)
+            .unwrap();
+    }
+    claimed.iter().map(|c| c.info.id).collect()
+}
+
+fn state(store: &dyn TaskStore, id: i64) -> TaskState {
+    store.get(id).unwrap().unwrap().state
+}
+
+#[test]
+fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
+    each_backend(|open| {
+        let s = open();
+        let mut later = WorkRequest::one_off("a", "later");
+        later.initial_delay = Duration::from_secs(10);
+        let later = s.enqueue(later, NOW).unwrap().0.id;
+        let ids: Vec<i64> = (0..3)
+            .map(|_| s.enqueue(WorkRequest::one_off("a", "now"), NOW).unwrap().0.id)
+            .collect();
+        let other = s.enqueue(WorkRequest::one_off("b", "now"), NOW).unwrap().0.id;
+        assert_eq!(s.next_due().unwrap(), Some(NOW));
+        let claimed: Vec<i64> = s.claim(NOW, 10, &slots(2)).unwrap().iter().map(|c| c.info.id).collect();
+        assert_eq!(
+            claimed,
+            vec![ids[0], ids[1], other],
+            "two slots for handler a, one task of b"
+        );
+        let c = s.get(ids[0]).unwrap().unwrap();
+        assert_eq!(
+            (c.state, c.run_attempt_count, c.attempts.len()),
+            (TaskState::Running, 1, 1)
+        );
+        let claim_ids = |now| {
+            s.claim(now, 10, &slots(5))
+                .unwrap()
+                .iter()
+                .map(|c| c.info.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(claim_ids(NOW + 9_999), [ids[2]], "the delayed task is not due yet");
+        assert_eq!(claim_ids(NOW + 10_000), [later]);
+        assert_eq!(s.claim(NOW, 10, &HashMap::new()).unwrap(), vec![], "no slot, no claim");
+        assert_eq!(s.last_id().unwrap(), other);
+        let counts = s.count_by_state().unwrap();
+        assert_eq!(counts.get(&TaskState::Running), Some(&5));
+    });
+}
+
+#[test]
+fn a_finish_applies_its_transition_only_to_the_attempt_still_running() {
+    each_backend(|open| {
+        let s = open();
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        let c = s.claim(NOW, 1, &slots(1)).unwrap().remove(0);
+        s.cancel(&Selector::Id(id), NOW).unwrap();
+        let t = decide(&c.retry_facts(), &RunResult::Succeeded(Data::new()), NOW);
+        assert_eq!(
+            s.finish(id, 1, t, &outcome(RunResult::Succeeded(Data::new())), NOW)
+                .unwrap(),
+            vec![]
+        );
+        let info = s.get(id).unwrap().unwrap();
+        assert_eq!(info.state, TaskState::Cancelled, "a cancelled task is not resurrected");
+        assert_eq!(
+            info.attempts[0].outcome.as_deref(),
+            Some("success"),
+            "its attempt is still recorded"
+        );
+        assert_eq!(info.attempts[0].fuel_consumed, Some(7));
+    });
+}
+
+#[test]
+fn unique_names_are_enforced_atomically_across_connections() {
+    each_backend(|open| {
+        let stores: Vec<Arc<dyn TaskStore>> = (0..4).map(|_| open()).collect();
+        let handles: Vec<_> = stores
+            .into_iter()
+            .map(|s| {
+                std::thread::spawn(move || {
+                    let mut r = WorkRequest::one_off("a", "t");
+                    r.unique = Some(("u".into(), ExistingWorkPolicy::Keep));
+                    s.enqueue(r, NOW).unwrap().0
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|e| e.created).count(), 1, "{results:?}");
+        assert!(results.iter().all(|e| e.id == results[0].id));
+    });
+}
+
+#[test]
+fn failure_and_cancellation_propagate_to_dependents_and_success_releases_them() {
+    each_backend(|open| {
+        let s = open();
+        let parent = s.enqueue(WorkRequest::one_off("a", "p"), NOW).unwrap().0.id;
+        let mut child = WorkRequest::one_off("b", "c");
+        child.after = vec![parent];
+        child.input = Data::new().with("own", 1i64);
+        let child = s.enqueue(child, NOW).unwrap().0.id;
+        assert_eq!(state(&*s, child), TaskState::Blocked);
+        run(&*s, 1, RunResult::Succeeded(Data::new().with("from", "parent")), NOW);
+        let c = s.get(child).unwrap().unwrap();
+        assert_eq!(
+            (c.state, c.input),
+            (
+                TaskState::Enqueued,
+                Data::new().with("from", "parent").with("own", 1i64)
+            )
+        );
+
+        let p2 = s.enqueue(WorkRequest::one_off("a", "p2"), NOW).unwrap().0.id;
+        let mut c2 = WorkRequest::one_off("a", "c2");
+        c2.after = vec![p2];
+        let c2 = s.enqueue(c2, NOW).unwrap().0.id;
+        s.cancel(&Selector::Id(child), NOW).unwrap();
+        run(&*s, 1, RunResult::Failed(workhost::Failure::Error("no".into())), NOW);
+        assert_eq!((state(&*s, p2), state(&*s, c2)), (TaskState::Failed, TaskState::Failed));
+    });
+}
+
+#[test]
+fn recovery_re_enqueues_work_left_running_and_fails_it_on_its_last_attempt() {
+    each_backend(|open| {
+        let s = open();
+        let a = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        let mut last = WorkRequest::one_off("a", "t");
+        last.max_attempts = 1;
+        let b = s.enqueue(last, NOW).unwrap().0.id;
+        s.claim(NOW, 10, &slots(5)).unwrap();
+        drop(s);
+        let s = open();
+        let changes = s.recover(NOW + 5).unwrap();
+        assert_eq!(changes.len(), 2);
+        let a = s.get(a).unwrap().unwrap();
+        assert_eq!(
+            (a.state, a.run_attempt_count, a.next_run_at),
+            (TaskState::Enqueued, 1, NOW + 5)
+        );
+        assert_eq!(a.attempts[0].stop_reason.as_deref(), Some("host-shutdown"));
+        assert_eq!(state(&*s, b), TaskState::Failed);
+    });
+}
+
+#[test]
+fn retries_return_to_enqueued_with_backoff_and_stops_are_recorded() {
+    each_backend(|open| {
+        let s = open();
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        run(&*s, 1, RunResult::Stopped(StopReason::Timeout), NOW);
+        let t = s.get(id).unwrap().unwrap();
+        assert_eq!(
+            (t.state, t.next_run_at, t.stop_reason.as_deref()),
+            (TaskState::Enqueued, NOW + 30_000, Some("timeout"))
+        );
+        assert_eq!(run(&*s, 1, RunResult::Retry, NOW), Vec::<i64>::new(), "not due yet");
+        assert_eq!(run(&*s, 1, RunResult::Retry, NOW + 30_000), vec![id]);
+        assert_eq!(s.get(id).unwrap().unwrap().next_run_at, NOW + 30_000 + 60_000);
+    });
+}
+
+#[test]
+fn pause_is_shared_prune_drops_only_old_finished_work_and_queries_filter() {
+    each_backend(|open| {
+        let (s, other) = (open(), open());
+        other.set_paused(true).unwrap();
+        assert!(s.paused().unwrap());
+        s.set_paused(false).unwrap();
+        assert!(!other.paused().unwrap());
+        let mut tagged = WorkRequest::one_off("a", "t");
+        tagged.tags = vec!["x".into()];
+        let done = s.enqueue(tagged, NOW).unwrap().0.id;
+        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW);
+        let mut waiting = WorkRequest::one_off("a", "w");
+        waiting.initial_delay = Duration::from_secs(60);
+        let waiting = s.enqueue(waiting, NOW).unwrap().0.id;
+        s.make_due(waiting, NOW + 1).unwrap();
+        assert_eq!(s.next_due().unwrap(), Some(NOW + 1));
+        let ids = |q: Query| s.query(&q).unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(Query {
+                tag: Some("x".into()),
+                ..Query::default()
+            }),
+            [done]
+        );
+        assert_eq!(
+            ids(Query {
+                state: Some(TaskState::Enqueued),
+                ..Query::default()
+            }),
+            [waiting]
+        );
+        assert_eq!(s.prune(NOW).unwrap(), 0, "finished at NOW is not older than NOW");
+        assert_eq!(s.prune(NOW + 1).unwrap(), 1);
+        assert!(s.get(done).unwrap().is_none());
+        assert!(s.get(waiting).unwrap().is_some());
+    });
+}
+
+#[test]
+fn kv_namespaces_are_apart_increments_are_atomic_and_values_survive_reopening() {
+    each_backend(|open| {
+        let s = open();
+        let kv = s.kv();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let kv = kv.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        kv.increment("h1", "n", 1, 10).unwrap();
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        kv.set("h2", "n", b"x", 10).unwrap();
+        assert_eq!(kv.get("h1", "n").unwrap(), Some(b"200".to_vec()));
+        assert_eq!(kv.increment("h2", "n", 1, 10), Err(workhost::KvError::NotAnInteger));
+        kv.set("h1", "k2", b"v", 2).unwrap();
+        assert_eq!(kv.set("h1", "k3", b"v", 2), Err(workhost::KvError::TooManyKeys(2)));
+        drop((kv, s));
+        assert_eq!(open().kv().get("h1", "n").unwrap(), Some(b"200".to_vec()));
+    });
+}
