@@ -14,6 +14,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::budget::{Budget, TaskKind};
 use crate::data::Data;
+use crate::device::{Constraints, DeviceOverrides, DeviceState, LinuxPaths, Thresholds};
 use crate::engine::{EngineConfig, EngineError, LoadError};
 use crate::executor::{Executor, Handler, RunRequest, StopHandle};
 use crate::kv::{Kv, KvLimits};
@@ -120,6 +121,33 @@ pub struct HostConfig {
     pub poll_interval: Duration,
     /// The engine of fuel-metered handlers (the unmetered engine copies it).
     pub engine: EngineConfig,
+    /// Where the device state for constraints comes from.
+    pub device: DeviceConfig,
+}
+
+/// Where a host's device state comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    /// Read this machine (Linux `/sys` and `/proc`, free space of the data
+    /// directory); otherwise start from "everything available".
+    pub read_machine: bool,
+    /// Fields that replace the readings.
+    pub overrides: DeviceOverrides,
+    /// When readings count as low or busy.
+    pub thresholds: Thresholds,
+    /// How often the machine is read again.
+    pub refresh: Duration,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            read_machine: true,
+            overrides: DeviceOverrides::default(),
+            thresholds: Thresholds::default(),
+            refresh: Duration::from_secs(5),
+        }
+    }
 }
 
 impl HostConfig {
@@ -140,6 +168,7 @@ impl HostConfig {
             retention: Duration::from_secs(86_400),
             shutdown_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(25),
+            device: DeviceConfig::default(),
         }
     }
 }
@@ -383,6 +412,22 @@ fn publish(
     }
 }
 
+/// A run going on.
+struct Running {
+    handler: String,
+    stop: StopHandle,
+    constraints: Constraints,
+}
+
+/// Reads the device state a host starts from.
+fn read_device(config: &DeviceConfig, data_dir: &std::path::Path) -> DeviceState {
+    if config.read_machine {
+        DeviceState::read_linux(&LinuxPaths::default(), data_dir, &config.thresholds)
+    } else {
+        DeviceState::default()
+    }
+}
+
 struct LoadedHandler {
     handler: Handler,
     config: HandlerConfig,
@@ -393,8 +438,15 @@ struct Inner {
     handlers: HashMap<String, LoadedHandler>,
     max_concurrency: usize,
     poll: Duration,
-    running: Mutex<HashMap<TaskId, (String, StopHandle)>>,
+    running: Mutex<HashMap<TaskId, Running>>,
     shutting_down: watch::Sender<bool>,
+    /// The device state constraints are checked against (readings with the
+    /// overrides applied).
+    device: watch::Sender<DeviceState>,
+    /// The last readings (before overrides) and the overrides.
+    device_source: Mutex<(DeviceState, DeviceOverrides)>,
+    device_config: DeviceConfig,
+    data_dir: PathBuf,
     _lock: std::fs::File,
 }
 
@@ -483,6 +535,8 @@ impl Host {
             ("recovered", format!("was running when its host died; now {}", c.state))
         });
 
+        let (device_config, data_dir) = (config.device.clone(), config.data_dir.clone());
+        let readings = blocking(move || read_device(&device_config, &data_dir)).await;
         let inner = Arc::new(Inner {
             queue,
             handlers,
@@ -490,8 +544,15 @@ impl Host {
             poll: config.poll_interval,
             running: Mutex::new(HashMap::new()),
             shutting_down: watch::channel(false).0,
+            device: watch::channel(config.device.overrides.apply(readings.clone())).0,
+            device_source: Mutex::new((readings, config.device.overrides)),
+            device_config: config.device.clone(),
+            data_dir: config.data_dir.clone(),
             _lock: lock,
         });
+        if inner.device_config.read_machine {
+            tokio::spawn(refresh_device(inner.clone()));
+        }
         let dispatcher = tokio::spawn(dispatch(inner.clone()));
         Ok(Host {
             inner,
@@ -512,9 +573,26 @@ impl Host {
         Ok(ids)
     }
 
-    /// Stops running work of `ids` whose constraint stopped holding.
-    pub fn stop_for_constraint(&self, ids: &[TaskId]) {
-        self.inner.stop_running(ids, StopReason::ConstraintLost);
+    /// The device state constraints are checked against now.
+    pub fn device_state(&self) -> DeviceState {
+        self.inner.device.borrow().clone()
+    }
+
+    /// Replaces the overrides of the device state (the embedding program
+    /// knows, say, that the network is metered). Work whose constraints now
+    /// hold starts; running work whose constraints no longer hold stops
+    /// with `constraint-lost` and is retried.
+    pub fn set_device_overrides(&self, overrides: DeviceOverrides) {
+        let mut source = self.inner.device_source.lock().unwrap_or_else(|e| e.into_inner());
+        source.1 = overrides;
+        let state = overrides.apply(source.0.clone());
+        drop(source);
+        self.inner.set_device(state);
+    }
+
+    /// Reads the machine again now (instead of at the next refresh).
+    pub async fn refresh_device_state(&self) {
+        self.inner.refresh_device().await;
     }
 
     /// Ids of the tasks running now.
@@ -544,11 +622,42 @@ impl Host {
 }
 
 impl Inner {
+    /// Publishes a new device state: wakes the dispatcher, and stops running
+    /// work whose constraints no longer hold.
+    fn set_device(&self, state: DeviceState) {
+        let lost: Vec<TaskId> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, r)| !r.constraints.hold(&state))
+            .map(|(id, _)| *id)
+            .collect();
+        self.device.send_replace(state);
+        self.stop_running(&lost, StopReason::ConstraintLost);
+        self.queue.wake.notify_one();
+    }
+
+    async fn refresh_device(&self) {
+        if !self.device_config.read_machine {
+            return;
+        }
+        let (config, dir) = (self.device_config.clone(), self.data_dir.clone());
+        let readings = blocking(move || read_device(&config, &dir)).await;
+        let mut source = self.device_source.lock().unwrap_or_else(|e| e.into_inner());
+        source.0 = readings;
+        let state = source.1.apply(source.0.clone());
+        drop(source);
+        if state != *self.device.borrow() {
+            self.set_device(state);
+        }
+    }
+
     fn stop_running(&self, ids: &[TaskId], reason: StopReason) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
-            if let Some((_, stop)) = running.get(id) {
-                stop.stop(reason);
+            if let Some(r) = running.get(id) {
+                r.stop.stop(reason);
             }
         }
     }
@@ -560,21 +669,23 @@ impl Inner {
             .iter()
             .map(|(n, h)| (n.clone(), h.config.concurrency))
             .collect();
-        for (handler, _) in running.values() {
-            if let Some(n) = per.get_mut(handler) {
+        for r in running.values() {
+            if let Some(n) = per.get_mut(&r.handler) {
                 *n = n.saturating_sub(1);
             }
         }
         (self.max_concurrency.saturating_sub(running.len()), per)
     }
 
-    /// Whether nothing runs and nothing is due now (or the host is paused).
+    /// Whether nothing runs and nothing is due now whose constraints hold
+    /// (or the host is paused).
     async fn idle(&self) -> bool {
         if !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return false;
         }
         let store = self.queue.store.clone();
-        let (paused, due) = blocking(move || (store.paused(), store.next_due())).await;
+        let device = self.device.borrow().clone();
+        let (paused, due) = blocking(move || (store.paused(), store.next_due(&device))).await;
         paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now())
     }
 }
@@ -594,7 +705,8 @@ async fn dispatch(inner: Arc<Inner>) {
         let (free, per) = inner.free_slots();
         let now = inner.queue.now();
         let claimed = if free > 0 {
-            store.claim_async(now, free, per).await
+            let device = inner.device.borrow().clone();
+            store.claim_async(now, free, per, device).await
         } else {
             Ok(Vec::new())
         };
@@ -609,12 +721,17 @@ async fn dispatch(inner: Arc<Inner>) {
             last_seen = Some(report_foreign_enqueues(&inner, last_seen).await);
         }
         for c in claimed.unwrap_or_default() {
-            let (stop, handler) = (StopHandle::new(), c.info.handler.clone());
+            let stop = StopHandle::new();
+            let running = Running {
+                handler: c.info.handler.clone(),
+                stop: stop.clone(),
+                constraints: c.info.constraints,
+            };
             inner
                 .running
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(c.info.id, (handler, stop.clone()));
+                .insert(c.info.id, running);
             runs.spawn(run_task(inner.clone(), c, stop));
         }
         if counter != last_change {
@@ -667,6 +784,17 @@ async fn report_foreign_enqueues(inner: &Arc<Inner>, last_seen: Option<TaskId>) 
         (event, "enqueued by another process".into())
     });
     tasks.last().map_or(last_seen.unwrap_or(0), |t| t.id)
+}
+
+/// Reads the machine every `refresh` until shutdown.
+async fn refresh_device(inner: Arc<Inner>) {
+    let mut shutting_down = inner.shutting_down.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(inner.device_config.refresh) => inner.refresh_device().await,
+            _ = shutting_down.changed() => return,
+        }
+    }
 }
 
 /// Stops running work that another process cancelled.
@@ -815,8 +943,11 @@ impl std::fmt::Debug for TestDriver {
 }
 
 impl TestDriver {
-    /// Starts a host on a manual clock reading 2026-01-01T00:00:00Z.
-    pub async fn start(config: HostConfig) -> Result<TestDriver, HostError> {
+    /// Starts a host on a manual clock reading 2026-01-01T00:00:00Z. The
+    /// device state does not come from the machine: it starts as
+    /// "everything available" and changes only through [`Self::set_device`].
+    pub async fn start(mut config: HostConfig) -> Result<TestDriver, HostError> {
+        config.device.read_machine = false;
         let clock = Arc::new(ManualClock::new(1_767_225_600_000));
         let host = Host::start_with_clock(config, clock.clone()).await?;
         Ok(TestDriver { host, clock })
@@ -854,6 +985,13 @@ impl TestDriver {
     /// Makes a periodic task's period delay met: its next run is due now.
     pub async fn set_period_delay_met(&self, id: TaskId) -> Result<(), WorkError> {
         self.set_initial_delay_met(id).await
+    }
+
+    /// Sets the device state (overrides on "everything available"):
+    /// constraints that now hold let work start; running work whose
+    /// constraints no longer hold stops with `constraint-lost`.
+    pub fn set_device(&self, overrides: DeviceOverrides) {
+        self.host.set_device_overrides(overrides);
     }
 
     /// Waits until nothing runs and nothing is due at the current time.

@@ -36,6 +36,7 @@
 mod bindings;
 mod budget;
 mod data;
+mod device;
 mod engine;
 mod executor;
 mod host;
@@ -51,6 +52,9 @@ mod work;
 
 pub use budget::{Budget, DEFAULT_FUEL, TaskKind};
 pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
+pub use device::{
+    Constraints, DeviceOverrides, DeviceState, LinuxPaths, NetworkState, NetworkType, Readings, Thresholds,
+};
 pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
 pub use host::{

@@ -55,6 +55,26 @@ struct File {
     shutdown_grace: Option<String>,
     #[serde(default)]
     handlers: BTreeMap<String, HandlerFile>,
+    device: Option<DeviceFile>,
+}
+
+/// `[device]`: overrides of what the machine reports, and thresholds.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFile {
+    read_machine: Option<bool>,
+    refresh: Option<String>,
+    charging: Option<bool>,
+    battery_low: Option<bool>,
+    connected: Option<bool>,
+    metered: Option<bool>,
+    roaming: Option<bool>,
+    temporarily_unmetered: Option<bool>,
+    storage_low: Option<bool>,
+    idle: Option<bool>,
+    battery_low_percent: Option<u8>,
+    storage_low_bytes: Option<String>,
+    idle_load_per_cpu: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +153,35 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
     }
     if let Some(d) = duration("shutdown_grace", &file.shutdown_grace)? {
         config.shutdown_grace = d;
+    }
+    if let Some(d) = &file.device {
+        let c = &mut config.device;
+        if let Some(v) = d.read_machine {
+            c.read_machine = v;
+        }
+        if let Some(r) = duration("device.refresh", &d.refresh)? {
+            c.refresh = r;
+        }
+        c.overrides = crate::device::DeviceOverrides {
+            charging: d.charging,
+            battery_low: d.battery_low,
+            connected: d.connected,
+            metered: d.metered,
+            roaming: d.roaming,
+            temporarily_unmetered: d.temporarily_unmetered,
+            storage_low: d.storage_low,
+            idle: d.idle,
+        };
+        if let Some(p) = d.battery_low_percent {
+            c.thresholds.battery_low_percent = p;
+        }
+        if let Some(b) = &d.storage_low_bytes {
+            c.thresholds.storage_low_bytes =
+                parse_size(b).map_err(|e| invalid("device.storage_low_bytes".into(), e.to_string()))?;
+        }
+        if let Some(l) = d.idle_load_per_cpu {
+            c.thresholds.idle_load_per_cpu = l;
+        }
     }
     for (name, h) in file.handlers {
         let key = |k: &str| format!("handlers.{name}.{k}");

@@ -12,6 +12,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::budget::TaskKind;
 use crate::data::Data;
+use crate::device::DeviceState;
 use crate::kv::{KvError, KvStore, parse_counter};
 use crate::outcome::RunOutcome;
 use crate::retry::{RetryFacts, Transition};
@@ -130,9 +131,16 @@ pub trait TaskStore: Send + Sync {
     /// Enqueues work (already checked by [`WorkRequest::checked`]), applying
     /// its unique-work policy atomically.
     fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError>;
-    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run`,
-    /// oldest due first, marking them RUNNING and counting the attempt.
-    fn claim(&self, now: Millis, limit: usize, may_run: &HashMap<String, usize>) -> Result<Vec<Claimed>, StoreError>;
+    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` and
+    /// whose constraints hold in `device`, oldest due first, marking them
+    /// RUNNING and counting the attempt.
+    fn claim(
+        &self,
+        now: Millis,
+        limit: usize,
+        may_run: &HashMap<String, usize>,
+        device: &DeviceState,
+    ) -> Result<Vec<Claimed>, StoreError>;
     /// Records a finished run and applies its transition, unless the task
     /// left RUNNING meanwhile (cancelled). Unblocks, fails or cancels
     /// dependents as needed.
@@ -159,8 +167,9 @@ pub trait TaskStore: Send + Sync {
     fn last_id(&self) -> Result<TaskId, StoreError>;
     /// How many tasks are in each state.
     fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
-    /// The earliest `next_run_at` of ENQUEUED work.
-    fn next_due(&self) -> Result<Option<Millis>, StoreError>;
+    /// The earliest `next_run_at` of ENQUEUED work whose constraints hold in
+    /// `device`.
+    fn next_due(&self, device: &DeviceState) -> Result<Option<Millis>, StoreError>;
     /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError>;
     /// Sets the paused flag shared by every process on this store.
@@ -179,7 +188,18 @@ pub trait TaskStore: Send + Sync {
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
+
+/// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
+/// `v + 1`, inside the same transaction as the version bump.
+const MIGRATIONS: &[&str] = &[
+    // 1 -> 2: constraints.
+    "ALTER TABLE tasks ADD COLUMN req_network INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tasks ADD COLUMN req_charging INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tasks ADD COLUMN req_battery INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tasks ADD COLUMN req_idle INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tasks ADD COLUMN req_storage INTEGER NOT NULL DEFAULT 0;",
+];
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
 
@@ -209,7 +229,12 @@ CREATE TABLE tasks (
     stop_reason TEXT,
     error TEXT,
     created_at INTEGER NOT NULL,
-    finished_at INTEGER
+    finished_at INTEGER,
+    req_network INTEGER NOT NULL DEFAULT 0,
+    req_charging INTEGER NOT NULL DEFAULT 0,
+    req_battery INTEGER NOT NULL DEFAULT 0,
+    req_idle INTEGER NOT NULL DEFAULT 0,
+    req_storage INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tasks_due ON tasks(state, next_run_at);
 CREATE INDEX tasks_unique ON tasks(unique_name) WHERE unique_name IS NOT NULL;
@@ -390,14 +415,15 @@ impl SqliteStore {
     }
 
     /// [`TaskStore::claim`] without blocking a thread; claims nothing while
-    /// the store is paused.
+    /// the store is paused, and only work whose constraints hold in `device`.
     pub async fn claim_async(
         &self,
         now: Millis,
         limit: usize,
         may_run: HashMap<String, usize>,
+        device: DeviceState,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.write_async(move |conn| claim_in(conn, now, limit, may_run, true), None)
+        self.write_async(move |conn| claim_in(conn, now, limit, may_run, &device, true), None)
             .await
     }
 
@@ -463,10 +489,15 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "application_id", APPLICATION_ID)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        } else if (1..SCHEMA_VERSION).contains(&version) {
+            for migration in &MIGRATIONS[(version - 1) as usize..] {
+                conn.execute_batch(migration)?;
+            }
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         } else if version != SCHEMA_VERSION {
             return Err(StoreError::Foreign {
                 path: path.to_path_buf(),
-                detail: format!("schema version {version}, this workhost reads version {SCHEMA_VERSION}"),
+                detail: format!("schema version {version}, this workhost reads versions 1 to {SCHEMA_VERSION}"),
             });
         }
         Ok(())
@@ -536,7 +567,7 @@ fn backoff_str(b: BackoffPolicy) -> &'static str {
 
 const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, output, progress, attempts, max_attempts, \
      next_run_at, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, stop_reason, error, \
-     created_at, finished_at, period_start";
+     created_at, finished_at, period_start, req_network, req_charging, req_battery, req_idle, req_storage";
 
 fn data_column(text: Option<String>) -> Option<Data> {
     text.and_then(|t| Data::from_json(&t).ok())
@@ -580,6 +611,13 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, Millis)> {
         after: Vec::new(),
         created_at: r.get(21)?,
         finished_at: r.get(22)?,
+        constraints: crate::device::Constraints {
+            network: crate::device::NetworkType::from_code(r.get(24)?),
+            charging: r.get(25)?,
+            battery_not_low: r.get(26)?,
+            device_idle: r.get(27)?,
+            storage_not_low: r.get(28)?,
+        },
         attempts: Vec::new(),
     };
     Ok((info, r.get(23)?))
@@ -739,6 +777,14 @@ fn cancel_ids(conn: &Connection, ids: &[TaskId], now: Millis, changes: &mut Vec<
     Ok(())
 }
 
+fn write_constraints(conn: &Connection, id: TaskId, c: &crate::device::Constraints) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "UPDATE tasks SET req_network = ?2, req_charging = ?3, req_battery = ?4, req_idle = ?5, req_storage = ?6 WHERE id = ?1",
+    )?
+    .execute(params![id, c.network.code(), c.charging, c.battery_not_low, c.device_idle, c.storage_not_low])?;
+    Ok(())
+}
+
 fn insert_task(
     conn: &Connection,
     r: &WorkRequest,
@@ -782,6 +828,9 @@ fn insert_task(
         now,
     ])?;
     let id = conn.last_insert_rowid();
+    if !r.constraints.is_empty() {
+        write_constraints(conn, id, &r.constraints)?;
+    }
     for tag in &r.tags {
         conn.prepare_cached("INSERT OR IGNORE INTO tags (tag, task_id) VALUES (?1, ?2)")?
             .execute(params![tag, id])?;
@@ -858,6 +907,7 @@ fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> Result<(Enq
                         r.budget.max_memory_bytes.map(|m| m as i64),
                     ],
                 )?;
+                write_constraints(conn, id, &r.constraints)?;
                 conn.execute("DELETE FROM tags WHERE task_id = ?1", [id])?;
                 for tag in &r.tags {
                     conn.execute(
@@ -902,6 +952,7 @@ fn claim_in(
     now: Millis,
     limit: usize,
     mut free: HashMap<String, usize>,
+    device: &DeviceState,
     unless_paused: bool,
 ) -> Result<Vec<Claimed>, StoreError> {
     if limit == 0 {
@@ -915,11 +966,12 @@ fn claim_in(
             return Ok(Vec::new());
         }
     }
+    let sql = format!(
+        "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1{} ORDER BY next_run_at, id LIMIT ?2",
+        constraint_filter(device)
+    );
     let candidates: Vec<(TaskId, String)> = conn
-        .prepare_cached(
-            "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1 \
-             ORDER BY next_run_at, id LIMIT ?2",
-        )?
+        .prepare_cached(&sql)?
         .query_map(params![now, (limit * 4) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let mut claimed = Vec::new();
@@ -945,6 +997,29 @@ fn claim_in(
         claimed.push(Claimed { info, period_start });
     }
     Ok(claimed)
+}
+
+/// SQL that keeps only tasks whose constraints hold in `device`.
+fn constraint_filter(device: &DeviceState) -> String {
+    let networks: Vec<String> = crate::device::NetworkType::ALL
+        .iter()
+        .filter(|t| t.holds(&device.network))
+        .map(|t| t.code().to_string())
+        .collect();
+    let mut sql = format!(" AND req_network IN ({})", networks.join(","));
+    if !device.charging {
+        sql.push_str(" AND req_charging = 0");
+    }
+    if device.battery_low {
+        sql.push_str(" AND req_battery = 0");
+    }
+    if !device.idle {
+        sql.push_str(" AND req_idle = 0");
+    }
+    if device.storage_low {
+        sql.push_str(" AND req_storage = 0");
+    }
+    sql
 }
 
 /// What an attempt's row records of its run.
@@ -1055,9 +1130,15 @@ impl TaskStore for SqliteStore {
         self.write(move |conn| enqueue_in(conn, request, now))
     }
 
-    fn claim(&self, now: Millis, limit: usize, may_run: &HashMap<String, usize>) -> Result<Vec<Claimed>, StoreError> {
-        let may_run = may_run.clone();
-        self.write(move |conn| claim_in(conn, now, limit, may_run, false))
+    fn claim(
+        &self,
+        now: Millis,
+        limit: usize,
+        may_run: &HashMap<String, usize>,
+        device: &DeviceState,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let (may_run, device) = (may_run.clone(), device.clone());
+        self.write(move |conn| claim_in(conn, now, limit, may_run, &device, false))
     }
 
     fn finish(
@@ -1195,12 +1276,12 @@ impl TaskStore for SqliteStore {
         })
     }
 
-    fn next_due(&self) -> Result<Option<Millis>, StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued'", [], |r| {
-                r.get(0)
-            })
-        })
+    fn next_due(&self, device: &DeviceState) -> Result<Option<Millis>, StoreError> {
+        let sql = format!(
+            "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued'{}",
+            constraint_filter(device)
+        );
+        self.read(|conn| conn.query_row(&sql, [], |r| r.get(0)))
     }
 
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError> {
@@ -1383,4 +1464,39 @@ impl KvStore for SqliteKv {
 
 fn sq(e: rusqlite::Error) -> KvError {
     KvError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated_in_place_keeping_its_tasks() {
+        let dir = std::env::temp_dir().join(format!("workhost-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        let id = store.enqueue(WorkRequest::one_off("h", "kept"), 1).unwrap().0.id;
+        let path = store.path().to_path_buf();
+        drop(store);
+        // Turn it back into a version 1 database.
+        let conn = Connection::open(&path).unwrap();
+        for column in ["req_network", "req_charging", "req_battery", "req_idle", "req_storage"] {
+            conn.execute_batch(&format!("ALTER TABLE tasks DROP COLUMN {column}"))
+                .unwrap();
+        }
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        drop(conn);
+        let store = SqliteStore::open(&dir).unwrap();
+        let task = store.get(id).unwrap().unwrap();
+        assert_eq!(
+            (task.task.as_str(), task.constraints),
+            ("kept", crate::device::Constraints::default())
+        );
+        let version: i64 = store
+            .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

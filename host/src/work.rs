@@ -268,6 +268,8 @@ pub struct WorkRequest {
     pub max_attempts: u32,
     /// Budget overrides within the handler's.
     pub budget: BudgetOverride,
+    /// What must hold before (and while) it runs.
+    pub constraints: crate::device::Constraints,
 }
 
 impl WorkRequest {
@@ -287,6 +289,7 @@ impl WorkRequest {
             backoff_delay: DEFAULT_BACKOFF,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             budget: BudgetOverride::default(),
+            constraints: crate::device::Constraints::default(),
         }
     }
 
@@ -456,6 +459,8 @@ pub struct TaskInfo {
     pub backoff_delay: Duration,
     /// Budget overrides.
     pub budget: BudgetOverride,
+    /// What must hold before (and while) it runs.
+    pub constraints: crate::device::Constraints,
     /// Tasks this one waits for.
     pub after: Vec<TaskId>,
     /// When it was enqueued.

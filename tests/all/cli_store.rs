@@ -295,3 +295,77 @@ fn serve_debug_prints_every_state_change_including_work_enqueued_elsewhere() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn status_names_what_each_task_waits_for_under_the_manifests_device_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let mut text = std::fs::read_to_string(&m).unwrap();
+    text.push_str("\n[device]\ncharging = false\nmetered = true\nidle = true\n");
+    std::fs::write(&m, text).unwrap();
+    let charging = ok(
+        &m,
+        &[
+            "enqueue",
+            "echo",
+            "--task",
+            "c",
+            "--requires-charging",
+            "--requires-network",
+            "unmetered",
+        ],
+    );
+    let charging = charging.stdout.trim().to_string();
+    let idle = ok(&m, &["enqueue", "echo", "--task", "i", "--requires-device-idle"])
+        .stdout
+        .trim()
+        .to_string();
+    let status = ok(&m, &["status"]).stdout;
+    assert!(
+        status.contains(&format!("task {charging} waits for: network (unmetered), charging")),
+        "{status}"
+    );
+    assert!(
+        !status.contains(&format!("task {idle} ")),
+        "idle is overridden to yes: {status}"
+    );
+    assert!(status.contains("charging          no"), "{status}");
+    let json = ok(&m, &["status", "--json"]).json();
+    assert_eq!(json["paused"], false);
+    assert_eq!(json["device"]["charging"], false);
+    assert_eq!(json["waiting"][0]["id"].to_string(), charging);
+    assert_eq!(task(&m, &charging)["constraints"]["network"], "unmetered");
+
+    // A daemon under these overrides runs the idle task and holds the other.
+    let _daemon = Daemon::start(&m);
+    wait_for(&m, &idle, |t| t["state"] == "succeeded");
+    assert_eq!(task(&m, &charging)["state"], "enqueued");
+
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[device]\ncharging = \"yes\"\nsolar = true\n",
+    )
+    .unwrap();
+    let run = wh(&dir.path().join("bad.toml"), &["status"]);
+    assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    for i in 0..50 {
+        ok(&m, &["enqueue", "echo", "--task", &format!("t{i}"), "--delay", "1h"]);
+    }
+    let mut child = std::process::Command::new(workhost_tests::workhost_bin())
+        .args(["list", "--config"])
+        .arg(&m)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

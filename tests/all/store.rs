@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use workhost::{
-    Data, ExistingWorkPolicy, Query, RunOutcome, RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore,
-    WorkRequest, decide,
+    Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, NetworkType, Query, RunOutcome, RunResult,
+    Selector, SqliteStore, StopReason, TaskState, TaskStore, WorkRequest, decide,
 };
 
 type Open = fn(&Path) -> Arc<dyn TaskStore>;
@@ -44,7 +44,9 @@ fn outcome(result: RunResult) -> RunOutcome {
 }
 
 fn run(store: &dyn TaskStore, handler_slots: usize, result: RunResult, now: i64) -> Vec<i64> {
-    let claimed = store.claim(now, 100, &slots(handler_slots)).unwrap();
+    let claimed = store
+        .claim(now, 100, &slots(handler_slots), &DeviceState::default())
+        .unwrap();
     for c in &claimed {
         let t = decide(&c.retry_facts(), &result, now);
         store
@@ -69,8 +71,13 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
             .map(|_| s.enqueue(WorkRequest::one_off("a", "now"), NOW).unwrap().0.id)
             .collect();
         let other = s.enqueue(WorkRequest::one_off("b", "now"), NOW).unwrap().0.id;
-        assert_eq!(s.next_due().unwrap(), Some(NOW));
-        let claimed: Vec<i64> = s.claim(NOW, 10, &slots(2)).unwrap().iter().map(|c| c.info.id).collect();
+        assert_eq!(s.next_due(&DeviceState::default()).unwrap(), Some(NOW));
+        let claimed: Vec<i64> = s
+            .claim(NOW, 10, &slots(2), &DeviceState::default())
+            .unwrap()
+            .iter()
+            .map(|c| c.info.id)
+            .collect();
         assert_eq!(
             claimed,
             vec![ids[0], ids[1], other],
@@ -82,7 +89,7 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
             (TaskState::Running, 1, 1)
         );
         let claim_ids = |now| {
-            s.claim(now, 10, &slots(5))
+            s.claim(now, 10, &slots(5), &DeviceState::default())
                 .unwrap()
                 .iter()
                 .map(|c| c.info.id)
@@ -90,7 +97,11 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
         };
         assert_eq!(claim_ids(NOW + 9_999), [ids[2]], "the delayed task is not due yet");
         assert_eq!(claim_ids(NOW + 10_000), [later]);
-        assert_eq!(s.claim(NOW, 10, &HashMap::new()).unwrap(), vec![], "no slot, no claim");
+        assert_eq!(
+            s.claim(NOW, 10, &HashMap::new(), &DeviceState::default()).unwrap(),
+            vec![],
+            "no slot, no claim"
+        );
         assert_eq!(s.last_id().unwrap(), other);
         let counts = s.count_by_state().unwrap();
         assert_eq!(counts.get(&TaskState::Running), Some(&5));
@@ -102,7 +113,7 @@ fn a_finish_applies_its_transition_only_to_the_attempt_still_running() {
     each_backend(|open| {
         let s = open();
         let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
-        let c = s.claim(NOW, 1, &slots(1)).unwrap().remove(0);
+        let c = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap().remove(0);
         s.cancel(&Selector::Id(id), NOW).unwrap();
         let t = decide(&c.retry_facts(), &RunResult::Succeeded(Data::new()), NOW);
         assert_eq!(
@@ -179,7 +190,7 @@ fn recovery_re_enqueues_work_left_running_and_fails_it_on_its_last_attempt() {
         let mut last = WorkRequest::one_off("a", "t");
         last.max_attempts = 1;
         let b = s.enqueue(last, NOW).unwrap().0.id;
-        s.claim(NOW, 10, &slots(5)).unwrap();
+        s.claim(NOW, 10, &slots(5), &DeviceState::default()).unwrap();
         drop(s);
         let s = open();
         let changes = s.recover(NOW + 5).unwrap();
@@ -227,7 +238,7 @@ fn pause_is_shared_prune_drops_only_old_finished_work_and_queries_filter() {
         waiting.initial_delay = Duration::from_secs(60);
         let waiting = s.enqueue(waiting, NOW).unwrap().0.id;
         s.make_due(waiting, NOW + 1).unwrap();
-        assert_eq!(s.next_due().unwrap(), Some(NOW + 1));
+        assert_eq!(s.next_due(&DeviceState::default()).unwrap(), Some(NOW + 1));
         let ids = |q: Query| s.query(&q).unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>();
         assert_eq!(
             ids(Query {
@@ -273,5 +284,88 @@ fn kv_namespaces_are_apart_increments_are_atomic_and_values_survive_reopening() 
         assert_eq!(kv.set("h1", "k3", b"v", 2), Err(workhost::KvError::TooManyKeys(2)));
         drop((kv, s));
         assert_eq!(open().kv().get("h1", "n").unwrap(), Some(b"200".to_vec()));
+    });
+}
+
+#[test]
+fn only_work_whose_constraints_hold_is_claimed() {
+    each_backend(|open| {
+        let s = open();
+        let mut ids = Vec::new();
+        let needs = [
+            Constraints {
+                network: NetworkType::Unmetered,
+                ..Constraints::default()
+            },
+            Constraints {
+                charging: true,
+                ..Constraints::default()
+            },
+            Constraints {
+                battery_not_low: true,
+                ..Constraints::default()
+            },
+            Constraints {
+                device_idle: true,
+                ..Constraints::default()
+            },
+            Constraints {
+                storage_not_low: true,
+                ..Constraints::default()
+            },
+            Constraints::default(),
+        ];
+        for c in needs {
+            let mut r = WorkRequest::one_off("a", "t");
+            r.constraints = c;
+            ids.push(s.enqueue(r, NOW).unwrap().0.id);
+        }
+        assert_eq!(s.get(ids[0]).unwrap().unwrap().constraints, needs[0]);
+        let nothing = DeviceOverrides {
+            charging: Some(false),
+            battery_low: Some(true),
+            metered: Some(true),
+            storage_low: Some(true),
+            idle: Some(false),
+            ..DeviceOverrides::default()
+        }
+        .apply(DeviceState::default());
+        let claim = |device: &DeviceState| {
+            s.claim(NOW, 10, &slots(10), device)
+                .unwrap()
+                .iter()
+                .map(|c| c.info.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(s.next_due(&nothing).unwrap(), Some(NOW));
+        assert_eq!(claim(&nothing), [ids[5]], "only the unconstrained task");
+        assert_eq!(s.next_due(&nothing).unwrap(), None, "nothing left that may run");
+        for (i, fix) in [
+            DeviceOverrides {
+                metered: Some(false),
+                ..DeviceOverrides::default()
+            },
+            DeviceOverrides {
+                charging: Some(true),
+                ..DeviceOverrides::default()
+            },
+            DeviceOverrides {
+                battery_low: Some(false),
+                ..DeviceOverrides::default()
+            },
+            DeviceOverrides {
+                idle: Some(true),
+                ..DeviceOverrides::default()
+            },
+            DeviceOverrides {
+                storage_low: Some(false),
+                ..DeviceOverrides::default()
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(claim(&fix.apply(nothing.clone())), [ids[i]], "constraint {i}");
+        }
     });
 }

@@ -103,7 +103,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let outcome = handler.run(request).await;
 
     if args.json {
-        println!("{}", outcome.to_json());
+        out!("{}", outcome.to_json());
     } else {
         print_outcome(&outcome);
     }
@@ -125,25 +125,25 @@ pub fn read_input(json: Option<&str>, pairs: &[String]) -> anyhow::Result<Data> 
 }
 
 fn print_outcome(outcome: &RunOutcome) {
-    println!("outcome      {}", outcome.kind());
+    out!("outcome      {}", outcome.kind());
     if let Some(output) = outcome.output() {
-        println!("output       {output}");
+        out!("output       {output}");
     }
     if let Some(reason) = outcome.stop_reason() {
-        println!("stop reason  {reason}");
+        out!("stop reason  {reason}");
     }
     if let Some(error) = outcome.error() {
-        println!("error        {error}");
+        out!("error        {error}");
     }
-    println!("duration     {:.3} ms", outcome.duration.as_secs_f64() * 1000.0);
+    out!("duration     {:.3} ms", outcome.duration.as_secs_f64() * 1000.0);
     if let Some(fuel) = outcome.fuel_consumed {
-        println!("fuel         {fuel}");
+        out!("fuel         {fuel}");
     }
-    println!("peak memory  {}", format_size(outcome.peak_memory_bytes));
+    out!("peak memory  {}", format_size(outcome.peak_memory_bytes));
     if outcome.log.is_empty() {
-        println!("log          (empty)");
+        out!("log          (empty)");
     } else {
-        println!("log");
+        out!("log");
         for line in &outcome.log {
             let source = match line.source {
                 LogSource::Handler => "",
@@ -151,7 +151,7 @@ fn print_outcome(outcome: &RunOutcome) {
                 LogSource::Stderr => " stderr",
                 LogSource::Host => " host",
             };
-            println!("  {:>6}ms {:?}{source}: {}", line.at_ms, line.level, line.message);
+            out!("  {:>6}ms {:?}{source}: {}", line.at_ms, line.level, line.message);
         }
     }
 }

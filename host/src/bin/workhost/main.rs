@@ -6,6 +6,21 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// Prints a line to stdout. A closed pipe (`workhost list | head`) ends the
+/// process quietly with success, as `head` expects; any other write error
+/// is a bug worth a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("writing to stdout: {e}");
+        }
+    }};
+}
+
 mod exec;
 mod store_cmds;
 
@@ -44,6 +59,9 @@ enum Command {
     Resume(store_cmds::SimpleArgs),
     /// Remove finished work older than the retention period.
     Prune(store_cmds::PruneArgs),
+    /// Show the device state, whether the host is paused, and which tasks
+    /// wait on which constraint.
+    Status(store_cmds::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +84,7 @@ fn main() -> ExitCode {
             Command::Pause(args) => store_cmds::pause(args, true).await,
             Command::Resume(args) => store_cmds::pause(args, false).await,
             Command::Prune(args) => store_cmds::prune(args).await,
+            Command::Status(args) => store_cmds::status(args).await,
         }
     });
     match result {

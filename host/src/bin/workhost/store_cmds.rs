@@ -62,7 +62,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     format!(" ({})", e.detail)
                 };
-                println!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
+                out!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
             }
         })
     });
@@ -130,6 +130,22 @@ pub struct EnqueueArgs {
     /// Attempt limit.
     #[arg(long = "max-attempts", value_name = "N")]
     max_attempts: Option<u32>,
+    /// Run only with this network.
+    #[arg(long = "requires-network", value_name = "TYPE",
+          value_parser = ["not-required", "connected", "unmetered", "not-roaming", "metered", "temporarily-unmetered"])]
+    requires_network: Option<String>,
+    /// Run only while charging.
+    #[arg(long = "requires-charging")]
+    requires_charging: bool,
+    /// Run only while the battery is not low.
+    #[arg(long = "requires-battery-not-low")]
+    requires_battery_not_low: bool,
+    /// Run only while the device is idle.
+    #[arg(long = "requires-device-idle")]
+    requires_device_idle: bool,
+    /// Run only while storage is not low.
+    #[arg(long = "requires-storage-not-low")]
+    requires_storage_not_low: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -178,18 +194,29 @@ pub async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = a.max_attempts {
         r.max_attempts = n;
     }
+    r.constraints = workhost::Constraints {
+        network: a
+            .requires_network
+            .as_deref()
+            .and_then(workhost::NetworkType::parse)
+            .unwrap_or_default(),
+        charging: a.requires_charging,
+        battery_not_low: a.requires_battery_not_low,
+        device_idle: a.requires_device_idle,
+        storage_not_low: a.requires_storage_not_low,
+    };
     let queue = a.store.queue()?;
     let e = queue.enqueue(r).await?;
     for w in &e.warnings {
         eprintln!("warning: {w}");
     }
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({"id": e.id, "created": e.created, "warnings": e.warnings})
         );
     } else {
-        println!("{}", e.id);
+        out!("{}", e.id);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -223,7 +250,7 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     };
     let tasks = queue.query(q).await?;
     if a.json {
-        println!(
+        out!(
             "{}",
             serde_json::Value::Array(tasks.iter().map(|t| task_json(t, false)).collect())
         );
@@ -231,7 +258,7 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     }
     print_table(&tasks);
     if queue.is_paused().await? {
-        println!("(paused: nothing new starts until `workhost resume`)");
+        out!("(paused: nothing new starts until `workhost resume`)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -239,9 +266,16 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
 /// Prints tasks as a table with their earliest begin time (the seed's
 /// printScheduledTasks).
 pub fn print_table(tasks: &[TaskInfo]) {
-    println!(
+    out!(
         "{:>5}  {:<9}  {:<10}  {:<14}  {:<10}  {:>8}  {:<24}  {:<12}  TAGS",
-        "ID", "STATE", "HANDLER", "TASK", "KIND", "ATTEMPTS", "EARLIEST BEGIN", "UNIQUE"
+        "ID",
+        "STATE",
+        "HANDLER",
+        "TASK",
+        "KIND",
+        "ATTEMPTS",
+        "EARLIEST BEGIN",
+        "UNIQUE"
     );
     for t in tasks {
         let begin = if t.state == TaskState::Enqueued {
@@ -249,7 +283,7 @@ pub fn print_table(tasks: &[TaskInfo]) {
         } else {
             "-".into()
         };
-        println!(
+        out!(
             "{:>5}  {:<9}  {:<10}  {:<14}  {:<10}  {:>8}  {:<24}  {:<12}  {}",
             t.id,
             t.state.as_str(),
@@ -282,17 +316,17 @@ pub async fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
         bail!("no task with id {}", a.id)
     };
     if a.json {
-        println!("{}", task_json(&t, true));
+        out!("{}", task_json(&t, true));
         return Ok(ExitCode::SUCCESS);
     }
     let json = task_json(&t, false);
     for (k, v) in json.as_object().expect("an object") {
         if !v.is_null() {
-            println!("{k:<18} {v}");
+            out!("{k:<18} {v}");
         }
     }
     for at in &t.attempts {
-        println!(
+        out!(
             "attempt {}: started {} {} {}{}",
             at.attempt,
             rfc3339(at.started_at),
@@ -301,9 +335,12 @@ pub async fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
             at.error.as_deref().unwrap_or("")
         );
         for line in &at.log {
-            println!(
+            out!(
                 "    {:>6}ms {:?} {:?}: {}",
-                line.at_ms, line.level, line.source, line.message
+                line.at_ms,
+                line.level,
+                line.source,
+                line.message
             );
         }
     }
@@ -338,7 +375,7 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
     };
     let queue = a.store.queue()?;
     let ids = queue.cancel(selector).await?;
-    println!(
+    out!(
         "cancelled {} task(s){}",
         ids.len(),
         if ids.is_empty() {
@@ -374,7 +411,7 @@ pub async fn pause(a: SimpleArgs, paused: bool) -> anyhow::Result<ExitCode> {
     } else {
         queue.resume().await?
     }
-    println!(
+    out!(
         "{}",
         if paused {
             "paused: nothing new starts until `workhost resume`"
@@ -387,7 +424,7 @@ pub async fn pause(a: SimpleArgs, paused: bool) -> anyhow::Result<ExitCode> {
 
 pub async fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     let n = a.store.queue()?.prune(a.all).await?;
-    println!("pruned {n} finished task(s)");
+    out!("pruned {n} finished task(s)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -410,6 +447,7 @@ pub fn task_json(t: &TaskInfo, attempts: bool) -> serde_json::Value {
         "stop_reason": t.stop_reason,
         "error": t.error,
         "after": t.after,
+        "constraints": t.constraints,
         "every_ms": t.periodic.map(|p| p.frequency.as_millis() as u64),
         "flex_ms": t.periodic.map(|p| p.flex.as_millis() as u64),
         "created_at": rfc3339(t.created_at),
@@ -419,4 +457,107 @@ pub fn task_json(t: &TaskInfo, attempts: bool) -> serde_json::Value {
         v["attempts"] = serde_json::to_value(&t.attempts).expect("attempts serialize");
     }
     v
+}
+
+/// `workhost status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the device state (read as `serve` reads it, with the manifest's
+/// overrides), whether the store is paused, and which enqueued tasks wait
+/// on which constraint.
+pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
+    let config = a.store.host_config()?;
+    let queue = a.store.queue()?;
+    let device = config.device.clone();
+    let dir = config.data_dir.clone();
+    let readings = tokio::task::spawn_blocking(move || {
+        if device.read_machine {
+            workhost::DeviceState::read_linux(&workhost::LinuxPaths::default(), &dir, &device.thresholds)
+        } else {
+            workhost::DeviceState::default()
+        }
+    })
+    .await?;
+    let state = config.device.overrides.apply(readings);
+    let paused = queue.is_paused().await?;
+    let waiting: Vec<(i64, Vec<&'static str>)> = queue
+        .query(Query {
+            state: Some(TaskState::Enqueued),
+            ..Query::default()
+        })
+        .await?
+        .iter()
+        .map(|t| (t.id, t.constraints.unmet(&state)))
+        .filter(|(_, unmet)| !unmet.is_empty())
+        .collect();
+    if a.json {
+        let waiting: Vec<_> = waiting
+            .iter()
+            .map(|(id, unmet)| serde_json::json!({"id": id, "waiting_for": unmet}))
+            .collect();
+        out!(
+            "{}",
+            serde_json::json!({"device": state, "paused": paused, "waiting": waiting})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let r = &state.readings;
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    out!("paused            {}", yes(paused));
+    out!(
+        "charging          {}{}",
+        yes(state.charging),
+        r.mains_online
+            .map(|m| format!(" (mains {})", if m { "online" } else { "offline" }))
+            .unwrap_or_default()
+    );
+    out!(
+        "battery low       {}{}",
+        yes(state.battery_low),
+        r.battery_percent
+            .map(|p| format!(" ({p}%)"))
+            .unwrap_or_else(|| " (no battery)".into())
+    );
+    out!(
+        "network           {}{}{}",
+        if state.network.connected {
+            "connected"
+        } else {
+            "not connected"
+        },
+        if state.network.metered { ", metered" } else { "" },
+        if r.default_route_interfaces.is_empty() {
+            String::new()
+        } else {
+            format!(" (default route via {})", r.default_route_interfaces.join(", "))
+        }
+    );
+    out!(
+        "storage low       {}{}",
+        yes(state.storage_low),
+        r.storage_free_bytes
+            .map(|f| format!(" ({} free)", workhost::units::format_size(f)))
+            .unwrap_or_default()
+    );
+    out!(
+        "idle              {}{}",
+        yes(state.idle),
+        r.load_per_cpu
+            .map(|l| format!(" (load {l:.2} per CPU)"))
+            .unwrap_or_default()
+    );
+    if waiting.is_empty() {
+        out!("no task waits on a constraint");
+    }
+    for (id, unmet) in waiting {
+        out!("task {id} waits for: {}", unmet.join(", "));
+    }
+    Ok(ExitCode::SUCCESS)
 }
