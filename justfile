@@ -18,7 +18,7 @@ guests: setup
 
 # The main job: run the example handlers through `workhost exec`.
 demo: guests
-    cargo build --quiet -p workhost --bin workhost
+    cargo build --quiet --workspace --bins
     scripts/demo
 
 # Run every test: unit, integration (guests built from source), doc tests.

@@ -45,6 +45,7 @@ impl Executor {
         let mut linker = Linker::new(engine.wasmtime());
         let link_error = |e: wasmtime::Error| EngineError::Wasmtime(format!("linking the platform: {e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
         TaskHandler::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s).map_err(link_error)?;
         Ok(Executor {
             engine,
@@ -194,6 +195,8 @@ pub struct RunRequest {
     pub progress: Option<ProgressSink>,
     /// Stops the run from outside.
     pub stop: StopHandle,
+    /// What the handler may touch (outbound HTTP).
+    pub grants: Arc<crate::grants::Grants>,
 }
 
 impl RunRequest {
@@ -215,6 +218,7 @@ impl RunRequest {
             kv: Kv::in_memory(name),
             progress: None,
             stop: StopHandle::new(),
+            grants: Arc::default(),
         }
     }
 }
@@ -235,6 +239,7 @@ impl Handler {
             kv,
             progress,
             stop,
+            grants,
         } = request;
         let started = Instant::now();
         let deadline = started + budget.timeout;
@@ -249,6 +254,7 @@ impl Handler {
             deadline,
             kv,
             progress,
+            grants,
         );
         let mut store = wasmtime::Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);

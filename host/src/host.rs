@@ -85,6 +85,8 @@ pub struct HandlerConfig {
     pub fuel: bool,
     /// kv limits.
     pub kv_limits: KvLimits,
+    /// What it may touch (outbound HTTP).
+    pub grants: Arc<crate::grants::Grants>,
 }
 
 impl HandlerConfig {
@@ -98,6 +100,7 @@ impl HandlerConfig {
             concurrency: 4,
             fuel: true,
             kv_limits: KvLimits::default(),
+            grants: Arc::default(),
         }
     }
 }
@@ -873,6 +876,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
                     std::thread::spawn(move || store.set_progress(id, &d));
                 })),
                 stop,
+                grants: loaded.config.grants.clone(),
             };
             loaded.handler.run(request).await
         }

@@ -39,6 +39,7 @@ mod data;
 mod device;
 mod engine;
 mod executor;
+mod grants;
 mod host;
 mod kv;
 mod manifest;
@@ -57,6 +58,7 @@ pub use device::{
 };
 pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
+pub use grants::{AllowedOrigin, Grants, HttpLimits, OriginError, is_internal};
 pub use host::{
     Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SystemClock, TaskEvent, TestDriver,
 };

@@ -86,6 +86,11 @@ struct HandlerFile {
     processing_timeout: Option<String>,
     fuel: Option<Fuel>,
     max_memory: Option<String>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    max_http_requests: Option<u32>,
+    max_http_response_bytes: Option<String>,
+    http_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -222,6 +227,24 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
             hc.budget.max_memory_bytes = bytes;
             hc.processing_budget.max_memory_bytes = bytes;
         }
+        let mut grants = crate::grants::Grants::default();
+        for origin in &h.allowed_hosts {
+            grants.allowed_hosts.push(
+                crate::grants::AllowedOrigin::parse(origin)
+                    .map_err(|e| invalid(key("allowed_hosts"), e.to_string()))?,
+            );
+        }
+        if let Some(n) = h.max_http_requests {
+            grants.http.max_requests = n;
+        }
+        if let Some(b) = &h.max_http_response_bytes {
+            grants.http.max_response_bytes =
+                parse_size(b).map_err(|e| invalid(key("max_http_response_bytes"), e.to_string()))?;
+        }
+        if let Some(t) = duration(&key("http_timeout"), &h.http_timeout)? {
+            grants.http.request_timeout = t;
+        }
+        hc.grants = std::sync::Arc::new(grants);
         config.handlers.push(hc);
     }
     Ok(config)

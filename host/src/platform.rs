@@ -49,6 +49,8 @@ pub(crate) struct RunState {
     deadline: Instant,
     kv: Kv,
     progress: Option<ProgressSink>,
+    http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    http_gate: crate::grants::HttpGate,
 }
 
 impl RunState {
@@ -59,9 +61,11 @@ impl RunState {
         deadline: Instant,
         kv: Kv,
         progress: Option<ProgressSink>,
+        grants: Arc<crate::grants::Grants>,
     ) -> Self {
         RunState {
             wasi: wasi_context(&log),
+            http_gate: crate::grants::HttpGate::new(grants, log.clone()),
             table: ResourceTable::new(),
             limiter,
             log,
@@ -69,13 +73,14 @@ impl RunState {
             deadline,
             kv,
             progress,
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
         }
     }
 }
 
 /// The WASI context of a run: stdout and stderr captured into the run's
-/// log; no stdin, arguments, environment, preopened directories or network.
-/// Grants (directories, hosts, environment) are added here.
+/// log; no stdin, arguments, environment, preopened directories or sockets.
+/// Outbound HTTP goes through wasi:http and the run's `HttpGate`.
 fn wasi_context(log: &SharedLog) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
     b.stdout(CaptureStream {
@@ -98,6 +103,16 @@ impl WasiView for RunState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for RunState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
         }
     }
 }

@@ -461,13 +461,18 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         detail: e.to_string(),
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // The first read of the header tells a non-database file apart.
-    let app_id: i64 = conn
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .map_err(|e| foreign(e.to_string()))?;
-    let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| foreign(e.to_string()))?;
+    // The first read of the header tells a non-database file apart. Both
+    // values come from one snapshot: another process may be creating the
+    // schema right now, and a mixed view (its tables without its
+    // application id) would look foreign.
+    conn.execute_batch("BEGIN").map_err(|e| foreign(e.to_string()))?;
+    let header = conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master)",
+        [],
+        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+    );
+    let _ = conn.execute_batch("COMMIT");
+    let (app_id, tables) = header.map_err(|e| foreign(e.to_string()))?;
     if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
         return Err(foreign(format!(
             "its application id is {app_id:#x} with {tables} schema objects"

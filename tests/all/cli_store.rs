@@ -201,14 +201,26 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
         ),
         ("this is not toml", &["workhost.toml"]),
     ];
-    for (text, words) in cases {
+    let bad_origin = format!(
+        "[handlers.x]\ncomponent = {:?}\nallowed_hosts = [\"nope\"]\n",
+        workhost_tests::guests::ECHO
+    );
+    let cases: Vec<(&str, &[&str])> = cases
+        .iter()
+        .copied()
+        .chain([(
+            bad_origin.as_str(),
+            &["handlers.x.allowed_hosts", "\"nope\" is not an origin"][..],
+        )])
+        .collect();
+    for (text, words) in &cases {
         let bad = dir.path().join("bad");
         std::fs::create_dir_all(&bad).unwrap();
         let path = bad.join("workhost.toml");
         std::fs::write(&path, text).unwrap();
         let run = wh(&path, &["list"]);
         assert_eq!(run.code, 2, "{text:?}: {run:?}");
-        for w in *words {
+        for w in words.iter() {
             assert!(run.stderr.contains(w), "{text:?}: {w:?} missing from {}", run.stderr);
         }
     }

@@ -153,6 +153,10 @@ fn exec_refuses_bad_input_with_a_clear_message_and_exit_2() {
         (vec![guests::ECHO, "--kind", "weekly"], &["weekly"]),
         (vec![guests::ECHO, "--attempt", "0"], &["--attempt"]),
         (vec![guests::ECHO, "--fuel", "lots"], &["--fuel"]),
+        (
+            vec![guests::ECHO, "--allow-host", "example.com"],
+            &["--allow-host", "\"example.com\" is not an origin"],
+        ),
     ];
     for (args, words) in cases {
         let run = exec(&args);

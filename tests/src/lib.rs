@@ -42,7 +42,10 @@ pub fn workhost_bin() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .current_dir(root())
-            .args(["build", "--quiet", "-p", "workhost", "--bin", "workhost"])
+            // `--workspace` resolves features as `cargo test --workspace`
+            // does; building `-p workhost` alone would resolve them
+            // differently and rebuild wasmtime on every test run.
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .status()
             .expect("running cargo build for the workhost binary");
         assert!(status.success(), "building the workhost binary failed");
@@ -198,5 +201,56 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for tests: `/` answers 200 with
+/// "hello world", `/big` 200 with 1 MiB, anything else 404. Each connection
+/// serves one request. It stops when the test process ends.
+pub struct TestServer {
+    /// Its port.
+    pub port: u16,
+}
+
+impl TestServer {
+    /// Starts the server on a free port.
+    pub fn start() -> TestServer {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a test port");
+        let port = listener.local_addr().expect("local address").port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).is_err() {
+                        return;
+                    }
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                        line.clear();
+                    }
+                    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let (status, body): (&str, Vec<u8>) = match path.as_str() {
+                        "/" => ("200 OK", b"hello world".to_vec()),
+                        "/big" => ("200 OK", vec![b'x'; 1 << 20]),
+                        _ => ("404 Not Found", b"no".to_vec()),
+                    };
+                    let mut stream = stream;
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                });
+            }
+        });
+        TestServer { port }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
     }
 }

@@ -53,6 +53,10 @@ pub struct ExecArgs {
     /// Compile the component without the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Let the handler send HTTP requests to this origin
+    /// (scheme://host[:port], `*.` wildcards). Repeatable.
+    #[arg(long = "allow-host", value_name = "ORIGIN")]
+    allow_host: Vec<String>,
 }
 
 /// Runs `workhost exec`. Errors are usage or load errors (exit 2); a run
@@ -73,6 +77,12 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         bail!("--attempt counts from 1 (the first attempt)");
     }
     let input = read_input(args.input_json.as_deref(), &args.input)?;
+    let allowed_hosts = args
+        .allow_host
+        .iter()
+        .map(|o| workhost::AllowedOrigin::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .context("--allow-host")?;
 
     let cache_dir = if args.no_cache {
         None
@@ -100,6 +110,10 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     request.task.attempt = args.attempt;
     request.input = input;
     request.budget = budget;
+    request.grants = std::sync::Arc::new(workhost::Grants {
+        allowed_hosts,
+        ..workhost::Grants::default()
+    });
     let outcome = handler.run(request).await;
 
     if args.json {

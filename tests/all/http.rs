@@ -1,0 +1,172 @@
+//! Outbound HTTP reaches only allow-listed origins; refusals are errors the
+//! guest sees and lines in the run's log; per-run limits hold. The server is
+//! one the test starts on 127.0.0.1.
+
+use std::sync::Arc;
+
+use workhost::{AllowedOrigin, Data, Grants, HttpLimits, LogSource, RunOutcome, RunRequest, RunResult, Value};
+use workhost_tests::{TestServer, executor, guests};
+
+async fn fetch(url: &str, allowed: &[&str], limits: HttpLimits, times: i64) -> RunOutcome {
+    let handler = executor().load_file(guests::FETCH.as_ref()).unwrap();
+    let mut r = RunRequest::new("fetch");
+    r.input = Data::new().with("url", url).with("times", times);
+    r.grants = Arc::new(Grants {
+        allowed_hosts: allowed.iter().map(|o| AllowedOrigin::parse(o).unwrap()).collect(),
+        http: limits,
+    });
+    handler.run(r).await
+}
+
+fn host_log(outcome: &RunOutcome) -> String {
+    outcome
+        .log
+        .iter()
+        .filter(|l| l.source == LogSource::Host)
+        .map(|l| l.message.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn a_granted_origin_is_reached_and_its_answer_kept() {
+    let server = TestServer::start();
+    let origin = format!("http://127.0.0.1:{}", server.port);
+    let handler = executor().load_file(guests::FETCH.as_ref()).unwrap();
+    let mut r = RunRequest::new("fetch");
+    r.input = Data::new().with("url", server.url("/"));
+    r.grants = Arc::new(Grants {
+        allowed_hosts: vec![AllowedOrigin::parse(&origin).unwrap()],
+        ..Grants::default()
+    });
+    let kv = r.kv.clone();
+    let outcome = handler.run(r).await;
+    assert_eq!(
+        outcome.result,
+        RunResult::Succeeded(Data::new().with("status", 200i64).with("bytes", 11i64)),
+        "{:?}",
+        outcome.log
+    );
+    assert_eq!(kv.get("last_status").unwrap(), Some(b"200".to_vec()));
+}
+
+#[tokio::test]
+async fn an_origin_off_the_list_is_refused_as_an_error_the_guest_sees_and_logged() {
+    let server = TestServer::start();
+    for allowed in [
+        &[][..],
+        &["https://127.0.0.1"],
+        &["http://127.0.0.1:1"],
+        &["http://example.com"],
+    ] {
+        let outcome = fetch(&server.url("/"), allowed, HttpLimits::default(), 1).await;
+        assert_eq!(outcome.stop_reason(), None, "a refusal is not a trap");
+        assert!(
+            outcome.error().unwrap().contains("refused by the host"),
+            "{:?}",
+            outcome.result
+        );
+        assert!(
+            host_log(&outcome).contains("not on the handler's allowed_hosts"),
+            "{allowed:?}: {}",
+            host_log(&outcome)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_name_resolving_inside_is_refused_unless_listed_exactly() {
+    let server = TestServer::start();
+    let p = server.port;
+    // A wildcard that matches a loopback address is not enough...
+    let outcome = fetch(
+        &server.url("/"),
+        &[&format!("http://*.0.0.1:{p}")],
+        HttpLimits::default(),
+        1,
+    )
+    .await;
+    assert!(
+        host_log(&outcome).contains("resolves to the internal address 127.0.0.1"),
+        "{}",
+        host_log(&outcome)
+    );
+    assert!(outcome.error().is_some());
+    // ...an exact listing is, by address or by name.
+    let by_name = fetch(
+        &format!("http://localhost:{p}/"),
+        &[&format!("http://localhost:{p}")],
+        HttpLimits::default(),
+        1,
+    )
+    .await;
+    assert_eq!(
+        by_name.output().and_then(|o| o.get("status")),
+        Some(&Value::S64(200)),
+        "{:?}",
+        by_name.log
+    );
+}
+
+#[tokio::test]
+async fn per_run_request_and_response_byte_limits_hold() {
+    let server = TestServer::start();
+    let origin = format!("http://127.0.0.1:{}", server.port);
+    let limits = HttpLimits {
+        max_requests: 2,
+        ..HttpLimits::default()
+    };
+    let outcome = fetch(&server.url("/"), &[&origin], limits, 3).await;
+    assert!(
+        host_log(&outcome).contains("already made its 2 requests"),
+        "{}",
+        host_log(&outcome)
+    );
+    assert!(outcome.error().is_some());
+    let ok = fetch(&server.url("/"), &[&origin], limits, 2).await;
+    assert!(ok.output().is_some(), "{:?}", ok.result);
+
+    let limits = HttpLimits {
+        max_response_bytes: 4096,
+        ..HttpLimits::default()
+    };
+    let big = fetch(&server.url("/big"), &[&origin], limits, 1).await;
+    assert!(
+        big.error()
+            .unwrap_or_default()
+            .contains("body size exceeds limit: 4096 bytes"),
+        "{:?} {:?}",
+        big.result,
+        big.log
+    );
+}
+
+#[test]
+fn exec_allow_host_grants_an_origin() {
+    let server = TestServer::start();
+    let cache = tempfile::tempdir().unwrap();
+    let origin = format!("http://127.0.0.1:{}", server.port);
+    let url = format!("url={}", server.url("/"));
+    let run = workhost_tests::workhost(
+        &[
+            "exec",
+            guests::FETCH,
+            "--input",
+            &url,
+            "--allow-host",
+            &origin,
+            "--json",
+        ],
+        cache.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["output"]["bytes"], 11);
+    let refused = workhost_tests::workhost(&["exec", guests::FETCH, "--input", &url, "--json"], cache.path());
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused by the host")
+    );
+}
