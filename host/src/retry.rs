@@ -116,7 +116,11 @@ pub fn decide(t: &RetryFacts, result: &RunResult, now: Millis) -> Transition {
                     RunResult::Stopped(r) => format!("stopped ({r})"),
                     _ => "asked to retry".to_string(),
                 };
-                let error = Some(format!("gave up after {} attempts; the last one {why}", t.attempts));
+                let plural = if t.attempts == 1 { "" } else { "s" };
+                let error = Some(format!(
+                    "gave up after {} attempt{plural}; the last one {why}",
+                    t.attempts
+                ));
                 if periodic {
                     next_period(Transition { error, ..base })
                 } else {

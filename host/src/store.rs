@@ -1304,7 +1304,7 @@ impl TaskStore for SqliteStore {
                 conn.execute(
                     "UPDATE tasks SET state = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN 'failed' ELSE 'enqueued' END, \
                      next_run_at = ?2, stop_reason = 'host-shutdown', \
-                     error = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN 'gave up after ' || attempts || ' attempts; the last one died with its host' ELSE error END, \
+                     error = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN 'gave up after ' || attempts || CASE WHEN attempts = 1 THEN ' attempt' ELSE ' attempts' END || '; the last one died with its host' ELSE error END, \
                      finished_at = CASE WHEN attempts >= max_attempts AND kind != 'periodic' THEN ?2 ELSE NULL END WHERE id = ?1",
                     params![id, now],
                 )?;
