@@ -7,7 +7,7 @@ use std::process::Command;
 
 /// The Rust examples, one crate each under `guest-examples/`.
 const RUST_GUESTS: &[&str] = &[
-    "echo", "fetch", "counter", "flaky", "fail", "trap", "spin", "hog", "recurse", "chatty",
+    "echo", "fetch", "files", "counter", "flaky", "fail", "trap", "spin", "hog", "recurse", "chatty",
 ];
 
 fn main() {

@@ -117,6 +117,9 @@ impl Default for HttpLimits {
     }
 }
 
+/// Where a granted data directory appears inside the guest.
+pub const GUEST_DATA_DIR: &str = "/data";
+
 /// What a handler is granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
@@ -124,6 +127,10 @@ pub struct Grants {
     pub allowed_hosts: Vec<AllowedOrigin>,
     /// Limits on outbound HTTP.
     pub http: HttpLimits,
+    /// A host directory the handler sees, read-write, at [`GUEST_DATA_DIR`]
+    /// and nowhere else: `..`, absolute paths and symlinks cannot leave it
+    /// (wasmtime-wasi resolves every path inside the preopen with cap-std).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// Whether an address is loopback, private, link-local, unspecified or

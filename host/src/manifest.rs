@@ -88,6 +88,7 @@ struct HandlerFile {
     max_memory: Option<String>,
     #[serde(default)]
     allowed_hosts: Vec<String>,
+    data_dir: Option<bool>,
     max_http_requests: Option<u32>,
     max_http_response_bytes: Option<String>,
     http_timeout: Option<String>,
@@ -243,6 +244,9 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         }
         if let Some(t) = duration(&key("http_timeout"), &h.http_timeout)? {
             grants.http.request_timeout = t;
+        }
+        if h.data_dir == Some(true) {
+            grants.data_dir = Some(config.data_dir.join("handlers").join(&name));
         }
         hc.grants = std::sync::Arc::new(grants);
         config.handlers.push(hc);

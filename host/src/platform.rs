@@ -64,7 +64,7 @@ impl RunState {
         grants: Arc<crate::grants::Grants>,
     ) -> Self {
         RunState {
-            wasi: wasi_context(&log),
+            wasi: wasi_context(&log, &grants),
             http_gate: crate::grants::HttpGate::new(grants, log.clone()),
             table: ResourceTable::new(),
             limiter,
@@ -79,10 +79,26 @@ impl RunState {
 }
 
 /// The WASI context of a run: stdout and stderr captured into the run's
-/// log; no stdin, arguments, environment, preopened directories or sockets.
-/// Outbound HTTP goes through wasi:http and the run's `HttpGate`.
-fn wasi_context(log: &SharedLog) -> WasiCtx {
+/// log; no stdin, arguments, environment or sockets; the granted data
+/// directory, if any, at `/data`. Outbound HTTP goes through wasi:http and
+/// the run's `HttpGate`.
+fn wasi_context(log: &SharedLog, grants: &crate::grants::Grants) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
+    if let Some(dir) = &grants.data_dir {
+        let opened = std::fs::create_dir_all(dir)
+            .map_err(wasmtime::Error::from)
+            .and_then(|()| {
+                b.preopened_dir(dir, crate::grants::GUEST_DATA_DIR, wasmtime_wasi::FsPerms::ReadWrite)
+                    .map(|_| ())
+            });
+        if let Err(e) = opened {
+            log.push(
+                LogLevel::Error,
+                LogSource::Host,
+                format!("the data directory {dir:?} could not be opened: {e:#}"),
+            );
+        }
+    }
     b.stdout(CaptureStream {
         log: log.clone(),
         source: LogSource::Stdout,

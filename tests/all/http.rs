@@ -14,6 +14,7 @@ async fn fetch(url: &str, allowed: &[&str], limits: HttpLimits, times: i64) -> R
     r.grants = Arc::new(Grants {
         allowed_hosts: allowed.iter().map(|o| AllowedOrigin::parse(o).unwrap()).collect(),
         http: limits,
+        ..Grants::default()
     });
     handler.run(r).await
 }

@@ -4,6 +4,7 @@ mod cli_store;
 mod device;
 mod examples;
 mod exec_cli;
+mod files;
 mod http;
 mod load;
 mod scheduler;

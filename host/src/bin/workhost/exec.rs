@@ -57,6 +57,10 @@ pub struct ExecArgs {
     /// (scheme://host[:port], `*.` wildcards). Repeatable.
     #[arg(long = "allow-host", value_name = "ORIGIN")]
     allow_host: Vec<String>,
+    /// Give the handler this host directory, read-write, at /data (created
+    /// if missing).
+    #[arg(long = "dir", value_name = "PATH")]
+    dir: Option<PathBuf>,
 }
 
 /// Runs `workhost exec`. Errors are usage or load errors (exit 2); a run
@@ -112,6 +116,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     request.budget = budget;
     request.grants = std::sync::Arc::new(workhost::Grants {
         allowed_hosts,
+        data_dir: args.dir.clone(),
         ..workhost::Grants::default()
     });
     let outcome = handler.run(request).await;
