@@ -628,16 +628,20 @@ impl Inner {
     /// Publishes a new device state: wakes the dispatcher, and stops running
     /// work whose constraints no longer hold.
     fn set_device(&self, state: DeviceState) {
-        let lost: Vec<TaskId> = self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        // Publish and scan under the lock the dispatcher holds while it
+        // registers a claimed run and checks it against the device state:
+        // a run is either seen here or sees the new state there.
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let lost: Vec<TaskId> = running
             .iter()
             .filter(|(_, r)| !r.constraints.hold(&state))
             .map(|(id, _)| *id)
             .collect();
         self.device.send_replace(state);
-        self.stop_running(&lost, StopReason::ConstraintLost);
+        for id in &lost {
+            running[id].stop.stop(StopReason::ConstraintLost);
+        }
+        drop(running);
         self.queue.wake.notify_one();
     }
 
@@ -730,11 +734,15 @@ async fn dispatch(inner: Arc<Inner>) {
                 stop: stop.clone(),
                 constraints: c.info.constraints,
             };
-            inner
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(c.info.id, running);
+            {
+                // The claim used a snapshot of the device state; if it changed
+                // since, the run stops at once (see `Inner::set_device`).
+                let mut all = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                if !c.info.constraints.hold(&inner.device.borrow()) {
+                    stop.stop(StopReason::ConstraintLost);
+                }
+                all.insert(c.info.id, running);
+            }
             runs.spawn(run_task(inner.clone(), c, stop));
         }
         if counter != last_change {

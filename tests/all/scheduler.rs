@@ -486,3 +486,38 @@ async fn queries_select_by_state_tag_and_unique_name_and_events_stream() {
     assert!(q.get(ran).await.unwrap().is_none());
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_running_work_its_grace_then_stops_and_re_enqueues_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.shutdown_grace = Duration::from_millis(100);
+    let d = TestDriver::start(config.clone()).await.unwrap();
+    let id = d
+        .queue()
+        .enqueue(WorkRequest::one_off("spin", "long"))
+        .await
+        .unwrap()
+        .id;
+    let done = d
+        .queue()
+        .enqueue(WorkRequest::one_off("echo", "quick"))
+        .await
+        .unwrap()
+        .id;
+    while task(&d, id).await.state != TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    while task(&d, done).await.state != TaskState::Succeeded {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queue = d.queue().clone();
+    d.shutdown().await;
+    let t = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (t.state, t.stop_reason.as_deref()),
+        (TaskState::Enqueued, Some("host-shutdown"))
+    );
+    assert_eq!(t.attempts[0].stop_reason.as_deref(), Some("host-shutdown"));
+    assert_eq!(queue.get(done).await.unwrap().unwrap().state, TaskState::Succeeded);
+}

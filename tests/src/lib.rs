@@ -254,3 +254,19 @@ impl TestServer {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 }
+
+/// Reads `YYYY-MM-DDTHH:MM:SS.mmmZ` (as the CLI prints) into ms since the
+/// epoch.
+pub fn parse_rfc3339_ms(text: &str) -> i64 {
+    let n = |range: std::ops::Range<usize>| text[range].parse::<i64>().expect("an RFC 3339 time");
+    let (y, mo, d) = (n(0..4), n(5..7), n(8..10));
+    let (h, mi, s, ms) = (n(11..13), n(14..16), n(17..19), n(20..23));
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) + ms
+}
