@@ -877,12 +877,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
                 input: info.input.clone(),
                 budget,
                 kv: Kv::new(queue.store.kv(), info.handler.clone(), loaded.config.kv_limits),
-                progress: Some(Arc::new(move |d: &Data| {
-                    let (store, d) = (store.clone(), d.clone());
-                    // Progress is stored off the run's thread; a lost
-                    // progress write only loses an observation.
-                    std::thread::spawn(move || store.set_progress(id, &d));
-                })),
+                progress: Some(Arc::new(move |d: &Data| store.set_progress_nowait(id, d))),
                 stop,
                 grants: loaded.config.grants.clone(),
             };

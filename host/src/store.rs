@@ -266,10 +266,12 @@ type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
 /// durable, before any later write.
 pub type CommitHook<T> = Box<dyn FnOnce(&T) + Send>;
 
-/// Where a write's result goes: a blocked thread or an awaiting task.
+/// Where a write's result goes: a blocked thread, an awaiting task, or
+/// nowhere (a write nobody waits for).
 enum ReplyTo<T> {
     Blocking(mpsc::SyncSender<T>),
     Async(tokio::sync::oneshot::Sender<T>),
+    Nobody,
 }
 
 impl<T> ReplyTo<T> {
@@ -281,6 +283,7 @@ impl<T> ReplyTo<T> {
             ReplyTo::Async(tx) => {
                 let _ = tx.send(value);
             }
+            ReplyTo::Nobody => {}
         }
     }
 }
@@ -425,6 +428,15 @@ impl SqliteStore {
     ) -> Result<Vec<Claimed>, StoreError> {
         self.write_async(move |conn| claim_in(conn, now, limit, may_run, &device, true), None)
             .await
+    }
+
+    /// [`TaskStore::set_progress`] without waiting: the write joins the
+    /// writer's queue, so it lands before any later write of this process
+    /// (the run's finish among them). A failed write loses only an
+    /// observation.
+    pub fn set_progress_nowait(&self, id: TaskId, progress: &Data) {
+        let json = progress.to_json();
+        self.submit(move |conn| progress_in(conn, id, &json), None, ReplyTo::Nobody);
     }
 
     /// [`TaskStore::finish`] without blocking a thread.
@@ -1027,6 +1039,12 @@ fn constraint_filter(device: &DeviceState) -> String {
     sql
 }
 
+fn progress_in(conn: &Connection, id: TaskId, json: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running'")?
+        .execute(params![id, json])?;
+    Ok(())
+}
+
 /// What an attempt's row records of its run.
 struct AttemptEnd {
     outcome: String,
@@ -1160,11 +1178,7 @@ impl TaskStore for SqliteStore {
 
     fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError> {
         let json = progress.to_json();
-        self.write(move |conn| {
-            conn.prepare_cached("UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running'")?
-                .execute(params![id, json])?;
-            Ok::<_, StoreError>(())
-        })
+        self.write(move |conn| progress_in(conn, id, &json))
     }
 
     fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError> {

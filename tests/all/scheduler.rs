@@ -521,3 +521,20 @@ async fn shutdown_gives_running_work_its_grace_then_stops_and_re_enqueues_it() {
     assert_eq!(t.attempts[0].stop_reason.as_deref(), Some("host-shutdown"));
     assert_eq!(queue.get(done).await.unwrap().unwrap().state, TaskState::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_reported_during_a_run_is_stored_with_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let id = d
+        .queue()
+        .enqueue(WorkRequest::one_off("chatty", "report"))
+        .await
+        .unwrap()
+        .id;
+    d.run_until_idle().await;
+    let t = task(&d, id).await;
+    assert_eq!(t.state, TaskState::Succeeded);
+    assert_eq!(t.progress, Some(Data::new().with("percent", 50i64)));
+    d.shutdown().await;
+}
