@@ -785,6 +785,9 @@ async fn report_foreign_enqueues(inner: &Arc<Inner>, last_seen: Option<TaskId>) 
             state: t.state,
         })
         .collect();
+    let last = tasks.last().map_or(last_seen.unwrap_or(0), |t| t.id);
+    // Ids at or below `last` are never looked at again.
+    reported.retain(|id| *id > last);
     drop(reported);
     inner.queue.publish(&changes, |c| {
         let event = if c.state == TaskState::Blocked {
@@ -794,7 +797,7 @@ async fn report_foreign_enqueues(inner: &Arc<Inner>, last_seen: Option<TaskId>) 
         };
         (event, "enqueued by another process".into())
     });
-    tasks.last().map_or(last_seen.unwrap_or(0), |t| t.id)
+    last
 }
 
 /// Reads the machine every `refresh` until shutdown.

@@ -7,6 +7,23 @@
 //!
 //! # Layout
 //!
+//! The scheduler:
+//!
+//! - [`Host`], [`HostConfig`], [`HandlerConfig`]: handlers, the dispatcher,
+//!   device state and graceful shutdown; [`load_manifest`] builds the config
+//!   from `workhost.toml`.
+//! - [`Queue`]: enqueue, cancel, query, pause, prune and [`TaskEvent`]s,
+//!   also from a process that runs nothing.
+//! - [`TestDriver`], [`ManualClock`]: a host on a manual clock for tests.
+//! - [`WorkRequest`], [`TaskInfo`], [`TaskState`], [`ExistingWorkPolicy`],
+//!   [`BackoffPolicy`], [`Periodic`]: what is enqueued and what is known.
+//! - [`decide`]: the retry policy, from a run's result to the next state.
+//! - [`TaskStore`], [`SqliteStore`]: the durable store (docs/store.md).
+//! - [`Constraints`], [`DeviceState`], [`DeviceOverrides`]: when work may run.
+//! - [`Grants`], [`AllowedOrigin`]: what a handler may touch.
+//!
+//! The executor:
+//!
 //! - [`Executor`], [`Handler`], [`RunRequest`], [`StopHandle`]: load a
 //!   component once, run it many times, stop a run from outside.
 //! - [`Engine`], [`EngineConfig`]: the wasmtime configuration and the
@@ -58,7 +75,7 @@ pub use device::{
 };
 pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
-pub use grants::{AllowedOrigin, Grants, HttpLimits, OriginError, is_internal};
+pub use grants::{AllowedOrigin, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal};
 pub use host::{
     Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SystemClock, TaskEvent, TestDriver,
 };
