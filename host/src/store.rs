@@ -802,6 +802,55 @@ fn write_constraints(conn: &Connection, id: TaskId, c: &crate::device::Constrain
     Ok(())
 }
 
+/// The columns a request sets and the UPDATE policy may change in place:
+/// everything but identity, kind, state and schedule. [`spec_values`]
+/// gives their values in this order.
+macro_rules! spec_columns {
+    () => {
+        "handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory"
+    };
+}
+
+const INSERT_TASK: &str = concat!(
+    "INSERT INTO tasks (",
+    spec_columns!(),
+    ", kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+);
+
+const UPDATE_SPEC: &str = concat!(
+    "UPDATE tasks SET (",
+    spec_columns!(),
+    ") = (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) WHERE id = ?1"
+);
+
+/// The values of [`spec_columns`], in its order.
+fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 11] {
+    use rusqlite::types::Value;
+    let int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
+    [
+        Value::Text(r.handler.clone()),
+        Value::Text(r.task.clone()),
+        Value::Text(r.input.to_json()),
+        Value::Integer(i64::from(r.max_attempts)),
+        int(r.periodic.map(|p| p.frequency.as_millis() as i64)),
+        int(r.periodic.map(|p| p.flex.as_millis() as i64)),
+        Value::Text(backoff_str(r.backoff).into()),
+        Value::Integer(r.backoff_delay.as_millis() as i64),
+        int(r.budget.timeout.map(|t| t.as_millis() as i64)),
+        int(r.budget.fuel.map(|f| f as i64)),
+        int(r.budget.max_memory_bytes.map(|m| m as i64)),
+    ]
+}
+
+fn write_tags(conn: &Connection, id: TaskId, tags: &[String]) -> rusqlite::Result<()> {
+    for tag in tags {
+        conn.prepare_cached("INSERT OR IGNORE INTO tags (tag, task_id) VALUES (?1, ?2)")?
+            .execute(params![tag, id])?;
+    }
+    Ok(())
+}
+
 fn insert_task(
     conn: &Connection,
     r: &WorkRequest,
@@ -819,39 +868,23 @@ fn insert_task(
     } else {
         TaskState::Blocked
     };
-    conn.prepare_cached(
-        "INSERT INTO tasks (handler, task, kind, state, unique_name, input, max_attempts, next_run_at, initial_delay_ms, \
-         period_start, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-    )?
-    .execute(params![
-        r.handler,
-        r.task,
-        kind_str(r.kind),
-        state.as_str(),
-        r.unique.as_ref().map(|(n, _)| n.as_str()),
-        r.input.to_json(),
-        r.max_attempts,
-        next_run_at,
-        delay,
-        period_start,
-        r.periodic.map(|p| p.frequency.as_millis() as i64),
-        r.periodic.map(|p| p.flex.as_millis() as i64),
-        backoff_str(r.backoff),
-        r.backoff_delay.as_millis() as i64,
-        r.budget.timeout.map(|t| t.as_millis() as i64),
-        r.budget.fuel.map(|f| f as i64),
-        r.budget.max_memory_bytes.map(|m| m as i64),
-        now,
-    ])?;
+    use rusqlite::types::Value;
+    let values = spec_values(r).into_iter().chain([
+        Value::Text(kind_str(r.kind).into()),
+        Value::Text(state.as_str().into()),
+        r.unique.as_ref().map_or(Value::Null, |(n, _)| Value::Text(n.clone())),
+        Value::Integer(next_run_at),
+        Value::Integer(delay),
+        Value::Integer(period_start),
+        Value::Integer(now),
+    ]);
+    conn.prepare_cached(INSERT_TASK)?
+        .execute(rusqlite::params_from_iter(values))?;
     let id = conn.last_insert_rowid();
     if !r.constraints.is_empty() {
         write_constraints(conn, id, &r.constraints)?;
     }
-    for tag in &r.tags {
-        conn.prepare_cached("INSERT OR IGNORE INTO tags (tag, task_id) VALUES (?1, ?2)")?
-            .execute(params![tag, id])?;
-    }
+    write_tags(conn, id, &r.tags)?;
     for parent in after {
         let exists: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1)", [parent], |r| {
             r.get(0)
@@ -906,32 +939,12 @@ fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> Result<(Enq
             }
             Update if !unfinished.is_empty() => {
                 let id = unfinished[0];
-                conn.execute(
-                    "UPDATE tasks SET handler = ?2, task = ?3, input = ?4, max_attempts = ?5, frequency_ms = ?6, flex_ms = ?7, \
-                     backoff = ?8, backoff_delay_ms = ?9, timeout_ms = ?10, fuel = ?11, max_memory = ?12 WHERE id = ?1",
-                    params![
-                        id,
-                        r.handler,
-                        r.task,
-                        r.input.to_json(),
-                        r.max_attempts,
-                        r.periodic.map(|p| p.frequency.as_millis() as i64),
-                        r.periodic.map(|p| p.flex.as_millis() as i64),
-                        backoff_str(r.backoff),
-                        r.backoff_delay.as_millis() as i64,
-                        r.budget.timeout.map(|t| t.as_millis() as i64),
-                        r.budget.fuel.map(|f| f as i64),
-                        r.budget.max_memory_bytes.map(|m| m as i64),
-                    ],
-                )?;
+                let values = std::iter::once(rusqlite::types::Value::Integer(id)).chain(spec_values(&r));
+                conn.prepare_cached(UPDATE_SPEC)?
+                    .execute(rusqlite::params_from_iter(values))?;
                 write_constraints(conn, id, &r.constraints)?;
                 conn.execute("DELETE FROM tags WHERE task_id = ?1", [id])?;
-                for tag in &r.tags {
-                    conn.execute(
-                        "INSERT OR IGNORE INTO tags (tag, task_id) VALUES (?1, ?2)",
-                        params![tag, id],
-                    )?;
-                }
+                write_tags(conn, id, &r.tags)?;
                 return Ok((
                     Enqueued {
                         id,
