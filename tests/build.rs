@@ -7,7 +7,20 @@ use std::process::Command;
 
 /// The Rust examples, one crate each under `guest-examples/`.
 const RUST_GUESTS: &[&str] = &[
-    "echo", "fetch", "files", "counter", "flaky", "fail", "trap", "spin", "hog", "recurse", "chatty",
+    "echo",
+    "fetch",
+    "files",
+    "escape",
+    "compat-echo",
+    "config-echo",
+    "counter",
+    "flaky",
+    "fail",
+    "trap",
+    "spin",
+    "hog",
+    "recurse",
+    "chatty",
 ];
 
 fn main() {
@@ -41,7 +54,7 @@ fn main() {
         assert!(path.is_file(), "guest {name} was not built to {}", path.display());
         consts.push_str(&format!(
             "/// The `{name}` example, built from guest-examples/{name}.\npub const {}: &str = {:?};\n",
-            name.to_uppercase(),
+            name.to_uppercase().replace('-', "_"),
             path.display().to_string()
         ));
     }
@@ -75,7 +88,10 @@ fn build_rust_guests(root: &Path, build_dir: &Path, out: &Path) {
          `rustup target add wasm32-wasip2` (the project's `scripts/just setup` does this)"
     );
     for name in RUST_GUESTS {
-        let built = build_dir.join("wasm32-wasip2/release").join(format!("{name}.wasm"));
+        // Cargo names a cdylib after its crate, `-` becoming `_`.
+        let built = build_dir
+            .join("wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
         let dest = out.join(format!("{name}.wasm"));
         // Copy only when changed, so the modification time (and anything keyed
         // on it) stays put across builds.

@@ -110,7 +110,7 @@ pub enum LoadError {
     },
     /// The handler export is of another version of the contract.
     #[error(
-        "the component exports `{found}`, but this host implements `{expected}`; rebuild it against workhost:task@0.1.0"
+        "the component exports `{found}`, but this host implements `{expected}`; rebuild it against workhost:task@0.1.1 (or any 0.1.x)"
     )]
     WrongVersion {
         /// The export the host needs.

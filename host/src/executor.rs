@@ -12,15 +12,20 @@ use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{Outcome, TaskHandler, TaskHandlerPre};
 use crate::budget::{Budget, RunLimiter};
+use crate::config_values::Redactor;
 use crate::data::Data;
 use crate::engine::{CacheStatus, Engine, EngineConfig, EngineError, LoadError};
 use crate::kv::Kv;
 use crate::outcome::{Failure, RunOutcome, RunResult, StopReason};
 use crate::platform::{ProgressSink, RunState, TaskFacts, data_from_wit, data_to_wit};
+use crate::quota::QuotaFsData;
 use crate::runlog::{LogLevel, LogSource, SharedLog};
 
 /// The name of the export every handler must have.
-pub const HANDLER_EXPORT: &str = "workhost:task/handler@0.1.0";
+pub const HANDLER_EXPORT: &str = "workhost:task/handler@0.1.1";
+
+/// The prefix of every handler export this host serves (`@0.1.0`, `@0.1.1`).
+const COMPATIBLE_EXPORT: &str = "workhost:task/handler@0.1.";
 
 /// Loads components as handlers on one [`Engine`], with the platform
 /// imports and WASI 0.2 linked once.
@@ -42,9 +47,17 @@ impl Executor {
     /// Builds the engine and links WASI 0.2 and the platform imports.
     pub fn new(config: EngineConfig) -> Result<Executor, EngineError> {
         let engine = Engine::new(config)?;
-        let mut linker = Linker::new(engine.wasmtime());
+        let mut linker: Linker<RunState> = Linker::new(engine.wasmtime());
         let link_error = |e: wasmtime::Error| EngineError::Wasmtime(format!("linking the platform: {e:#}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        // wasi:filesystem/types again, in front of wasmtime-wasi's: the data
+        // directory's quota (see `quota`).
+        linker.allow_shadowing(true);
+        wasmtime_wasi::p2::bindings::filesystem::types::add_to_linker::<RunState, QuotaFsData>(&mut linker, |s| {
+            s.quota_fs()
+        })
+        .map_err(link_error)?;
+        linker.allow_shadowing(false);
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
         TaskHandler::add_to_linker::<_, HasSelf<RunState>>(&mut linker, |s| s).map_err(link_error)?;
         Ok(Executor {
@@ -84,7 +97,9 @@ impl Executor {
             LoadError::MissingImport { name, detail }
         })?;
         let exports: Vec<String> = ty.exports(engine).map(|(name, _)| name.to_string()).collect();
-        if !exports.iter().any(|e| e == HANDLER_EXPORT) {
+        // A handler built against any 0.1.x contract is served: 0.1.x
+        // versions only add, and wasmtime matches names semver-compatibly.
+        if !exports.iter().any(|e| e.starts_with(COMPATIBLE_EXPORT)) {
             if let Some(other) = exports.iter().find(|e| e.starts_with("workhost:task/handler@")) {
                 return Err(LoadError::WrongVersion {
                     expected: HANDLER_EXPORT,
@@ -195,7 +210,8 @@ pub struct RunRequest {
     pub progress: Option<ProgressSink>,
     /// Stops the run from outside.
     pub stop: StopHandle,
-    /// What the handler may touch (outbound HTTP).
+    /// What the handler may touch: outbound HTTP, a data directory,
+    /// configuration values and secrets.
     pub grants: Arc<crate::grants::Grants>,
 }
 
@@ -243,7 +259,8 @@ impl Handler {
         } = request;
         let started = Instant::now();
         let deadline = started + budget.timeout;
-        let log = SharedLog::new(started, budget.max_log_bytes);
+        let redactor = Redactor::new(&grants.config);
+        let log = SharedLog::new(started, budget.max_log_bytes, redactor.clone());
         let engine = &self.inner.engine;
         let fuel = engine.meters_fuel().then(|| budget.fuel.unwrap_or(u64::MAX));
         let task = Arc::new(task);
@@ -291,14 +308,17 @@ impl Handler {
         let result = match ended {
             Err(reason) => RunResult::Stopped(reason),
             Ok(Ok(Ok(Outcome::Success(pairs)))) => match data_from_wit(pairs) {
-                Ok(output) => RunResult::Succeeded(output),
+                Ok(output) => RunResult::Succeeded(redactor.data(output)),
                 Err(e) => RunResult::Failed(Failure::BadOutput(format!("output data refused: {e}"))),
             },
             Ok(Ok(Ok(Outcome::Retry))) => RunResult::Retry,
-            Ok(Ok(Err(message))) => RunResult::Failed(Failure::Error(message)),
+            Ok(Ok(Err(message))) => RunResult::Failed(Failure::Error(redactor.text(message))),
             Ok(Err(error)) => {
                 log.push(LogLevel::Error, LogSource::Host, format!("run trapped: {error:#}"));
-                classify_trap(&error, limiter.memory_refused)
+                match classify_trap(&error, limiter.memory_refused) {
+                    RunResult::Failed(Failure::Trap(m)) => RunResult::Failed(Failure::Trap(redactor.text(m))),
+                    other => other,
+                }
             }
         };
         RunOutcome {

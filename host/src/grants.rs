@@ -1,8 +1,11 @@
 //! Grants: what a handler may touch beyond its own memory. Every capability
-//! is off unless granted. Today: outbound HTTP to an allow-list of origins
+//! is off unless granted: outbound HTTP to an allow-list of origins
 //! ([`AllowedOrigin`], enforced by [`HttpGate`] on every request, redirects
-//! included, since wasi:http never follows them on the guest's behalf).
+//! included, since wasi:http never follows them on the guest's behalf), a
+//! data directory under a quota (enforced in `quota`), and configuration
+//! values and secrets (`config_values`).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::config_values::ConfigValue;
 use crate::runlog::{LogLevel, LogSource, SharedLog};
 
 /// An origin a handler may send HTTP requests to: a scheme, a host (exact,
@@ -120,8 +124,11 @@ impl Default for HttpLimits {
 /// Where a granted data directory appears inside the guest.
 pub const GUEST_DATA_DIR: &str = "/data";
 
+/// Default quota of a granted data directory: 100 MiB.
+pub const DEFAULT_DATA_QUOTA_BYTES: u64 = 100 << 20;
+
 /// What a handler is granted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grants {
     /// Origins outbound HTTP may reach; empty: none.
     pub allowed_hosts: Vec<AllowedOrigin>,
@@ -131,6 +138,29 @@ pub struct Grants {
     /// and nowhere else: `..`, absolute paths and symlinks cannot leave it
     /// (wasmtime-wasi resolves every path inside the preopen with cap-std).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Most bytes the data directory may hold (default 100 MiB). A write
+    /// that would grow it past this fails, writing nothing (see the README's
+    /// Grants section for what the guest sees).
+    pub data_quota_bytes: u64,
+    /// Configuration values and secrets the guest reads through the
+    /// `config` import. Check each with [`crate::check_config`].
+    pub config: BTreeMap<String, ConfigValue>,
+    /// Whether the configuration is also the guest's environment
+    /// (`wasi:cli/environment`); without it the environment is empty.
+    pub config_env: bool,
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            allowed_hosts: Vec::new(),
+            http: HttpLimits::default(),
+            data_dir: None,
+            data_quota_bytes: DEFAULT_DATA_QUOTA_BYTES,
+            config: BTreeMap::new(),
+            config_env: false,
+        }
+    }
 }
 
 /// Whether an address is loopback, private, link-local, unspecified or

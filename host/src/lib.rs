@@ -1,7 +1,7 @@
 //! workhost: WorkManager for WebAssembly.
 //!
 //! Every task handler is a WebAssembly component exporting
-//! `workhost:task/handler@0.1.0` (see `wit/task.wit`). Every run gets its own
+//! `workhost:task/handler@0.1.x` (see `wit/task.wit`). Every run gets its own
 //! fresh instance under a wall-clock, fuel, memory, table and stack budget,
 //! and ends as a [`RunOutcome`] value.
 //!
@@ -52,6 +52,7 @@
 
 mod bindings;
 mod budget;
+mod config_values;
 mod data;
 mod device;
 mod engine;
@@ -62,6 +63,7 @@ mod kv;
 mod manifest;
 mod outcome;
 mod platform;
+mod quota;
 mod retry;
 mod runlog;
 mod store;
@@ -69,13 +71,18 @@ pub mod units;
 mod work;
 
 pub use budget::{Budget, DEFAULT_FUEL, TaskKind};
+pub use config_values::{
+    ConfigError, ConfigValue, MAX_CONFIG_KEY_BYTES, MAX_CONFIG_VALUE_BYTES, REDACTED, check_config,
+};
 pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
 pub use device::{
     Constraints, DeviceOverrides, DeviceState, LinuxPaths, NetworkState, NetworkType, Readings, Thresholds,
 };
 pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
-pub use grants::{AllowedOrigin, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal};
+pub use grants::{
+    AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
+};
 pub use host::{
     Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SystemClock, TaskEvent, TestDriver,
 };

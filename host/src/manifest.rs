@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config_values::{ConfigValue, check_config};
 use crate::host::{HandlerConfig, HostConfig};
 use crate::units::{parse_duration, parse_size};
 
@@ -92,6 +93,27 @@ struct HandlerFile {
     max_http_requests: Option<u32>,
     max_http_response_bytes: Option<String>,
     http_timeout: Option<String>,
+    data_quota: Option<String>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, SecretFile>,
+    config_env: Option<bool>,
+}
+
+/// A secret: the value itself, or `{ env = "NAME" }` to read it from the
+/// host's environment when the manifest is loaded.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SecretFile {
+    Literal(String),
+    FromEnv(EnvRef),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvRef {
+    env: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -248,6 +270,36 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         if h.data_dir == Some(true) {
             grants.data_dir = Some(config.data_dir.join("handlers").join(&name));
         }
+        if let Some(q) = &h.data_quota {
+            grants.data_quota_bytes = parse_size(q).map_err(|e| invalid(key("data_quota"), e.to_string()))?;
+        }
+        for (k, v) in h.config {
+            let value = ConfigValue::plain(v);
+            check_config(&k, &value).map_err(|e| invalid(key(&format!("config.{k}")), e.to_string()))?;
+            grants.config.insert(k, value);
+        }
+        for (k, v) in h.secrets {
+            let at = key(&format!("secrets.{k}"));
+            let value = match v {
+                SecretFile::Literal(v) => v,
+                SecretFile::FromEnv(EnvRef { env }) => std::env::var(&env).map_err(|_| {
+                    invalid(
+                        at.clone(),
+                        format!("the environment variable {env:?} is not set (or not UTF-8)"),
+                    )
+                })?,
+            };
+            let value = ConfigValue::secret(value);
+            check_config(&k, &value).map_err(|e| invalid(at.clone(), e.to_string()))?;
+            if grants.config.contains_key(&k) {
+                return Err(invalid(
+                    at,
+                    format!("{k:?} is also in handlers.{name}.config; a key is one or the other"),
+                ));
+            }
+            grants.config.insert(k, value);
+        }
+        grants.config_env = h.config_env.unwrap_or(false);
         hc.grants = std::sync::Arc::new(grants);
         config.handlers.push(hc);
     }

@@ -8,10 +8,12 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::workhost::task::{context, kv, log, types};
+use crate::bindings::workhost::task::{config, context, kv, log, types};
 use crate::budget::{RunLimiter, TaskKind};
+use crate::config_values::Redactor;
 use crate::data::{Data, Value};
 use crate::kv::{Kv, KvError};
+use crate::quota::{DataQuota, QuotaFs};
 use crate::runlog::{CaptureStream, LogLevel, LogSource, SharedLog};
 
 /// Receives a run's progress each time the handler reports it.
@@ -51,6 +53,9 @@ pub(crate) struct RunState {
     progress: Option<ProgressSink>,
     http_ctx: wasmtime_wasi_http::WasiHttpCtx,
     http_gate: crate::grants::HttpGate,
+    grants: Arc<crate::grants::Grants>,
+    redactor: Redactor,
+    data_quota: Option<Arc<DataQuota>>,
 }
 
 impl RunState {
@@ -65,7 +70,13 @@ impl RunState {
     ) -> Self {
         RunState {
             wasi: wasi_context(&log, &grants),
-            http_gate: crate::grants::HttpGate::new(grants, log.clone()),
+            data_quota: grants
+                .data_dir
+                .as_deref()
+                .map(|dir| Arc::new(DataQuota::measure(dir, grants.data_quota_bytes, Some(log.clone())))),
+            http_gate: crate::grants::HttpGate::new(grants.clone(), log.clone()),
+            redactor: Redactor::new(&grants.config),
+            grants,
             table: ResourceTable::new(),
             limiter,
             log,
@@ -79,11 +90,21 @@ impl RunState {
 }
 
 /// The WASI context of a run: stdout and stderr captured into the run's
-/// log; no stdin, arguments, environment or sockets; the granted data
+/// log; no stdin, arguments or sockets; no environment unless
+/// `config_env` makes the configuration the environment; the granted data
 /// directory, if any, at `/data`. Outbound HTTP goes through wasi:http and
 /// the run's `HttpGate`.
 fn wasi_context(log: &SharedLog, grants: &crate::grants::Grants) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
+    let env: Vec<(&str, &str)> = if grants.config_env {
+        grants
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.value.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if let Some(dir) = &grants.data_dir {
         let opened = std::fs::create_dir_all(dir)
             .map_err(wasmtime::Error::from)
@@ -108,10 +129,22 @@ fn wasi_context(log: &SharedLog, grants: &crate::grants::Grants) -> WasiCtx {
         source: LogSource::Stderr,
     })
     .max_random_size(MAX_RANDOM_BYTES)
+    .envs(&env)
     .allow_ip_name_lookup(false)
     .allow_tcp(false)
     .allow_udp(false);
     b.build()
+}
+
+impl RunState {
+    /// `wasi:filesystem/types` under the data directory's quota.
+    pub(crate) fn quota_fs(&mut self) -> QuotaFs<'_> {
+        let quota = self.data_quota.clone();
+        QuotaFs {
+            inner: wasmtime_wasi::filesystem::WasiFilesystemView::filesystem(self),
+            quota,
+        }
+    }
 }
 
 impl WasiView for RunState {
@@ -171,7 +204,7 @@ impl context::Host for RunState {
             message
         })?;
         if let Some(sink) = &self.progress {
-            sink(&data);
+            sink(&self.redactor.data(data));
         }
         Ok(())
     }
@@ -187,6 +220,16 @@ impl log::Host for RunState {
             log::Level::Error => LogLevel::Error,
         };
         self.log.push(level, LogSource::Handler, message);
+    }
+}
+
+impl config::Host for RunState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.grants.config.get(&key).map(|v| v.value.clone())
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        self.grants.config.keys().cloned().collect()
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config_values::Redactor;
+
 /// The severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,11 +71,13 @@ struct LogBuffer {
     dropped_bytes: u64,
     partial_stdout: Vec<u8>,
     partial_stderr: Vec<u8>,
+    redactor: Redactor,
 }
 
 impl SharedLog {
-    /// A log that keeps at most `cap` bytes of messages.
-    pub(crate) fn new(started: Instant, cap: usize) -> Self {
+    /// A log that keeps at most `cap` bytes of messages, with every secret
+    /// `redactor` knows replaced.
+    pub(crate) fn new(started: Instant, cap: usize, redactor: Redactor) -> Self {
         SharedLog(Arc::new(Mutex::new(LogBuffer {
             started,
             lines: Vec::new(),
@@ -83,6 +87,7 @@ impl SharedLog {
             dropped_bytes: 0,
             partial_stdout: Vec::new(),
             partial_stderr: Vec::new(),
+            redactor,
         })))
     }
 
@@ -154,6 +159,7 @@ impl SharedLog {
 
 impl LogBuffer {
     fn push(&mut self, level: LogLevel, source: LogSource, message: String) {
+        let message = self.redactor.text(message);
         if self.bytes + message.len() > self.cap {
             self.dropped_lines += 1;
             self.dropped_bytes += message.len() as u64;
@@ -264,7 +270,7 @@ mod tests {
 
     #[test]
     fn stdio_is_cut_into_lines_and_partial_lines_are_flushed() {
-        let log = SharedLog::new(Instant::now(), 1024);
+        let log = SharedLog::new(Instant::now(), 1024, Redactor::default());
         log.write_stdio(LogSource::Stdout, b"one\ntw");
         log.write_stdio(LogSource::Stderr, b"err\n");
         log.write_stdio(LogSource::Stdout, b"o\nthree");
@@ -282,7 +288,7 @@ mod tests {
 
     #[test]
     fn a_full_log_drops_lines_and_says_how_many() {
-        let log = SharedLog::new(Instant::now(), 10);
+        let log = SharedLog::new(Instant::now(), 10, Redactor::default());
         for _ in 0..5 {
             log.push(LogLevel::Info, LogSource::Handler, "abcd".into());
         }

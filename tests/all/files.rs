@@ -86,3 +86,179 @@ fn exec_dir_grants_a_directory() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(std::fs::read_to_string(data.join("note.txt")).unwrap(), "via exec");
 }
+
+async fn escape(grants: Grants, kv: workhost::Kv, input: Data) -> Data {
+    escape_run(grants, kv, input).await.0
+}
+
+async fn escape_run(grants: Grants, kv: workhost::Kv, input: Data) -> (Data, workhost::RunOutcome) {
+    let handler = executor().load_file(guests::ESCAPE.as_ref()).unwrap();
+    let mut r = RunRequest::new("escape");
+    r.grants = Arc::new(grants);
+    r.kv = kv;
+    r.input = input;
+    let outcome = handler.run(r).await;
+    let report = outcome
+        .output()
+        .cloned()
+        .unwrap_or_else(|| panic!("escape succeeds: {:?}", outcome.result));
+    (report, outcome)
+}
+
+fn entry(report: &Data, key: &str) -> String {
+    match report.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        other => panic!("{key}: {other:?} in {report}"),
+    }
+}
+
+#[tokio::test]
+async fn escape_tries_every_forbidden_thing_and_each_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = workhost_tests::TestServer::start();
+    let store: Arc<dyn workhost::KvStore> = Arc::new(workhost::MemoryKv::default());
+    // Another handler's key, in the same store.
+    workhost::Kv::new(store.clone(), "counter", workhost::KvLimits::default())
+        .set("count", b"41")
+        .unwrap();
+    let grants = Grants {
+        data_dir: Some(dir.path().join("escape")),
+        data_quota_bytes: 1 << 20,
+        ..Grants::default()
+    };
+    let (report, outcome) = escape_run(
+        grants,
+        workhost::Kv::new(store, "escape", workhost::KvLimits::default()),
+        Data::new()
+            .with("denied_url", server.url("/"))
+            .with("socket_addr", format!("127.0.0.1:{}", server.port))
+            .with("other_key", "count")
+            .with("quota_bytes", 2i64 << 20),
+    )
+    .await;
+    let expect = |key: &str, starts: &str| {
+        let got = entry(&report, key);
+        assert!(
+            got.starts_with(starts),
+            "{key}: expected {starts:?}, got {got:?}\n{report}"
+        );
+    };
+    expect("http_off_list", "denied: ErrorCode::HttpRequestDenied");
+    expect("host_file", "denied: NotFound");
+    expect("environment", "denied: empty");
+    expect("socket", "denied: ");
+    expect("dns", "denied: ");
+    expect("other_kv", "denied: not found");
+    expect("quota", "denied: I/O error");
+    expect("quota_one_write", "denied: error code quota");
+    expect("parent_dir", "denied: ");
+    expect("symlink_out", "denied: ");
+    expect("config", "denied: none");
+    for (key, value) in report.iter() {
+        assert!(
+            matches!(value, Value::String(s) if s.starts_with("denied")),
+            "{key} got through: {value:?}"
+        );
+    }
+    // The quota stopped the write at the quota, not past it.
+    let quota = entry(&report, "quota");
+    let kept: u64 = quota
+        .rsplit_once(" after ")
+        .unwrap()
+        .1
+        .trim_end_matches(" bytes")
+        .parse()
+        .unwrap();
+    assert!(kept <= 1 << 20, "{quota}");
+    assert!(
+        outcome
+            .log
+            .iter()
+            .any(|l| l.message.contains("refused") && l.message.contains("quota of 1048576 bytes")),
+        "{:?}",
+        outcome.log
+    );
+    assert!(!dir.path().join("outside.txt").exists());
+}
+
+#[tokio::test]
+async fn the_quota_counts_what_the_directory_already_holds_and_writes_within_it_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("h");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/old"), vec![0u8; 900 << 10]).unwrap();
+    let grants = Grants {
+        data_dir: Some(data.clone()),
+        data_quota_bytes: 1 << 20,
+        ..Grants::default()
+    };
+    // 900 KiB held + 200 KiB is past 1 MiB.
+    let report = escape(
+        grants.clone(),
+        workhost::Kv::in_memory("escape"),
+        Data::new().with("quota_bytes", 200i64 << 10),
+    )
+    .await;
+    assert!(entry(&report, "quota").starts_with("denied: I/O error"), "{report}");
+    assert_eq!(entry(&report, "quota_one_write"), "denied: error code quota");
+    // 100 KiB fits.
+    let report = escape(
+        grants.clone(),
+        workhost::Kv::in_memory("escape"),
+        Data::new().with("quota_bytes", 100i64 << 10),
+    )
+    .await;
+    assert_eq!(entry(&report, "quota"), format!("ALLOWED: wrote {} bytes", 100 << 10));
+    // The first write's file was removed, but room freed during a run
+    // comes back only at the next run: 900 + 100 + 100 KiB is past 1 MiB.
+    assert_eq!(entry(&report, "quota_one_write"), "denied: error code quota");
+    // Freeing room on the host makes room for the next run.
+    std::fs::remove_file(data.join("sub/old")).unwrap();
+    let report = escape(
+        grants,
+        workhost::Kv::in_memory("escape"),
+        Data::new().with("quota_bytes", 1000i64 << 10),
+    )
+    .await;
+    assert!(entry(&report, "quota").starts_with("ALLOWED"), "{report}");
+}
+
+#[test]
+fn the_manifest_and_exec_set_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[handlers.f]\ncomponent = {:?}\ndata_dir = true\ndata_quota = \"2MiB\"\n[handlers.g]\ncomponent = {:?}\ndata_dir = true\n",
+        guests::FILES,
+        guests::FILES
+    );
+    let config = workhost::parse_manifest(&text, &dir.path().join("workhost.toml"), None).unwrap();
+    assert_eq!(config.handlers[0].grants.data_quota_bytes, 2 << 20);
+    assert_eq!(
+        config.handlers[1].grants.data_quota_bytes,
+        workhost::DEFAULT_DATA_QUOTA_BYTES
+    );
+    let bad = text.replace("\"2MiB\"", "\"lots\"");
+    let message = workhost::parse_manifest(&bad, &dir.path().join("workhost.toml"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("handlers.f.data_quota"), "{message}");
+
+    let data = dir.path().join("data");
+    let run = workhost_tests::workhost(
+        &[
+            "exec",
+            guests::ESCAPE,
+            "--dir",
+            data.to_str().unwrap(),
+            "--dir-quota",
+            "64KiB",
+            "--input",
+            "quota_bytes=65537",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let quota = run.json()["output"]["quota"].as_str().unwrap().to_string();
+    assert!(quota.starts_with("denied: I/O error"), "{quota}");
+}

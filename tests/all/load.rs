@@ -35,7 +35,7 @@ fn a_component_without_the_handler_export_is_refused_naming_it() {
     let message = err.to_string();
     assert!(matches!(err, LoadError::MissingExport { .. }), "{message}");
     assert!(
-        message.contains("workhost:task/handler@0.1.0") && message.contains("exports nothing"),
+        message.contains("workhost:task/handler@0.1.1") && message.contains("exports nothing"),
         "{message}"
     );
 }
@@ -45,7 +45,7 @@ fn a_component_for_another_contract_version_is_refused_naming_both() {
     let wat = r#"(component (instance $i) (export "workhost:task/handler@0.2.0" (instance $i)))"#;
     let message = load_error(&wat::parse_str(wat).unwrap()).to_string();
     assert!(
-        message.contains("workhost:task/handler@0.2.0") && message.contains("workhost:task/handler@0.1.0"),
+        message.contains("workhost:task/handler@0.2.0") && message.contains("workhost:task/handler@0.1.1"),
         "{message}"
     );
 }
@@ -134,4 +134,15 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn a_component_built_for_the_released_0_1_0_contract_still_runs() {
+    let handler = workhost_tests::executor()
+        .load_file(workhost_tests::guests::COMPAT_ECHO.as_ref())
+        .expect("a 0.1.0 component loads on a 0.1.1 host");
+    let mut r = workhost::RunRequest::new("compat");
+    r.input = workhost::Data::new().with("n", 7i64);
+    let outcome = handler.run(r).await;
+    assert_eq!(outcome.output(), Some(&workhost::Data::new().with("n", 7i64)));
 }

@@ -1,6 +1,7 @@
 //! workhost's integration tests: one binary, one module per surface.
 
 mod cli_store;
+mod config;
 mod device;
 mod examples;
 mod exec_cli;

@@ -1,17 +1,22 @@
-//! `fetch`: an HTTP GET of the input string `url` through wasi:http (the
-//! seed's "fetch remote data on a regular basis"). The status and body
+//! `fetch`: an HTTP GET through wasi:http of the input string `url`, or else
+//! of the configuration value `url` (the seed's "fetch remote data on a
+//! regular basis", as periodic work with the URL in the manifest). The status and body
 //! length go into kv and into the output. A refused request fails the
 //! task; a network error asks for a retry.
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{ErrorCode, Fields, Method, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
-use workhost_guest::{Handler, Input, Outcome, Output, kv, log};
+use workhost_guest::{Handler, Input, Outcome, Output, config, kv, log};
 
 struct Fetch;
 
 impl Handler for Fetch {
     fn execute(_name: &str, input: Input) -> Result<Outcome, String> {
-        let url = input.str("url").ok_or("input `url` (a string) is missing")?;
+        let configured = config::get("url");
+        let url = input
+            .str("url")
+            .or(configured.as_deref())
+            .ok_or("no URL: give the input string `url` or the configuration value `url`")?;
         let times = input.i64("times").unwrap_or(1).max(1);
         let mut last = (0, 0);
         for _ in 0..times {

@@ -14,10 +14,11 @@
 //! workhost_guest::export_handler!(Echo);
 //! ```
 //!
-//! The crate wraps the generated bindings of the `workhost:task@0.1.0`
+//! The crate wraps the generated bindings of the `workhost:task@0.1.1`
 //! `task-handler` world (in [`bindings`]) with typed access to input data
 //! ([`Input`]), a builder for output data ([`Output`]) and short forms for the
-//! platform imports ([`context`], [`kv`], [`log`]).
+//! platform imports ([`context`], [`kv`], [`log`], [`config`]: `config::get("url")`
+//! reads a configuration value or secret the host granted).
 
 /// Bindings generated from `wit/task.wit`.
 #[allow(missing_docs, clippy::all, reason = "generated code")]
@@ -31,7 +32,7 @@ pub mod bindings {
 }
 
 pub use bindings::workhost::task::types::{Outcome, TaskKind, Value};
-pub use bindings::workhost::task::{context, kv};
+pub use bindings::workhost::task::{config, context, kv};
 
 /// Task data as it crosses the boundary: key/value pairs.
 pub type Data = Vec<(String, Value)>;

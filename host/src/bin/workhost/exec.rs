@@ -1,12 +1,15 @@
 //! `workhost exec`: run one component once and print what happened.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
 use workhost::units::{format_size, parse_duration, parse_size};
-use workhost::{Budget, Data, EngineConfig, Executor, LogSource, RunOutcome, RunRequest, TaskKind};
+use workhost::{
+    Budget, ConfigValue, Data, EngineConfig, Executor, LogSource, RunOutcome, RunRequest, TaskKind, check_config,
+};
 
 /// Arguments of `workhost exec`.
 #[derive(Debug, Args)]
@@ -61,6 +64,21 @@ pub struct ExecArgs {
     /// if missing).
     #[arg(long = "dir", value_name = "PATH")]
     dir: Option<PathBuf>,
+    /// Most bytes the --dir directory may hold, like 10MiB (default 100MiB).
+    #[arg(long = "dir-quota", value_name = "SIZE", requires = "dir")]
+    dir_quota: Option<String>,
+    /// A configuration value the handler reads through the `config` import.
+    /// Repeatable.
+    #[arg(long = "config-value", value_name = "KEY=VALUE")]
+    config_value: Vec<String>,
+    /// A secret the handler reads through the `config` import, taken from
+    /// the host's environment variable ENV_VAR (so it is not on the command
+    /// line); removed from the run's log, output and errors. Repeatable.
+    #[arg(long = "secret", value_name = "KEY=ENV_VAR")]
+    secret: Vec<String>,
+    /// Also give the configuration to the handler as environment variables.
+    #[arg(long = "config-env")]
+    config_env: bool,
 }
 
 /// Runs `workhost exec`. Errors are usage or load errors (exit 2); a run
@@ -114,11 +132,17 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     request.task.attempt = args.attempt;
     request.input = input;
     request.budget = budget;
-    request.grants = std::sync::Arc::new(workhost::Grants {
+    let mut grants = workhost::Grants {
         allowed_hosts,
         data_dir: args.dir.clone(),
+        config: read_config(&args.config_value, &args.secret)?,
+        config_env: args.config_env,
         ..workhost::Grants::default()
-    });
+    };
+    if let Some(q) = &args.dir_quota {
+        grants.data_quota_bytes = parse_size(q).context("--dir-quota")?;
+    }
+    request.grants = std::sync::Arc::new(grants);
     let outcome = handler.run(request).await;
 
     if args.json {
@@ -127,6 +151,33 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         print_outcome(&outcome);
     }
     Ok(ExitCode::from(outcome.exit_code() as u8))
+}
+
+/// Builds the configuration from `--config-value KEY=VALUE` and `--secret
+/// KEY=ENV_VAR`.
+fn read_config(values: &[String], secrets: &[String]) -> anyhow::Result<BTreeMap<String, ConfigValue>> {
+    let mut config = BTreeMap::new();
+    for arg in values {
+        let (k, v) = arg
+            .split_once('=')
+            .with_context(|| format!("--config-value {arg:?}: write KEY=VALUE"))?;
+        let value = ConfigValue::plain(v);
+        check_config(k, &value).context("--config-value")?;
+        config.insert(k.to_string(), value);
+    }
+    for arg in secrets {
+        let (k, var) = arg
+            .split_once('=')
+            .with_context(|| format!("--secret {arg:?}: write KEY=ENV_VAR"))?;
+        let v = std::env::var(var)
+            .with_context(|| format!("--secret {k}: the environment variable {var:?} is not set (or not UTF-8)"))?;
+        let value = ConfigValue::secret(v);
+        check_config(k, &value).context("--secret")?;
+        if config.insert(k.to_string(), value).is_some() {
+            bail!("--secret {k}: {k:?} is also given by --config-value");
+        }
+    }
+    Ok(config)
 }
 
 /// Builds input data from `--input-json` and then each `--input KEY=VALUE`.
