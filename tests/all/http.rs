@@ -171,3 +171,29 @@ fn exec_allow_host_grants_an_origin() {
             .contains("refused by the host")
     );
 }
+
+#[tokio::test]
+async fn fetch_gets_the_configured_url_when_its_input_has_none() {
+    let server = TestServer::start();
+    let handler = executor().load_file(guests::FETCH.as_ref()).unwrap();
+    let mut r = RunRequest::new("fetch");
+    r.task.kind = workhost::TaskKind::Periodic;
+    r.grants = Arc::new(Grants {
+        allowed_hosts: vec![AllowedOrigin::parse(&format!("http://127.0.0.1:{}", server.port)).unwrap()],
+        config: [("url".to_string(), workhost::ConfigValue::plain(server.url("/")))].into(),
+        ..Grants::default()
+    });
+    let kv = r.kv.clone();
+    let outcome = handler.run(r).await;
+    assert_eq!(
+        outcome.result,
+        RunResult::Succeeded(Data::new().with("status", 200i64).with("bytes", 11i64)),
+        "{:?}",
+        outcome.log
+    );
+    assert_eq!(kv.get("last_bytes").unwrap(), Some(b"11".to_vec()));
+
+    let outcome = handler.run(RunRequest::new("fetch")).await;
+    let error = outcome.error().expect("no URL at all fails");
+    assert!(error.contains("`url`") && error.contains("configuration"), "{error}");
+}
