@@ -7,11 +7,16 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
-# Install what the build needs that rustup can add: the wasm32-wasip2 target.
+# Install every toolchain the guests need: the wasm32-wasip2 target (rustup),
+# and componentize-js from guest-examples/js/package-lock.json (npm install of the locked versions).
+# scripts/just itself installs the Python tools (componentize-py) pinned in
+# scripts/requirements-tools.txt into .tools/venv.
 setup:
     rustup target add wasm32-wasip2
+    scripts/npm-ci guest-examples/js
 
-# Build every guest example into target/guests/<name>.wasm.
+# Build every guest example: target/guests/<name>.wasm (Rust) and
+# target/guests/<name>-<lang>.wasm (py, js).
 guests: setup
     cargo build --quiet -p workhost-tests
     @ls target/guests/*.wasm

@@ -1,6 +1,13 @@
-//! Builds every guest example from source (wasm32-wasip2, release) into
-//! `target/guests/<name>.wasm` and generates one path constant per guest.
-//! No `.wasm` file is committed.
+//! Builds every guest example from source into `target/guests/`: the Rust
+//! examples (wasm32-wasip2, release) as `<name>.wasm`, and the examples in
+//! other languages as `<name>-<lang>.wasm` (`py` with componentize-py, `js`
+//! with componentize-js). Generates one path constant per guest and the
+//! table `LANGUAGE_EXAMPLES`. No `.wasm` file is committed.
+//!
+//! The other languages' tools are installed by `scripts/just setup` (which
+//! `scripts/just test` runs) into `.tools/venv` and
+//! `guest-examples/js/node_modules`; without them the build fails, saying
+//! so. Nothing is skipped.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,6 +29,18 @@ const RUST_GUESTS: &[&str] = &[
     "recurse",
     "chatty",
 ];
+
+/// The examples every language has, and the world each is built against.
+const LANGUAGE_EXAMPLES: &[(&str, &str)] = &[
+    ("echo", "task-handler"),
+    ("counter", "task-handler"),
+    ("fetch", "http-task-handler"),
+    ("fail", "task-handler"),
+    ("spin", "task-handler"),
+];
+
+/// The languages besides Rust, by file suffix.
+const LANGUAGES: &[&str] = &["py", "js"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -58,6 +77,20 @@ fn main() {
             path.display().to_string()
         ));
     }
+    build_language_guests(&root, &guests);
+    consts.push_str(
+        "/// Every example in every language besides Rust: (example, language, path).\npub const LANGUAGE_EXAMPLES: &[(&str, &str, &str)] = &[\n",
+    );
+    for (name, _) in LANGUAGE_EXAMPLES {
+        for lang in LANGUAGES {
+            let path = guests.join(format!("{name}-{lang}.wasm"));
+            consts.push_str(&format!(
+                "    ({name:?}, {lang:?}, {:?}),\n",
+                path.display().to_string()
+            ));
+        }
+    }
+    consts.push_str("];\n");
     std::fs::write(
         PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("guests.rs"),
         consts,
@@ -100,4 +133,134 @@ fn build_rust_guests(root: &Path, build_dir: &Path, out: &Path) {
             std::fs::write(&dest, new).unwrap();
         }
     }
+}
+
+/// The newest modification time of `paths` (files or directories, one level
+/// deep).
+fn newest(paths: &[PathBuf]) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for p in paths {
+        let mut files = vec![p.clone()];
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(p).unwrap().flatten().map(|e| e.path()));
+        }
+        for f in files {
+            if let Ok(m) = std::fs::metadata(&f).and_then(|m| m.modified()) {
+                newest = newest.max(m);
+            }
+        }
+    }
+    newest
+}
+
+/// Whether `out` exists and is newer than every input.
+fn fresh(out: &Path, inputs: &[PathBuf]) -> bool {
+    std::fs::metadata(out)
+        .and_then(|m| m.modified())
+        .is_ok_and(|built| built >= newest(inputs))
+}
+
+fn run(mut cmd: Command, what: &str) {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start {:?}: {e}", cmd.get_program()));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Builds the Python and JavaScript examples, the two languages in
+/// parallel, each example only when its sources or the WIT changed.
+fn build_language_guests(root: &Path, out: &Path) {
+    let wit = root.join("wit");
+    let py_dir = root.join("guest-examples/py");
+    let js_dir = root.join("guest-examples/js");
+    let componentize_py = root.join(".tools/venv/bin/componentize-py");
+    let componentize_js = js_dir.join("node_modules/@bytecodealliance/componentize-js/package.json");
+    for (tool, what) in [
+        (&componentize_py, "componentize-py (Python handlers)"),
+        (&componentize_js, "componentize-js (JavaScript handlers)"),
+    ] {
+        assert!(
+            tool.is_file(),
+            "{what} is not installed at {}: run `scripts/just setup` (`scripts/just test` does it), which installs \
+             the project's pinned guest toolchains",
+            tool.display()
+        );
+    }
+    for dir in [
+        &wit,
+        &wit.join("deps"),
+        &py_dir,
+        &js_dir.join("package-lock.json"),
+        &js_dir.join("build.mjs"),
+    ] {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    for (name, _) in LANGUAGE_EXAMPLES {
+        println!("cargo:rerun-if-changed={}", js_dir.join(format!("{name}.js")).display());
+    }
+    println!("cargo:rerun-if-changed={}", js_dir.join("workhost.js").display());
+    println!("cargo:rerun-if-changed={}", componentize_py.display());
+
+    let wit_inputs = |extra: Vec<PathBuf>| {
+        let mut v = vec![wit.clone()];
+        v.extend(["io", "clocks", "random", "cli", "filesystem", "sockets", "http"].map(|d| wit.join("deps").join(d)));
+        v.extend(extra);
+        v
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for (name, world) in LANGUAGE_EXAMPLES {
+                let dest = out.join(format!("{name}-py.wasm"));
+                let inputs = wit_inputs(vec![
+                    py_dir.join(format!("{name}.py")),
+                    py_dir.join("workhost.py"),
+                    py_dir.join("workhost_http.py"),
+                    componentize_py.clone(),
+                ]);
+                if fresh(&dest, &inputs) {
+                    continue;
+                }
+                let mut cmd = Command::new(&componentize_py);
+                cmd.arg("-d")
+                    .arg(&wit)
+                    .args(["-w", world, "componentize", name, "-p"])
+                    .arg(&py_dir)
+                    .arg("-o")
+                    .arg(&dest);
+                run(
+                    cmd,
+                    &format!("building guest-examples/py/{name}.py with componentize-py"),
+                );
+            }
+        });
+        scope.spawn(|| {
+            for (name, world) in LANGUAGE_EXAMPLES {
+                let dest = out.join(format!("{name}-js.wasm"));
+                let inputs = wit_inputs(vec![
+                    js_dir.join(format!("{name}.js")),
+                    js_dir.join("workhost.js"),
+                    js_dir.join("build.mjs"),
+                    js_dir.join("package-lock.json"),
+                ]);
+                if fresh(&dest, &inputs) {
+                    continue;
+                }
+                let mut cmd = Command::new("node");
+                cmd.current_dir(&js_dir)
+                    .arg("build.mjs")
+                    .arg(format!("{name}.js"))
+                    .arg(&dest)
+                    .arg(world);
+                run(
+                    cmd,
+                    &format!("building guest-examples/js/{name}.js with componentize-js"),
+                );
+            }
+        });
+    });
 }

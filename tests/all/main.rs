@@ -7,6 +7,7 @@ mod examples;
 mod exec_cli;
 mod files;
 mod http;
+mod languages;
 mod load;
 mod scheduler;
 mod stops;

@@ -1,0 +1,7 @@
+"""echo: the input data becomes the output data."""
+import workhost
+
+
+@workhost.handler
+def execute(name, data):
+    return data

@@ -1,0 +1,192 @@
+//! One table test of every example in every language: the Python,
+//! JavaScript and Rust builds of `echo`, `counter`, `fetch`, `fail` and
+//! `spin` behave the same, through the same library surface.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use workhost::{
+    AllowedOrigin, ConfigValue, Data, EngineConfig, Executor, Grants, Handler, Kv, RunOutcome, RunRequest, RunResult,
+    StopReason, Value,
+};
+use workhost_tests::{TestServer, guests, root};
+
+/// An executor on the shared compile cache: the Python and JavaScript
+/// components take seconds each to compile, and the cache pays that once.
+fn cached_executor() -> Executor {
+    Executor::new(EngineConfig {
+        cache_dir: Some(root().join("target/test-compile-cache")),
+        ..EngineConfig::default()
+    })
+    .expect("building the engine")
+}
+
+/// Every build of `example`: Rust first, then each other language.
+fn builds(example: &str) -> Vec<(&'static str, String)> {
+    let rust = match example {
+        "echo" => guests::ECHO,
+        "counter" => guests::COUNTER,
+        "fetch" => guests::FETCH,
+        "fail" => guests::FAIL,
+        "spin" => guests::SPIN,
+        other => panic!("no Rust build of {other}"),
+    };
+    let mut all = vec![("rust", rust.to_string())];
+    all.extend(
+        guests::LANGUAGE_EXAMPLES
+            .iter()
+            .filter(|(e, _, _)| *e == example)
+            .map(|(_, lang, path)| (*lang, path.to_string())),
+    );
+    assert_eq!(all.len(), 3, "{example}: rust, py and js");
+    all
+}
+
+fn load(executor: &Executor, lang: &str, path: &str) -> Handler {
+    executor
+        .load_file(path.as_ref())
+        .unwrap_or_else(|e| panic!("{lang}: loading {path}: {e}"))
+}
+
+async fn run(handler: &Handler, setup: impl FnOnce(&mut RunRequest)) -> RunOutcome {
+    let mut r = RunRequest::new("table");
+    setup(&mut r);
+    handler.run(r).await
+}
+
+#[tokio::test]
+async fn every_example_behaves_the_same_in_every_language() {
+    let executor = cached_executor();
+    let server = TestServer::start();
+    let origin = AllowedOrigin::parse(&format!("http://127.0.0.1:{}", server.port)).unwrap();
+
+    for (lang, path) in builds("echo") {
+        let h = load(&executor, lang, &path);
+        let input = Data::new()
+            .with("n", 42i64)
+            .with("big", i64::MAX)
+            .with("s", "hé")
+            .with("f", 1.5)
+            .with("b", true)
+            .with("l", Value::StringList(vec!["a".into(), "b".into()]))
+            .with("nums", Value::S64List(vec![1, -2]))
+            .with("floats", Value::F64List(vec![0.5, -2.25]))
+            .with("flags", Value::BoolList(vec![true, false]));
+        let outcome = run(&h, |r| r.input = input.clone()).await;
+        assert_eq!(
+            outcome.result,
+            RunResult::Succeeded(input),
+            "echo-{lang}: {:?}",
+            outcome.log
+        );
+    }
+
+    for (lang, path) in builds("counter") {
+        let h = load(&executor, lang, &path);
+        let kv = Kv::in_memory("counter");
+        for expected in [1i64, 2] {
+            let outcome = run(&h, |r| r.kv = kv.clone()).await;
+            assert_eq!(
+                outcome.result,
+                RunResult::Succeeded(Data::new().with("total_executions", expected)),
+                "counter-{lang}: {:?}",
+                outcome.log
+            );
+            assert!(
+                outcome
+                    .log
+                    .iter()
+                    .any(|l| l.message == format!("total executions: {expected}")),
+                "counter-{lang} logs the total: {:?}",
+                outcome.log
+            );
+        }
+        assert_eq!(
+            kv.get("totalExecutions").unwrap(),
+            Some(b"2".to_vec()),
+            "counter-{lang}"
+        );
+    }
+
+    for (lang, path) in builds("fetch") {
+        let h = load(&executor, lang, &path);
+        let kv = Kv::in_memory("fetch");
+        let granted = Arc::new(Grants {
+            allowed_hosts: vec![origin.clone()],
+            ..Grants::default()
+        });
+        let outcome = run(&h, |r| {
+            r.input = Data::new().with("url", server.url("/"));
+            r.grants = granted.clone();
+            r.kv = kv.clone();
+        })
+        .await;
+        let ok = RunResult::Succeeded(Data::new().with("status", 200i64).with("bytes", 11i64));
+        assert_eq!(outcome.result, ok, "fetch-{lang}: {:?}", outcome.log);
+        assert_eq!(kv.get("last_status").unwrap(), Some(b"200".to_vec()), "fetch-{lang}");
+        assert_eq!(kv.get("last_bytes").unwrap(), Some(b"11".to_vec()), "fetch-{lang}");
+
+        // The URL from configuration, as periodic work has it.
+        let outcome = run(&h, |r| {
+            r.grants = Arc::new(Grants {
+                allowed_hosts: vec![origin.clone()],
+                config: [("url".to_string(), ConfigValue::plain(server.url("/")))].into(),
+                ..Grants::default()
+            });
+        })
+        .await;
+        assert_eq!(
+            outcome.result, ok,
+            "fetch-{lang} with a configured URL: {:?}",
+            outcome.log
+        );
+
+        // Off the allow-list: refused, a failure naming the URL.
+        let outcome = run(&h, |r| r.input = Data::new().with("url", server.url("/"))).await;
+        let error = outcome
+            .error()
+            .unwrap_or_else(|| panic!("fetch-{lang}: {:?}", outcome.result));
+        assert_eq!(
+            error,
+            format!("request to {} refused by the host", server.url("/")),
+            "fetch-{lang}"
+        );
+
+        // A network error: retry.
+        let outcome = run(&h, |r| {
+            r.input = Data::new().with("url", "http://127.0.0.1:1/");
+            r.grants = Arc::new(Grants {
+                allowed_hosts: vec![AllowedOrigin::parse("http://127.0.0.1:1").unwrap()],
+                ..Grants::default()
+            });
+        })
+        .await;
+        assert_eq!(outcome.result, RunResult::Retry, "fetch-{lang}: {:?}", outcome.log);
+    }
+
+    for (lang, path) in builds("fail") {
+        let h = load(&executor, lang, &path);
+        let outcome = run(&h, |r| r.input = Data::new().with("message", "disk on fire")).await;
+        assert_eq!(
+            outcome.error(),
+            Some("disk on fire"),
+            "fail-{lang}: {:?}",
+            outcome.result
+        );
+        let outcome = run(&h, |_| {}).await;
+        assert_eq!(outcome.error(), Some("fail handler failed on purpose"), "fail-{lang}");
+    }
+
+    for (lang, path) in builds("spin") {
+        let h = load(&executor, lang, &path);
+        let outcome = run(&h, |r| r.budget.timeout = Duration::from_millis(300)).await;
+        assert!(
+            matches!(
+                outcome.result,
+                RunResult::Stopped(StopReason::Timeout | StopReason::FuelExhausted)
+            ),
+            "spin-{lang}: {:?}",
+            outcome.result
+        );
+    }
+}
