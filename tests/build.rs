@@ -1,7 +1,8 @@
 //! Builds every guest example from source into `target/guests/`: the Rust
 //! examples (wasm32-wasip2, release) as `<name>.wasm`, and the examples in
 //! other languages as `<name>-<lang>.wasm` (`py` with componentize-py, `js`
-//! with componentize-js). Generates one path constant per guest and the
+//! with componentize-js, `c` with wit-bindgen's C generator, zig's clang
+//! and wit-component). Generates one path constant per guest and the
 //! table `LANGUAGE_EXAMPLES`. No `.wasm` file is committed.
 //!
 //! The other languages' tools are installed by `scripts/just setup` (which
@@ -40,7 +41,7 @@ const LANGUAGE_EXAMPLES: &[(&str, &str)] = &[
 ];
 
 /// The languages besides Rust, by file suffix.
-const LANGUAGES: &[&str] = &["py", "js"];
+const LANGUAGES: &[&str] = &["py", "js", "c"];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -180,7 +181,9 @@ fn build_language_guests(root: &Path, out: &Path) {
     let js_dir = root.join("guest-examples/js");
     let componentize_py = root.join(".tools/venv/bin/componentize-py");
     let componentize_js = js_dir.join("node_modules/@bytecodealliance/componentize-js/package.json");
+    let python = root.join(".tools/venv/bin/python");
     for (tool, what) in [
+        (&python, "the project's Python tools (zig for C handlers)"),
         (&componentize_py, "componentize-py (Python handlers)"),
         (&componentize_js, "componentize-js (JavaScript handlers)"),
     ] {
@@ -238,6 +241,7 @@ fn build_language_guests(root: &Path, out: &Path) {
                 );
             }
         });
+        scope.spawn(|| build_c_guests(root, out, &python, &wit_inputs));
         scope.spawn(|| {
             for (name, world) in LANGUAGE_EXAMPLES {
                 let dest = out.join(format!("{name}-js.wasm"));
@@ -263,4 +267,81 @@ fn build_language_guests(root: &Path, out: &Path) {
             }
         });
     });
+}
+
+/// Builds the C examples: bindings per world (wit-bindgen's C generator),
+/// a core module per example (zig's clang for wasm32-wasi, as a reactor),
+/// then the component (wit-component with the WASI preview1 adapter).
+fn build_c_guests(root: &Path, out: &Path, python: &Path, wit_inputs: &dyn Fn(Vec<PathBuf>) -> Vec<PathBuf>) {
+    let c_dir = root.join("guest-examples/c");
+    println!("cargo:rerun-if-changed={}", c_dir.display());
+    let work = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("c");
+    let target = out.parent().unwrap();
+    for (name, world) in LANGUAGE_EXAMPLES {
+        let dest = out.join(format!("{name}-c.wasm"));
+        let inputs = wit_inputs(vec![c_dir.join(format!("{name}.c")), c_dir.join("workhost.h")]);
+        if fresh(&dest, &inputs) {
+            continue;
+        }
+        let gen_dir = work.join(world);
+        let stem = world.replace('-', "_");
+        if !gen_dir.join(format!("{stem}.h")).is_file() {
+            c_bindings(&root.join("wit"), world, &gen_dir);
+        }
+        let core = work.join(format!("{name}-core.wasm"));
+        let mut cmd = Command::new(python);
+        cmd.args([
+            "-m",
+            "ziglang",
+            "cc",
+            "--target=wasm32-wasi",
+            "-mexec-model=reactor",
+            "-O2",
+            "-s",
+        ])
+        // A 64 KiB shadow stack instead of 1 MiB: a handler's memory
+        // starts at 128 KiB.
+        .arg("-Wl,-z,stack-size=65536")
+        .arg("-I")
+        .arg(&gen_dir)
+        .arg(c_dir.join(format!("{name}.c")))
+        .arg(gen_dir.join(format!("{stem}.c")))
+        .arg(gen_dir.join(format!("{stem}_component_type.o")))
+        .arg("-o")
+        .arg(&core)
+        .env("ZIG_GLOBAL_CACHE_DIR", target.join("zig-cache"))
+        .env("ZIG_LOCAL_CACHE_DIR", target.join("zig-cache"));
+        if *world == "http-task-handler" {
+            cmd.arg("-DWORKHOST_HTTP");
+        }
+        run(cmd, &format!("compiling guest-examples/c/{name}.c with zig cc"));
+        let module = std::fs::read(&core).unwrap();
+        let component = wit_component::ComponentEncoder::default()
+            .module(&module)
+            .and_then(|e| {
+                e.validate(true).adapter(
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+                )
+            })
+            .and_then(|e| e.encode())
+            .unwrap_or_else(|e| panic!("making a component of guest-examples/c/{name}.c: {e:#}"));
+        std::fs::write(&dest, component).unwrap();
+    }
+}
+
+/// Writes the C bindings of `world` (`<world>.h`, `.c`, `_component_type.o`).
+fn c_bindings(wit: &Path, world: &str, dir: &Path) {
+    let mut resolve = wit_bindgen_core::wit_parser::Resolve::default();
+    let (pkg, _) = resolve.push_path(wit).expect("parsing wit/");
+    let world_id = resolve.select_world(&[pkg], Some(world)).expect("selecting the world");
+    let mut files = wit_bindgen_core::Files::default();
+    wit_bindgen_c::Opts::default()
+        .build()
+        .generate(&mut resolve, world_id, &mut files)
+        .expect("generating C bindings");
+    std::fs::create_dir_all(dir).unwrap();
+    for (name, bytes) in files.iter() {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
 }

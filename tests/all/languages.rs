@@ -1,6 +1,6 @@
-//! One table test of every example in every language: the Python,
-//! JavaScript and Rust builds of `echo`, `counter`, `fetch`, `fail` and
-//! `spin` behave the same, through the same library surface.
+//! One table test of every example in every language: the Rust, Python,
+//! JavaScript and C builds of `echo`, `counter`, `fetch`, `fail` and `spin`
+//! behave the same, through the same library surface.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ fn builds(example: &str) -> Vec<(&'static str, String)> {
             .filter(|(e, _, _)| *e == example)
             .map(|(_, lang, path)| (*lang, path.to_string())),
     );
-    assert_eq!(all.len(), 3, "{example}: rust, py and js");
+    assert_eq!(all.len(), 4, "{example}: rust, py, js and c");
     all
 }
 
