@@ -37,7 +37,9 @@ lint: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cd guest-examples && cargo clippy --target wasm32-wasip2 -- -D warnings
 
-# Print the benchmarks: echo per run against bare wasmtime; durable throughput.
+# Print the benchmarks: echo per run against bare wasmtime; echo in every
+# language against Rust and restart-to-first-task; durable throughput.
 bench: setup
     cargo bench -p workhost-tests --bench executor
+    cargo bench -p workhost-tests --bench languages
     cargo bench -p workhost-tests --bench scheduler
