@@ -19,6 +19,18 @@ fn cache() -> std::path::PathBuf {
     root().join("target/test-compile-cache")
 }
 
+/// Minor page faults of this process so far (`/proc/self/stat` field 10).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces; count from after it.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after
+        .split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -50,6 +62,7 @@ fn main() {
         executor.engine().uses_pooling()
     );
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); handlers.len()];
+    let mut faults = vec![0u64; handlers.len()];
     rt.block_on(async {
         for (_, h) in &handlers {
             for _ in 0..20 {
@@ -60,6 +73,7 @@ fn main() {
         }
         for _ in 0..ROUNDS {
             for (i, (_, h)) in handlers.iter().enumerate() {
+                let f = minor_faults();
                 let t = Instant::now();
                 for _ in 0..BATCH {
                     let mut r = RunRequest::new("bench");
@@ -67,17 +81,19 @@ fn main() {
                     assert!(h.run(r).await.output().is_some());
                 }
                 times[i].push(t.elapsed() / BATCH as u32);
+                faults[i] += minor_faults() - f;
             }
         }
     });
     let rust = median(times[0].clone());
-    for ((lang, _), t) in handlers.iter().zip(times) {
+    for (((lang, _), t), f) in handlers.iter().zip(times).zip(faults) {
         let t = median(t);
         println!(
-            "echo-{lang:<5} {:>8.1} us/run  {:>7.0} runs/s  {:>6.1}x rust",
+            "echo-{lang:<5} {:>8.1} us/run  {:>7.0} runs/s  {:>6.1}x rust  {:>7.0} page faults/run",
             t.as_secs_f64() * 1e6,
             1.0 / t.as_secs_f64(),
-            t.as_secs_f64() / rust.as_secs_f64()
+            t.as_secs_f64() / rust.as_secs_f64(),
+            f as f64 / (ROUNDS * BATCH) as f64
         );
     }
 
