@@ -37,6 +37,11 @@ lint: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cd guest-examples && cargo clippy --target wasm32-wasip2 -- -D warnings
 
+# The crash harness, longer: SIGKILL a serving daemon KILLS times at random
+# moments (reproducible from SEED), then check every promise.
+chaos SEED="1" KILLS="20" TASKS="20": guests
+    cargo run --quiet -p workhost-tests --example chaos -- {{SEED}} {{KILLS}} {{TASKS}}
+
 # Print the benchmarks: echo per run against bare wasmtime; echo in every
 # language against Rust and restart-to-first-task; durable throughput.
 bench: setup

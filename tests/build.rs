@@ -19,6 +19,7 @@ const RUST_GUESTS: &[&str] = &[
     "fetch",
     "files",
     "escape",
+    "ledger",
     "compat-echo",
     "config-echo",
     "counter",

@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 use workhost::{EngineConfig, Executor};
 
+pub mod chaos;
+
 /// Paths of the guest examples, built from source by `build.rs`.
 pub mod guests {
     include!(concat!(env!("OUT_DIR"), "/guests.rs"));
