@@ -20,6 +20,7 @@ const RUST_GUESTS: &[&str] = &[
     "files",
     "escape",
     "ledger",
+    "hostile",
     "compat-echo",
     "config-echo",
     "counter",

@@ -7,6 +7,7 @@ mod device;
 mod examples;
 mod exec_cli;
 mod files;
+mod hostile;
 mod http;
 mod languages;
 mod load;

@@ -207,7 +207,8 @@ impl Drop for Daemon {
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 for tests: `/` answers 200 with
-/// "hello world", `/big` 200 with 1 MiB, anything else 404. Each connection
+/// "hello world", `/big` 200 with 1 MiB, `/slow` 200 after 3 s, anything
+/// else 404. Each connection
 /// serves one request. It stops when the test process ends.
 pub struct TestServer {
     /// Its port.
@@ -236,6 +237,10 @@ impl TestServer {
                     let (status, body): (&str, Vec<u8>) = match path.as_str() {
                         "/" => ("200 OK", b"hello world".to_vec()),
                         "/big" => ("200 OK", vec![b'x'; 1 << 20]),
+                        "/slow" => {
+                            std::thread::sleep(std::time::Duration::from_secs(3));
+                            ("200 OK", b"late".to_vec())
+                        }
                         _ => ("404 Not Found", b"no".to_vec()),
                     };
                     let mut stream = stream;
