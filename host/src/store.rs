@@ -473,28 +473,52 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         detail: e.to_string(),
     })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // The first read of the header tells a non-database file apart. Both
-    // values come from one snapshot: another process may be creating the
-    // schema right now, and a mixed view (its tables without its
-    // application id) would look foreign.
-    conn.execute_batch("BEGIN").map_err(|e| foreign(e.to_string()))?;
+    // Another process may be creating the store right now. SQLite does not
+    // always wait on its busy handler here (switching a new file to WAL
+    // needs an exclusive lock), so "busy" and "locked" are retried for up
+    // to 10 s: they mean "wait", never "foreign".
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match check_header_and_enable_wal(&conn) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(foreign(e.to_string())),
+            Ok((app_id, tables)) if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) => {
+                return Err(foreign(format!(
+                    "its application id is {app_id:#x} with {tables} schema objects"
+                )));
+            }
+            Ok(_) => break,
+        }
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    Ok(conn)
+}
+
+/// Reads the application id and the count of schema objects from one
+/// snapshot (a mixed view of a store being created, its tables without its
+/// application id, would look foreign), then switches a workhost or empty
+/// file to WAL.
+fn check_header_and_enable_wal(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.execute_batch("BEGIN")?;
     let header = conn.query_row(
         "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master)",
         [],
         |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
     );
     let _ = conn.execute_batch("COMMIT");
-    let (app_id, tables) = header.map_err(|e| foreign(e.to_string()))?;
-    if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) {
-        return Err(foreign(format!(
-            "its application id is {app_id:#x} with {tables} schema objects"
-        )));
+    let (app_id, tables) = header?;
+    if app_id == APPLICATION_ID || (app_id == 0 && tables == 0) {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
     }
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(|e| foreign(e.to_string()))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    Ok(conn)
+    Ok((app_id, tables))
 }
 
 fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {

@@ -442,3 +442,41 @@ fn data_dir_overrides_the_manifest() {
         1
     );
 }
+
+#[test]
+fn processes_opening_a_brand_new_store_at_once_all_get_it() {
+    // A daemon creating the store while CLI commands open it: none may see
+    // the half-made file as foreign or give up on its lock.
+    for round in 0..16 {
+        let dir = tempfile::tempdir().unwrap();
+        let m = write_manifest(dir.path());
+        let _daemon = Daemon::start(&m);
+        let children: Vec<_> = (0..3)
+            .map(|i| {
+                std::process::Command::new(workhost_tests::workhost_bin())
+                    .args([
+                        "enqueue",
+                        "echo",
+                        "--task",
+                        &format!("t{i}"),
+                        "--delay",
+                        "1h",
+                        "--config",
+                    ])
+                    .arg(&m)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
