@@ -34,8 +34,8 @@ pub struct ChaosReport {
     /// Attempts the host recorded as cut off by a kill: the at-least-once
     /// repeats.
     pub runs_cut_by_kills: usize,
-    /// Runs the guest counted beyond one per needed attempt: work that ran
-    /// again because its run was in flight at a kill.
+    /// Runs the guest counted beyond the attempts that finished: runs cut
+    /// off by a kill after they had started work, done again (at-least-once).
     pub repeated_runs: usize,
     /// Runs of the periodic task.
     pub periodic_runs: i64,
@@ -215,28 +215,42 @@ pub fn run(config: ChaosConfig) -> ChaosReport {
         );
         let successes = attempts.iter().filter(|a| a["outcome"] == "success").count();
         assert_eq!(successes, 1, "task {} succeeded more than once: {t}", e.id);
-        let mut asked_retries = 0;
+        // Every attempt before the success either asked for a retry (on an
+        // attempt the input told it to) or was cut off by a kill.
+        let mut cut = 0;
         for a in &attempts[..attempts.len() - 1] {
             if a["outcome"] == "retry" {
-                asked_retries += 1;
+                assert!(
+                    a["attempt"].as_i64().unwrap_or(0) <= e.retries,
+                    "task {}: a retry nobody asked for: {t}",
+                    e.id
+                );
             } else {
                 assert_eq!(
                     a["error"], "the host died during this run",
                     "task {}: an attempt that was neither the success nor a retry, and not cut by a kill: {t}",
                     e.id
                 );
-                report.runs_cut_by_kills += 1;
+                cut += 1;
             }
         }
-        assert_eq!(asked_retries, e.retries, "task {}: retries asked: {t}", e.id);
-        let runs = t["output"]["runs"].as_i64().expect("ledger's output has runs");
         assert!(
-            runs as usize <= attempts.len(),
-            "task {}: the guest ran {runs} times but the host recorded {} attempts: {t}",
+            last["attempt"].as_i64().unwrap_or(0) > e.retries,
+            "task {}: succeeded on an attempt that should have retried: {t}",
+            e.id
+        );
+        report.runs_cut_by_kills += cut;
+        // The guest counts every run that got as far as its first host call:
+        // each attempt that finished, plus any a kill cut off after that.
+        let runs = t["output"]["runs"].as_i64().expect("ledger's output has runs") as usize;
+        let finished = attempts.len() - cut;
+        assert!(
+            (finished..=attempts.len()).contains(&runs),
+            "task {}: the guest ran {runs} times; the host recorded {} attempts, {cut} cut by kills: {t}",
             e.id,
             attempts.len()
         );
-        report.repeated_runs += (runs - 1 - e.retries).max(0) as usize;
+        report.repeated_runs += runs - finished;
         if let Some(p) = &e.parent {
             let parent_end = ms(&finals[p]["finished_at"]);
             let child_start = ms(&attempts[0]["started_at"]);
