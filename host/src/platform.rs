@@ -75,7 +75,7 @@ impl RunState {
                 .as_deref()
                 .map(|dir| Arc::new(DataQuota::measure(dir, grants.data_quota_bytes, Some(log.clone())))),
             http_gate: crate::grants::HttpGate::new(grants.clone(), log.clone()),
-            redactor: Redactor::new(&grants.config),
+            redactor: log.redactor(),
             grants,
             table: ResourceTable::new(),
             limiter,

@@ -13,13 +13,14 @@
 //! first refusal of a run puts a host line in the run's log.
 //!
 //! What is counted: the bytes the directory's files hold (their sizes, so a
-//! sparse file counts at its full length), measured when a run starts, plus
-//! every byte a write adds past the end of a file during the run. Removing
+//! sparse file counts at its full length), measured at the run's first write
+//! that could grow a file, plus every byte a write adds past the end of a
+//! file during the run. Removing
 //! or truncating files frees room for the next run, not the current one.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -32,8 +33,11 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, Outp
 /// The bytes a run's data directory may still grow by.
 #[derive(Debug)]
 pub(crate) struct DataQuota {
+    dir: PathBuf,
     limit: u64,
-    used: AtomicU64,
+    /// What the directory holds, measured at the first write that could
+    /// grow it (a run that writes nothing never walks the directory).
+    used: OnceLock<AtomicU64>,
     /// The run's log, told once when a write is refused.
     log: Option<SharedLog>,
     told: AtomicBool,
@@ -41,14 +45,19 @@ pub(crate) struct DataQuota {
 
 impl DataQuota {
     /// A quota of `limit` bytes for the directory `dir`, charged with what
-    /// its files hold now.
+    /// its files hold when the run first writes.
     pub(crate) fn measure(dir: &Path, limit: u64, log: Option<SharedLog>) -> DataQuota {
         DataQuota {
+            dir: dir.to_path_buf(),
             limit,
-            used: AtomicU64::new(usage(dir)),
+            used: OnceLock::new(),
             log,
             told: AtomicBool::new(false),
         }
+    }
+
+    fn used(&self) -> &AtomicU64 {
+        self.used.get_or_init(|| AtomicU64::new(usage(&self.dir)))
     }
 
     /// Takes `n` bytes if they fit; otherwise says so in the run's log
@@ -56,7 +65,7 @@ impl DataQuota {
     fn charge(&self, n: u64) -> bool {
         let fits = n == 0
             || self
-                .used
+                .used()
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                     used.checked_add(n).filter(|&total| total <= self.limit)
                 })
@@ -71,7 +80,7 @@ impl DataQuota {
                 format!(
                     "a write to the data directory was refused: it would pass the quota of {} bytes ({} in use)",
                     self.limit,
-                    self.used.load(Ordering::Acquire)
+                    self.used().load(Ordering::Acquire)
                 ),
             );
         }
@@ -81,7 +90,7 @@ impl DataQuota {
     /// Gives back `n` bytes charged for a write that did not happen.
     fn refund(&self, n: u64) {
         let _ = self
-            .used
+            .used()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| Some(used.saturating_sub(n)));
     }
 }
@@ -117,7 +126,7 @@ fn quota_error() -> FsError {
     ErrorCode::Quota.into()
 }
 
-/// The size of the file behind `fd`, if it is a file.
+/// The file behind `fd`, if it is a file (not a directory).
 fn file_of(view: &WasiFilesystemCtxView<'_>, fd: &Resource<Descriptor>) -> FsResult<Option<Arc<std::fs::File>>> {
     Ok(match view.table.get(fd)? {
         Descriptor::File(f) => Some(f.file.clone()),
@@ -468,7 +477,7 @@ mod tests {
         std::fs::write(dir.join("x"), [0; 10]).unwrap();
         std::fs::write(dir.join("a/b/y"), [0; 32]).unwrap();
         let q = DataQuota::measure(&dir, 50, None);
-        assert_eq!(q.used.load(Ordering::Relaxed), 42);
+        assert_eq!(q.used().load(Ordering::Relaxed), 42);
         assert!(q.charge(8));
         assert!(!q.charge(1), "50 of 50 used");
         q.refund(8);

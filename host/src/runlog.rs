@@ -91,6 +91,11 @@ impl SharedLog {
         })))
     }
 
+    /// The redactor the log applies, for the rest of the run's record.
+    pub(crate) fn redactor(&self) -> Redactor {
+        self.lock().redactor.clone()
+    }
+
     /// Appends a line.
     pub(crate) fn push(&self, level: LogLevel, source: LogSource, message: String) {
         self.lock().push(level, source, message);
