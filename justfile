@@ -42,6 +42,26 @@ lint: setup
 chaos SEED="1" KILLS="20" TASKS="20": guests
     cargo run --quiet -p workhost-tests --example chaos -- {{SEED}} {{KILLS}} {{TASKS}}
 
+# Fuzz the parsers of untrusted text (task input JSON, CLI values, manifests)
+# for SECONDS each, then print each target's executions. Stable Rust with
+# `--sanitizer none` (see tests/fuzz/Cargo.toml); installs the pinned
+# cargo-fuzz into .tools/cargo on first use. Crashes land in
+# tests/fuzz/artifacts/<target>/.
+fuzz SECONDS="60":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ "$(.tools/cargo/bin/cargo-fuzz --version 2>/dev/null)" != "cargo-fuzz 0.13.2" ]; then
+        cargo install --quiet --locked cargo-fuzz --version 0.13.2 --root .tools/cargo
+    fi
+    export PATH="$PWD/.tools/cargo/bin:$PATH" CARGO_TARGET_DIR="$PWD/target/fuzz"
+    for t in input_json cli_values manifest; do
+        mkdir -p "target/fuzz-corpus/$t"
+        cargo fuzz run --fuzz-dir tests/fuzz --sanitizer none "$t" "target/fuzz-corpus/$t" "tests/fuzz/seeds/$t" \
+            -- -max_total_time={{SECONDS}} -timeout=10 -rss_limit_mb=4096 2>&1 | tee "target/fuzz-$t.log" | grep -E '^(#[0-9]+ +DONE|==|SUMMARY|Done)' || true
+        grep -q 'Done [0-9]* runs' "target/fuzz-$t.log" || { echo "fuzz target $t failed; see target/fuzz-$t.log" >&2; exit 1; }
+        echo "$t: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "target/fuzz-$t.log")"
+    done
+
 # Print the benchmarks: echo per run against bare wasmtime; echo in every
 # language against Rust and restart-to-first-task; durable throughput.
 bench: setup

@@ -28,7 +28,35 @@ use crate::work::{Enqueued, Millis, PeriodicFloor, TaskId, TaskInfo, TaskState, 
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch.
     fn now(&self) -> Millis;
+
+    /// A reading of a steady clock, one that setting the wall clock does not
+    /// move, taken together with [`Clock::now`]. A host compares the two to
+    /// tell the wall clock jumping from time passing, and keeps every wait's
+    /// length across a jump (see `docs/guarantees.md`). `None`, the default,
+    /// means this clock never jumps: every move is time passing
+    /// ([`ManualClock`]).
+    fn steady(&self) -> Option<SteadyReading> {
+        None
+    }
 }
+
+/// A reading of a steady clock: see [`Clock::steady`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SteadyReading {
+    /// Names the span the steady clock counts within (on Linux the boot, by
+    /// its boot id); readings of different spans are never compared.
+    pub epoch: Arc<str>,
+    /// Milliseconds since the span began, counting time suspended.
+    pub elapsed: Millis,
+}
+
+/// How long a host waits before offering a run's outcome again to a store
+/// that refused it.
+const FINISH_RETRY: Duration = Duration::from_millis(500);
+
+/// How far the wall clock must move against the steady clock to count as a
+/// jump. Smaller drifts (NTP slewing) are left alone until they add up.
+pub const CLOCK_JUMP_THRESHOLD: Duration = Duration::from_secs(1);
 
 /// The system's wall clock.
 #[derive(Debug, Default, Clone, Copy)]
@@ -39,6 +67,29 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as Millis)
+    }
+
+    /// On Linux, `CLOCK_BOOTTIME` within the boot named by
+    /// `/proc/sys/kernel/random/boot_id`; elsewhere `None`.
+    fn steady(&self) -> Option<SteadyReading> {
+        #[cfg(target_os = "linux")]
+        {
+            static BOOT: std::sync::OnceLock<Option<Arc<str>>> = std::sync::OnceLock::new();
+            let epoch = BOOT
+                .get_or_init(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                        .ok()
+                        .map(|id| Arc::from(id.trim()))
+                })
+                .clone()?;
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+            Some(SteadyReading {
+                epoch,
+                elapsed: t.tv_sec * 1000 + t.tv_nsec / 1_000_000,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
     }
 }
 
@@ -450,6 +501,9 @@ struct Inner {
     device_source: Mutex<(DeviceState, DeviceOverrides)>,
     device_config: DeviceConfig,
     data_dir: PathBuf,
+    /// The wall clock minus the steady clock when last recorded in the
+    /// store (see [`Inner::follow_clock`]).
+    clock_reading: Mutex<Option<Millis>>,
     _lock: std::fs::File,
 }
 
@@ -531,13 +585,6 @@ impl Host {
         })
         .await?;
 
-        let store = queue.store.clone();
-        let now = queue.now();
-        let recovered = blocking(move || store.recover(now)).await?;
-        queue.publish(&recovered, |c| {
-            ("recovered", format!("was running when its host died; now {}", c.state))
-        });
-
         let (device_config, data_dir) = (config.device.clone(), config.data_dir.clone());
         let readings = blocking(move || read_device(&device_config, &data_dir)).await;
         let inner = Arc::new(Inner {
@@ -551,7 +598,16 @@ impl Host {
             device_source: Mutex::new((readings, config.device.overrides)),
             device_config: config.device.clone(),
             data_dir: config.data_dir.clone(),
+            clock_reading: Mutex::new(None),
             _lock: lock,
+        });
+        // Before recovery, so work recovered as due now is not moved by a
+        // jump made while no host ran.
+        let now = inner.follow_clock().await;
+        let store = inner.queue.store.clone();
+        let recovered = blocking(move || store.recover(now)).await?;
+        inner.queue.publish(&recovered, |c| {
+            ("recovered", format!("was running when its host died; now {}", c.state))
         });
         if inner.device_config.read_machine {
             tokio::spawn(refresh_device(inner.clone()));
@@ -625,6 +681,49 @@ impl Host {
 }
 
 impl Inner {
+    /// Keeps every wait's length when the wall clock jumps: compares the
+    /// wall clock with the clock's steady reading and, when they moved
+    /// apart by [`CLOCK_JUMP_THRESHOLD`] or more since the store last saw
+    /// them, moves every unfinished task's due time by the jump
+    /// ([`TaskStore::follow_clock`]). Called when the host starts (a jump
+    /// while no host ran, on the same boot) and before every claim. Returns
+    /// the wall clock it compared, the "now" a claim must use: a jump after
+    /// that reading is seen by the next call, before the next claim.
+    async fn follow_clock(&self) -> Millis {
+        let now = self.queue.now();
+        let Some(steady) = self.queue.clock.steady() else {
+            return now;
+        };
+        let reading = now - steady.elapsed;
+        let threshold = CLOCK_JUMP_THRESHOLD.as_millis() as Millis;
+        let last = *self.clock_reading.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|l| (reading - l).abs() < threshold) {
+            return now;
+        }
+        let store = self.queue.store.clone();
+        let Ok(jump) = blocking(move || store.follow_clock(&steady.epoch, reading, threshold)).await else {
+            // Tried again before the next claim.
+            return now;
+        };
+        *self.clock_reading.lock().unwrap_or_else(|e| e.into_inner()) = Some(reading);
+        if jump.by != 0 {
+            let (way, by) = if jump.by > 0 {
+                ("forward", jump.by)
+            } else {
+                ("backward", -jump.by)
+            };
+            // Said to the second: the two clocks are read a moment apart.
+            let by = crate::units::format_duration(Duration::from_secs(((by + 500) / 1000) as u64));
+            self.queue.publish(&jump.moved, |_| {
+                (
+                    "rescheduled",
+                    format!("the wall clock jumped {way} by {by}; the task's wait keeps its length"),
+                )
+            });
+        }
+        now
+    }
+
     /// Publishes a new device state: wakes the dispatcher, and stops running
     /// work whose constraints no longer hold.
     fn set_device(&self, state: DeviceState) {
@@ -708,9 +807,9 @@ async fn dispatch(inner: Arc<Inner>) {
         if *shutting_down.borrow() {
             break;
         }
+        let now = inner.follow_clock().await;
         let store = inner.queue.store.clone();
         let (free, per) = inner.free_slots();
-        let now = inner.queue.now();
         let claimed = if free > 0 {
             let device = inner.device.borrow().clone();
             store.claim_async(now, free, per, device).await
@@ -909,11 +1008,22 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     // Periodic work that moved on to its next period resets its attempts.
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
     let id = info.id;
-    let changes = queue
-        .store
-        .finish_async(id, attempt, transition, &outcome, now)
-        .await
-        .unwrap_or_default();
+    let changes = loop {
+        match queue
+            .store
+            .finish_async(id, attempt, transition.clone(), &outcome, now)
+            .await
+        {
+            Ok(changes) => break changes,
+            // The store refused the write (a full disk, say). The outcome
+            // stays here and is offered again until the store takes it, so
+            // it is recorded once there is room; the task keeps its slot
+            // meanwhile. A host stopped first leaves the task RUNNING, and
+            // the next host recovers and reruns it (at least once).
+            Err(_) if !*inner.shutting_down.borrow() => tokio::time::sleep(FINISH_RETRY).await,
+            Err(_) => break Vec::new(),
+        }
+    };
     inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     queue.publish(&changes, |c| {
         if c.id != id {

@@ -84,7 +84,8 @@ pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SystemClock, TaskEvent, TestDriver,
+    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SteadyReading,
+    SystemClock, TaskEvent, TestDriver,
 };
 pub use kv::{Kv, KvError, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
@@ -92,7 +93,7 @@ pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
 pub use retry::{RetryFacts, Transition, decide};
 pub use runlog::{LogLevel, LogLine, LogSource};
-pub use store::{Change, Claimed, Query, Selector, SqliteStore, StoreError, TaskStore};
+pub use store::{Change, Claimed, ClockJump, Query, Selector, SqliteStore, StoreError, TaskStore};
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
     ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,

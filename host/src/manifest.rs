@@ -104,7 +104,10 @@ struct HandlerFile {
 /// A secret: the value itself, or `{ env = "NAME" }` to read it from the
 /// host's environment when the manifest is loaded.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a secret: a string, or { env = \"VARIABLE\" } to read it from the environment"
+)]
 enum SecretFile {
     Literal(String),
     FromEnv(EnvRef),
@@ -117,7 +120,7 @@ struct EnvRef {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "fuel: true, false or a budget (a whole number of units)")]
 enum Fuel {
     Metered(bool),
     Budget(u64),

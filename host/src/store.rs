@@ -39,6 +39,18 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("task store error: {0}")]
     Sqlite(String),
+    /// The store's files could not grow: the disk is full, or a quota or
+    /// file-size limit was reached. The change that met it was rolled back;
+    /// everything committed before it is kept.
+    #[error(
+        "the task store could not be written ({0}); most often the disk, or a quota or file-size limit, is full. This change was not made; everything accepted before it is kept. Free some space and try again"
+    )]
+    Full(String),
+    /// The store's files or directory are read-only to this process.
+    #[error(
+        "the task store is read-only to this process ({0}): make the data directory and the files in it writable for this user, or point --data-dir at another folder. Nothing was changed"
+    )]
+    ReadOnly(String),
     /// The data directory could not be used.
     #[error("cannot use the data directory {path:?}: {detail}")]
     DataDir {
@@ -51,7 +63,21 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sqlite(e.to_string())
+        use rusqlite::ffi;
+        let detail = e.to_string();
+        let Some(code) = e.sqlite_error() else {
+            return StoreError::Sqlite(detail);
+        };
+        match code.extended_code {
+            // A write that could not grow a file: ENOSPC is SQLITE_FULL; a
+            // quota or RLIMIT_FSIZE (EDQUOT, EFBIG) comes back as a failed
+            // write, append or truncate.
+            ffi::SQLITE_FULL | ffi::SQLITE_IOERR_WRITE | ffi::SQLITE_IOERR_TRUNCATE | ffi::SQLITE_IOERR_SHMSIZE => {
+                StoreError::Full(detail)
+            }
+            c if c & 0xff == ffi::SQLITE_READONLY => StoreError::ReadOnly(detail),
+            _ => StoreError::Sqlite(detail),
+        }
     }
 }
 
@@ -125,6 +151,15 @@ pub struct Change {
     pub state: TaskState,
 }
 
+/// What [`TaskStore::follow_clock`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClockJump {
+    /// How far the wall clock jumped (negative: backwards); 0 if it did not.
+    pub by: Millis,
+    /// The ENQUEUED and BLOCKED tasks whose due time moved with it.
+    pub moved: Vec<Change>,
+}
+
 /// A durable task store. Every method is atomic and durable when it returns.
 /// Backends pass the conformance suite in `tests/all/store.rs`.
 pub trait TaskStore: Send + Sync {
@@ -176,6 +211,16 @@ pub trait TaskStore: Send + Sync {
     fn set_paused(&self, paused: bool) -> Result<(), StoreError>;
     /// The paused flag.
     fn paused(&self) -> Result<bool, StoreError>;
+    /// Follows the wall clock across jumps. `reading` is the wall clock
+    /// minus a steady clock that a change of the wall clock does not move,
+    /// on boot `boot`. The first reading on a boot is only recorded. A later
+    /// one that differs from the recorded one by `threshold` or more means
+    /// the wall clock jumped by the difference: every unfinished task's due
+    /// time and period start move by it, so a wait keeps its length, and the
+    /// new reading is recorded. The check and the move are one transaction,
+    /// so processes sharing the store move each task once. Returns the jump
+    /// and the tasks waiting to run that it moved.
+    fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError>;
     /// Deletes finished tasks that finished before `before`; returns how many.
     fn prune(&self, before: Millis) -> Result<usize, StoreError>;
     /// A number that changes whenever another connection commits (cheap;
@@ -488,7 +533,17 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            Err(e) => return Err(foreign(e.to_string())),
+            // Only SQLite saying "this is no database" makes a file foreign;
+            // anything else (read-only, disk full, I/O) is said as itself.
+            Err(e @ rusqlite::Error::SqliteFailure(..))
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+                ) =>
+            {
+                return Err(foreign(e.to_string()));
+            }
+            Err(e) => return Err(e.into()),
             Ok((app_id, tables)) if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) => {
                 return Err(foreign(format!(
                     "its application id is {app_id:#x} with {tables} schema objects"
@@ -1391,6 +1446,48 @@ impl TaskStore for SqliteStore {
                 })
                 .optional()?
                 .is_some_and(|v| v == "1"))
+        })
+    }
+
+    fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError> {
+        let boot = boot.to_owned();
+        self.write(move |conn| {
+            let get = |key: &str| {
+                conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()
+            };
+            let recorded = match (get("clock_boot")?, get("clock_reading")?) {
+                (Some(b), Some(r)) if b == boot => r.parse::<Millis>().ok(),
+                _ => None,
+            };
+            let mut jump = ClockJump::default();
+            if let Some(recorded) = recorded {
+                let by = reading - recorded;
+                if by.abs() < threshold {
+                    return Ok::<_, StoreError>(jump);
+                }
+                jump.by = by;
+                let mut waiting =
+                    conn.prepare("SELECT id, state FROM tasks WHERE state IN ('enqueued', 'blocked') ORDER BY id")?;
+                for row in waiting.query_map([], |r| Ok((r.get::<_, TaskId>(0)?, r.get::<_, String>(1)?)))? {
+                    let (id, state) = row?;
+                    if let Some(state) = TaskState::parse(&state) {
+                        jump.moved.push(Change { id, state });
+                    }
+                }
+                conn.execute(
+                    "UPDATE tasks SET next_run_at = next_run_at + ?1, \
+                     period_start = CASE WHEN frequency_ms IS NULL THEN period_start ELSE period_start + ?1 END \
+                     WHERE state IN ('enqueued', 'blocked', 'running')",
+                    [by],
+                )?;
+            }
+            let mut set = conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?;
+            set.execute(params!["clock_boot", boot])?;
+            set.execute(params!["clock_reading", reading.to_string()])?;
+            Ok(jump)
         })
     }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use workhost_tests::{CliRun, Daemon, workhost, write_manifest};
+use workhost_tests::{CliRun, Daemon, Restrictions, workhost, workhost_restricted, write_manifest};
 
 fn wh(manifest: &Path, args: &[&str]) -> CliRun {
     let mut all: Vec<&str> = args.to_vec();
@@ -200,6 +200,10 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
             &["retention", "\"forever\" is not a duration"],
         ),
         ("this is not toml", &["workhost.toml"]),
+        (
+            "[handlers.x]\ncomponent = \"a.wasm\"\nfuel = \"lots\"\n",
+            &["line 3", "fuel: true, false or a budget"],
+        ),
     ];
     let bad_origin = format!(
         "[handlers.x]\ncomponent = {:?}\nallowed_hosts = [\"nope\"]\n",
@@ -259,6 +263,121 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
         ok(&good, &["list", "--json"]).json().as_array().unwrap().is_empty(),
         "refused requests stored nothing"
     );
+}
+
+fn restricted(manifest: &Path, args: &[&str], restrictions: Restrictions) -> CliRun {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--config", manifest.to_str().unwrap()]);
+    workhost_restricted(&all, manifest.parent().unwrap(), restrictions)
+}
+
+/// The ids `list --json` shows, in order.
+fn listed(manifest: &Path) -> Vec<String> {
+    let list = ok(manifest, &["list", "--json"]).json();
+    let tasks = list.as_array().expect("list --json is an array");
+    tasks.iter().map(|t| t["id"].to_string()).collect()
+}
+
+/// Sets the mode of `dir` and of every file in it.
+fn chmod_all(dir: &Path, dir_mode: u32, file_mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+}
+
+#[test]
+fn a_read_only_data_directory_is_refused_by_name_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let kept = ok(&m, &["enqueue", "echo", "--task", "kept", "--delay", "1h"])
+        .stdout
+        .trim()
+        .to_string();
+    let data = dir.path().join("data");
+    chmod_all(&data, 0o555, 0o444);
+    let read_only = Restrictions {
+        obey_permissions: true,
+        ..Restrictions::default()
+    };
+    for args in [
+        &["enqueue", "echo", "--task", "refused"][..],
+        &["cancel", kept.as_str()],
+        &["pause"],
+    ] {
+        let run = restricted(&m, args, read_only);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("the task store is read-only to this process") && run.stderr.contains("writable"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    let serve = restricted(&m, &["serve"], read_only);
+    assert_eq!(serve.code, 2, "{serve:?}");
+    assert!(
+        serve.stderr.contains("cannot use the data directory") && serve.stderr.contains("ermission denied"),
+        "{}",
+        serve.stderr
+    );
+    chmod_all(&data, 0o755, 0o644);
+    assert_eq!(listed(&m), vec![kept.clone()], "the refused enqueue left nothing");
+    assert_eq!(
+        task(&m, &kept)["state"],
+        "enqueued",
+        "the refused cancel changed nothing"
+    );
+    ok(&m, &["enqueue", "echo", "--task", "writable again"]);
+}
+
+#[test]
+fn a_full_disk_refuses_new_work_by_name_and_keeps_everything_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let mut accepted = vec![
+        ok(&m, &["enqueue", "echo", "--task", "first"])
+            .stdout
+            .trim()
+            .to_string(),
+    ];
+    let data = dir.path().join("data");
+    let largest = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    let full = Restrictions {
+        max_file_bytes: Some(largest + 64 * 1024),
+        ..Restrictions::default()
+    };
+    let input = format!("text={}", "x".repeat(6000));
+    let refused = loop {
+        assert!(accepted.len() < 200, "the store kept growing past its file-size limit");
+        let run = restricted(&m, &["enqueue", "echo", "--task", "filler", "--input", &input], full);
+        if run.code != 0 {
+            break run;
+        }
+        accepted.push(run.stdout.trim().to_string());
+    };
+    assert_eq!(refused.code, 2, "{refused:?}");
+    for words in [
+        "the task store could not be written",
+        "everything accepted before it is kept",
+    ] {
+        assert!(refused.stderr.contains(words), "{words:?} missing: {}", refused.stderr);
+    }
+    assert!(accepted.len() > 2, "the limit left room for some work: {accepted:?}");
+
+    // With room again: every accepted task is there, nothing else, and the
+    // database is whole.
+    assert_eq!(listed(&m), accepted);
+    let db = rusqlite::Connection::open(data.join("workhost.db")).unwrap();
+    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(check, "ok");
+    drop(db);
+    ok(&m, &["enqueue", "echo", "--task", "room again"]);
 }
 
 #[test]

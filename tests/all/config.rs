@@ -147,7 +147,7 @@ fn the_manifest_grants_config_and_secrets_and_refuses_bad_ones_by_name() {
         ("[handlers.c.config]\nn = 3\n", &["line 4", "n = 3"][..]),
         (
             "[handlers.c.secrets]\nt = { file = \"x\" }\n",
-            &["line 4", "SecretFile"][..],
+            &["line 4", "a secret: a string, or { env = \"VARIABLE\" }"][..],
         ),
     ] {
         let message = parse(body).unwrap_err().to_string();

@@ -2,6 +2,7 @@
 
 mod chaos;
 mod cli_store;
+mod clock;
 mod config;
 mod device;
 mod examples;

@@ -369,3 +369,47 @@ fn only_work_whose_constraints_hold_is_claimed() {
         }
     });
 }
+
+#[test]
+fn a_clock_jump_moves_every_waiting_task_once_and_finished_ones_never() {
+    each_backend(|open| {
+        let s = open();
+        let mut later = WorkRequest::one_off("a", "later");
+        later.initial_delay = Duration::from_secs(10);
+        let later = s.enqueue(later, NOW).unwrap().0.id;
+        let mut child = WorkRequest::one_off("b", "child");
+        child.after = vec![later];
+        let child = s.enqueue(child, NOW).unwrap().0.id;
+        let done = s.enqueue(WorkRequest::one_off("b", "done"), NOW).unwrap().0.id;
+        assert_eq!(run(s.as_ref(), 1, RunResult::Succeeded(Data::new()), NOW), vec![done]);
+        let due = |id| s.get(id).unwrap().unwrap().next_run_at;
+        let (done_at, child_at) = (due(done), due(child));
+
+        // The first reading of a boot is only recorded; drift under the
+        // threshold is left alone.
+        assert_eq!(s.follow_clock("boot-1", 500, 1000).unwrap().by, 0);
+        assert_eq!(s.follow_clock("boot-1", 1400, 1000).unwrap().by, 0);
+        assert_eq!(due(later), NOW + 10_000);
+
+        let jump = s.follow_clock("boot-1", 500 + 3_600_000, 1000).unwrap();
+        assert_eq!(jump.by, 3_600_000);
+        let mut moved: Vec<_> = jump.moved.iter().map(|c| (c.id, c.state)).collect();
+        moved.sort_by_key(|(id, _)| *id);
+        assert_eq!(moved, vec![(later, TaskState::Enqueued), (child, TaskState::Blocked)]);
+        assert_eq!(due(later), NOW + 10_000 + 3_600_000);
+        assert_eq!((due(done), due(child)), (done_at, child_at + 3_600_000));
+
+        // Another process seeing the same jump moves nothing again.
+        assert_eq!(open().follow_clock("boot-1", 500 + 3_600_000, 1000).unwrap().by, 0);
+        assert_eq!(due(later), NOW + 10_000 + 3_600_000);
+
+        // Backwards; then a new boot, whose readings are not comparable.
+        assert_eq!(s.follow_clock("boot-1", 500, 1000).unwrap().by, -3_600_000);
+        assert_eq!(due(later), NOW + 10_000);
+        assert_eq!(
+            s.follow_clock("boot-2", 99_999_999, 1000).unwrap(),
+            workhost::ClockJump::default()
+        );
+        assert_eq!(due(later), NOW + 10_000);
+    });
+}

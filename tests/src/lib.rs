@@ -131,6 +131,93 @@ pub fn host_config(data_dir: &Path) -> workhost::HostConfig {
     config
 }
 
+/// What the operating system refuses a `workhost` process, to see how it
+/// copes: see [`workhost_restricted`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Restrictions {
+    /// Make file permissions bind even for root: the process runs without
+    /// `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH` and `CAP_FOWNER`, so a
+    /// directory made read-only with `chmod` is read-only to it.
+    pub obey_permissions: bool,
+    /// No file may grow past this many bytes (`RLIMIT_FSIZE`, with
+    /// `SIGXFSZ` ignored so a write that would pass it fails with `EFBIG`):
+    /// the disk filling up, as far as one process can tell.
+    pub max_file_bytes: Option<u64>,
+}
+
+/// Runs `workhost <args>` (compile cache in `cache`) under `restrictions`,
+/// and waits. Panics if the restrictions cannot be put in place, so a test
+/// never passes without them.
+pub fn workhost_restricted(args: &[&str], cache: &Path, restrictions: Restrictions) -> CliRun {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(workhost_bin());
+    command.args(args).env("XDG_CACHE_HOME", cache);
+    let restrict = move || -> std::io::Result<()> {
+        if restrictions.obey_permissions {
+            // SAFETY: geteuid and prctl only read and set this process's
+            // credentials; both are async-signal-safe.
+            #[allow(unsafe_code)]
+            unsafe {
+                if libc::geteuid() == 0 {
+                    // For root, the capabilities kept across exec are the
+                    // bounding set, so dropping them from it is enough.
+                    // CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER
+                    // (linux/capability.h; libc has no names for them).
+                    for cap in [1, 2, 3] {
+                        if libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(bytes) = restrictions.max_file_bytes {
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: bytes,
+            };
+            // SAFETY: signal and setrlimit only change this process's
+            // disposition and limits; both are async-signal-safe.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure calls only async-signal-safe functions and
+    // allocates nothing.
+    #[allow(unsafe_code)]
+    unsafe {
+        command.pre_exec(restrict);
+    }
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running workhost under {restrictions:?}: {e}"));
+    // A command that should have failed at once but serves instead must not
+    // hang the test run.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(out) => out.expect("waiting for workhost").into(),
+        Err(_) => {
+            // SAFETY: kill only sends a signal to the child we started.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            panic!("workhost {args:?} under {restrictions:?} still running after 60 s")
+        }
+    }
+}
+
 /// Writes a manifest in `dir` naming every example as a handler (with
 /// `spin` unmetered and a 60 s budget) and a data directory beside it;
 /// returns the manifest's path.

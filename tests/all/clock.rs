@@ -1,0 +1,171 @@
+//! The wall clock jumping backwards and forwards, while a host runs and
+//! while none does: every wait keeps its length, run budgets are not
+//! touched, and nothing accepted is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use workhost::{Clock, Host, Millis, SteadyReading, SystemClock, TaskId, TaskInfo, TaskState, WorkRequest};
+use workhost_tests::host_config;
+
+const HOUR: Millis = 3_600_000;
+
+/// The system clock plus an offset a test sets, with a steady clock that
+/// setting the offset does not move: what an administrator (or NTP)
+/// stepping the machine's clock looks like to a host.
+#[derive(Debug)]
+struct SteppedClock {
+    offset: AtomicI64,
+    started: Instant,
+    epoch: Arc<str>,
+}
+
+impl SteppedClock {
+    fn new() -> Arc<SteppedClock> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Arc::new(SteppedClock {
+            offset: AtomicI64::new(0),
+            started: Instant::now(),
+            epoch: format!("stepped-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)).into(),
+        })
+    }
+
+    /// Steps the wall clock by `by` (negative: backwards).
+    fn step(&self, by: Millis) {
+        self.offset.fetch_add(by, Ordering::SeqCst);
+    }
+}
+
+impl Clock for SteppedClock {
+    fn now(&self) -> Millis {
+        SystemClock.now() + self.offset.load(Ordering::SeqCst)
+    }
+
+    fn steady(&self) -> Option<SteadyReading> {
+        Some(SteadyReading {
+            epoch: self.epoch.clone(),
+            elapsed: self.started.elapsed().as_millis() as Millis,
+        })
+    }
+}
+
+async fn task(host: &Host, id: TaskId) -> TaskInfo {
+    host.queue().get(id).await.unwrap().unwrap()
+}
+
+/// Waits (in real time, up to 30 s) until task `id` is finished.
+async fn finished(host: &Host, id: TaskId) -> TaskInfo {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let t = task(host, id).await;
+        if t.state.is_finished() {
+            return t;
+        }
+        assert!(Instant::now() < deadline, "task {id} still {} after 30 s", t.state);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn delayed_echo(host: &Host, delay: Duration) -> (TaskId, Instant) {
+    let mut r = WorkRequest::one_off("echo", "later");
+    r.initial_delay = delay;
+    (host.queue().enqueue(r).await.unwrap().id, Instant::now())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_jump_keeps_every_wait_its_length_and_leaves_budgets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = SteppedClock::new();
+    let host = Host::start_with_clock(host_config(dir.path()), clock.clone())
+        .await
+        .unwrap();
+    let mut events = host.queue().subscribe();
+
+    // Forward by an hour: a wall-clock scheduler would run this at once.
+    let (late, enqueued) = delayed_echo(&host, Duration::from_secs(3)).await;
+    clock.step(HOUR);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        task(&host, late).await.state,
+        TaskState::Enqueued,
+        "ran early after a forward jump"
+    );
+    assert_eq!(finished(&host, late).await.state, TaskState::Succeeded);
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        enqueued.elapsed()
+    );
+    let event = loop {
+        let e = events.recv().await.unwrap();
+        if e.id == late && e.event == "rescheduled" {
+            break e;
+        }
+    };
+    assert!(event.detail.contains("jumped forward by 1h"), "{}", event.detail);
+
+    // Back by two hours: a wall-clock scheduler would wait two hours more.
+    let (soon, enqueued) = delayed_echo(&host, Duration::from_secs(2)).await;
+    clock.step(-2 * HOUR);
+    assert_eq!(finished(&host, soon).await.state, TaskState::Succeeded);
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        enqueued.elapsed()
+    );
+
+    // A running task's wall-clock budget counts real time, not the clock.
+    let mut r = WorkRequest::one_off("spin", "spin");
+    r.budget.timeout = Some(Duration::from_secs(3));
+    r.max_attempts = 1;
+    let started = Instant::now();
+    let spin = host.queue().enqueue(r).await.unwrap().id;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clock.step(HOUR);
+    let t = finished(&host, spin).await;
+    assert_eq!(t.attempts[0].stop_reason.as_deref(), Some("timeout"));
+    assert!(
+        started.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jump_made_while_no_host_runs_is_followed_when_one_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = SteppedClock::new();
+    let start = || Host::start_with_clock(host_config(dir.path()), clock.clone());
+
+    let host = start().await.unwrap();
+    let (back, enqueued) = delayed_echo(&host, Duration::from_secs(2)).await;
+    host.shutdown().await;
+    clock.step(-HOUR);
+    let host = start().await.unwrap();
+    assert_eq!(finished(&host, back).await.state, TaskState::Succeeded);
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        enqueued.elapsed()
+    );
+
+    let (forward, enqueued) = delayed_echo(&host, Duration::from_secs(3)).await;
+    host.shutdown().await;
+    clock.step(HOUR);
+    let host = start().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        task(&host, forward).await.state,
+        TaskState::Enqueued,
+        "ran early after a forward jump"
+    );
+    assert_eq!(finished(&host, forward).await.state, TaskState::Succeeded);
+    assert!(
+        enqueued.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        enqueued.elapsed()
+    );
+    host.shutdown().await;
+}
