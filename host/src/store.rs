@@ -36,6 +36,16 @@ pub enum StoreError {
         /// What was found.
         detail: String,
     },
+    /// The file is a database SQLite finds damaged. Nothing was changed.
+    #[error(
+        "{path:?} is damaged ({detail}); restore it from a backup, or move it away to start an empty store. Nothing was changed"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
     /// SQLite reported an error.
     #[error("task store error: {0}")]
     Sqlite(String),
@@ -535,13 +545,14 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             }
             // Only SQLite saying "this is no database" makes a file foreign;
             // anything else (read-only, disk full, I/O) is said as itself.
-            Err(e @ rusqlite::Error::SqliteFailure(..))
-                if matches!(
-                    e.sqlite_error_code(),
-                    Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
-                ) =>
-            {
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
                 return Err(foreign(e.to_string()));
+            }
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                });
             }
             Err(e) => return Err(e.into()),
             Ok((app_id, tables)) if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) => {

@@ -399,6 +399,34 @@ fn a_foreign_database_file_is_refused_and_left_alone() {
 }
 
 #[test]
+fn a_damaged_database_is_refused_by_name_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    ok(&m, &["enqueue", "echo", "--task", "a"]);
+    let db = dir.path().join("data/workhost.db");
+    // Everything into the main file, so its page 1 is the one SQLite reads.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&db).unwrap();
+    // Page 1, past SQLite's 100-byte file header, holds the schema's
+    // b-tree: scribble over it.
+    bytes[100..4096].fill(0xa5);
+    std::fs::write(&db, &bytes).unwrap();
+    for args in [&["list"][..], &["enqueue", "echo", "--task", "b"]] {
+        let run = wh(&m, args);
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr.contains("is damaged") && run.stderr.contains("restore it from a backup"),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing was changed");
+}
+
+#[test]
 fn serve_debug_prints_every_state_change_including_work_enqueued_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let m = write_manifest(dir.path());
