@@ -34,6 +34,12 @@ fn config(dir: &std::path::Path, server: &TestServer) -> HostConfig {
         match name {
             "spin" => h.fuel = false,
             "chatty" => h.budget.timeout = Duration::from_secs(20),
+            // Its end is the memory limit, however busy the machine: a
+            // limit reached in well under the (longer) wall clock.
+            "hog" => {
+                h.budget.timeout = Duration::from_secs(20);
+                h.budget.max_memory_bytes = 64 << 20;
+            }
             "burn" => h.budget.fuel = Some(200_000_000),
             "fetch" => {
                 h.grants = Arc::new(Grants {
