@@ -613,6 +613,20 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     result
 }
 
+/// A value of the `settings` table, shared by every process on the store.
+fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()
+}
+
+/// Sets a value of the `settings` table.
+fn set_setting(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?
+        .execute([key, value])?;
+    Ok(())
+}
+
 /// The writer thread: takes every queued job, runs each in a savepoint of one
 /// transaction, commits once, then acknowledges them all.
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
@@ -1078,13 +1092,8 @@ fn claim_in(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    if unless_paused {
-        let paused: Option<String> = conn
-            .query_row("SELECT value FROM settings WHERE key = 'paused'", [], |r| r.get(0))
-            .optional()?;
-        if paused.as_deref() == Some("1") {
-            return Ok(Vec::new());
-        }
+    if unless_paused && setting(conn, "paused")?.as_deref() == Some("1") {
+        return Ok(Vec::new());
     }
     let sql = format!(
         "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1{} ORDER BY next_run_at, id LIMIT ?2",
@@ -1440,36 +1449,17 @@ impl TaskStore for SqliteStore {
     }
 
     fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
-        self.write(move |conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO settings (key, value) VALUES ('paused', ?1)",
-                [if paused { "1" } else { "0" }],
-            )?;
-            Ok::<_, StoreError>(())
-        })
+        self.write(move |conn| Ok::<_, StoreError>(set_setting(conn, "paused", if paused { "1" } else { "0" })?))
     }
 
     fn paused(&self) -> Result<bool, StoreError> {
-        self.read(|conn| {
-            Ok(conn
-                .query_row("SELECT value FROM settings WHERE key = 'paused'", [], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()?
-                .is_some_and(|v| v == "1"))
-        })
+        self.read(|conn| Ok(setting(conn, "paused")?.is_some_and(|v| v == "1")))
     }
 
     fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError> {
         let boot = boot.to_owned();
         self.write(move |conn| {
-            let get = |key: &str| {
-                conn.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()
-            };
-            let recorded = match (get("clock_boot")?, get("clock_reading")?) {
+            let recorded = match (setting(conn, "clock_boot")?, setting(conn, "clock_reading")?) {
                 (Some(b), Some(r)) if b == boot => r.parse::<Millis>().ok(),
                 _ => None,
             };
@@ -1495,9 +1485,8 @@ impl TaskStore for SqliteStore {
                     [by],
                 )?;
             }
-            let mut set = conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?;
-            set.execute(params!["clock_boot", boot])?;
-            set.execute(params!["clock_reading", reading.to_string()])?;
+            set_setting(conn, "clock_boot", &boot)?;
+            set_setting(conn, "clock_reading", &reading.to_string())?;
             Ok(jump)
         })
     }

@@ -6,10 +6,15 @@ use std::time::{Duration, Instant};
 
 use workhost_tests::{CliRun, Daemon, Restrictions, workhost, workhost_restricted, write_manifest};
 
-fn wh(manifest: &Path, args: &[&str]) -> CliRun {
-    let mut all: Vec<&str> = args.to_vec();
+/// `args` followed by `--config <manifest>`.
+fn with_config<'a>(manifest: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
     all.extend(["--config", manifest.to_str().unwrap()]);
-    workhost(&all, manifest.parent().unwrap())
+    all
+}
+
+fn wh(manifest: &Path, args: &[&str]) -> CliRun {
+    workhost(&with_config(manifest, args), manifest.parent().unwrap())
 }
 
 fn ok(manifest: &Path, args: &[&str]) -> CliRun {
@@ -266,9 +271,7 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
 }
 
 fn restricted(manifest: &Path, args: &[&str], restrictions: Restrictions) -> CliRun {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--config", manifest.to_str().unwrap()]);
-    workhost_restricted(&all, manifest.parent().unwrap(), restrictions)
+    workhost_restricted(&with_config(manifest, args), manifest.parent().unwrap(), restrictions)
 }
 
 /// The ids `list --json` shows, in order.

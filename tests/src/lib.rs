@@ -96,14 +96,16 @@ impl From<Output> for CliRun {
     }
 }
 
+/// `workhost <args>` with its compile cache in `cache`, not yet started.
+fn workhost_command(args: &[&str], cache: &Path) -> Command {
+    let mut command = Command::new(workhost_bin());
+    command.args(args).env("XDG_CACHE_HOME", cache);
+    command
+}
+
 /// Runs `workhost <args>` with its compile cache in `cache`, and waits.
 pub fn workhost(args: &[&str], cache: &Path) -> CliRun {
-    Command::new(workhost_bin())
-        .args(args)
-        .env("XDG_CACHE_HOME", cache)
-        .output()
-        .expect("running workhost")
-        .into()
+    workhost_command(args, cache).output().expect("running workhost").into()
 }
 
 /// A host configuration on `data_dir` with every example as a handler
@@ -150,8 +152,7 @@ pub struct Restrictions {
 /// never passes without them.
 pub fn workhost_restricted(args: &[&str], cache: &Path, restrictions: Restrictions) -> CliRun {
     use std::os::unix::process::CommandExt;
-    let mut command = Command::new(workhost_bin());
-    command.args(args).env("XDG_CACHE_HOME", cache);
+    let mut command = workhost_command(args, cache);
     let restrict = move || -> std::io::Result<()> {
         if restrictions.obey_permissions {
             // SAFETY: geteuid and prctl only read and set this process's
