@@ -260,7 +260,9 @@ pub struct TaskEvent {
     /// Its state after the event.
     pub state: TaskState,
     /// `scheduled`, `blocked`, `started`, `succeeded`, `failed`, `cancelled`,
-    /// `retrying`, `rescheduled` or `recovered`.
+    /// `retrying`, `rescheduled`, `recovered`, or `unrecorded` (the store
+    /// refused a finished run's outcome; the host keeps it and offers it
+    /// again until it is recorded, which its own event then reports).
     pub event: &'static str,
     /// Details: attempt, stop reason, next run time, error.
     pub detail: String,
@@ -1008,6 +1010,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     // Periodic work that moved on to its next period resets its attempts.
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
     let id = info.id;
+    let mut refused = false;
     let changes = loop {
         match queue
             .store
@@ -1015,12 +1018,30 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             .await
         {
             Ok(changes) => break changes,
-            // The store refused the write (a full disk, say). The outcome
-            // stays here and is offered again until the store takes it, so
-            // it is recorded once there is room; the task keeps its slot
-            // meanwhile. A host stopped first leaves the task RUNNING, and
-            // the next host recovers and reruns it (at least once).
-            Err(_) if !*inner.shutting_down.borrow() => tokio::time::sleep(FINISH_RETRY).await,
+            // The store refused the write (a full disk, a lock held too
+            // long). The outcome stays here and is offered again until the
+            // store takes it, so it is recorded once there is room; the task
+            // keeps its slot meanwhile, and the first refusal is reported.
+            // A host stopped first leaves the task RUNNING, and the next
+            // host recovers and reruns it (at least once).
+            Err(e) if !*inner.shutting_down.borrow() => {
+                if !std::mem::replace(&mut refused, true) {
+                    let change = Change {
+                        id,
+                        state: TaskState::Running,
+                    };
+                    queue.publish(&[change], |_| {
+                        (
+                            "unrecorded",
+                            format!(
+                                "the store refused this run's outcome ({e}); it is kept and offered again every {} ms",
+                                FINISH_RETRY.as_millis()
+                            ),
+                        )
+                    });
+                }
+                tokio::time::sleep(FINISH_RETRY).await
+            }
             Err(_) => break Vec::new(),
         }
     };

@@ -588,6 +588,16 @@ fn check_header_and_enable_wal(conn: &Connection) -> rusqlite::Result<(i64, i64)
 }
 
 fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    // A store already at this schema needs no write, so opening one never
+    // waits on another process's write lock: reads go on beside a writer.
+    let current: (i64, i64) = conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id), (SELECT user_version FROM pragma_user_version)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    if current == (APPLICATION_ID, SCHEMA_VERSION) {
+        return Ok(());
+    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| -> Result<(), StoreError> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

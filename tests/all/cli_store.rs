@@ -383,6 +383,64 @@ fn a_full_disk_refuses_new_work_by_name_and_keeps_everything_accepted() {
     ok(&m, &["enqueue", "echo", "--task", "room again"]);
 }
 
+/// A store that refuses a finished run's outcome does not lose it: the
+/// daemon reports the outcome unrecorded, keeps it, and records it once the
+/// store takes writes again. Here another process holds the store's write
+/// lock past SQLite's 10 s busy wait, which is what a full disk looks like
+/// to the daemon too: a write that fails while reads go on.
+#[test]
+fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let mut manifest = std::fs::read_to_string(&m).unwrap();
+    manifest.push_str(&format!(
+        "\n[handlers.brief]\ncomponent = {:?}\nfuel = false\ntimeout = \"3s\"\n",
+        workhost_tests::guests::SPIN
+    ));
+    std::fs::write(&m, manifest).unwrap();
+    let _daemon = Daemon::start_debug(&m);
+    let id = ok(&m, &["enqueue", "brief", "--task", "t"]).stdout.trim().to_string();
+    wait_for(&m, &id, |t| t["state"] == "running");
+
+    let mut lock = rusqlite::Connection::open(dir.path().join("data/workhost.db")).unwrap();
+    let held = lock
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .unwrap();
+    assert_eq!(
+        task(&m, &id)["state"],
+        "running",
+        "the lock was taken before the run ended"
+    );
+    // The run ends on its 3 s clock; its outcome waits on the lock for 10 s,
+    // is refused, and is reported. Hold the lock until then.
+    let events = dir.path().join("events.log");
+    let start = Instant::now();
+    let unrecorded = loop {
+        let log = std::fs::read_to_string(&events).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains(&format!("task {id} unrecorded"))) {
+            break line.to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no refusal reported:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        unrecorded.contains("the store refused this run's outcome") && unrecorded.contains("offered again"),
+        "{unrecorded}"
+    );
+    assert_eq!(task(&m, &id)["state"], "running", "nothing recorded while refused");
+    held.rollback().unwrap();
+
+    let t = wait_for(&m, &id, |t| t["state"] != "running");
+    assert_eq!(t["attempts"][0]["stop_reason"], "timeout", "the kept outcome: {t}");
+    assert_eq!(t["run_attempt_count"], 1);
+    // The daemon goes on taking work.
+    let next = ok(&m, &["enqueue", "echo", "--task", "after"])
+        .stdout
+        .trim()
+        .to_string();
+    wait_for(&m, &next, |t| t["state"] == "succeeded");
+}
+
 #[test]
 fn a_foreign_database_file_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();

@@ -42,7 +42,29 @@ pub fn workhost_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Cargo describes the test's own package in the environment; a build
+        // script that tracks those variables (ring's) would otherwise
+        // rebuild, here and in the next `cargo build` from a shell, each time.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_PACKAGE",
+            ]
+            .iter()
+            .any(|p| key.starts_with(p))
+                || key == "CARGO_TARGET_TMPDIR"
+                || key == "OUT_DIR"
+                || key == "CARGO_RUSTC_CURRENT_DIR"
+            {
+                command.env_remove(&*key);
+            }
+        }
+        let status = command
             .current_dir(root())
             // `--workspace` resolves features as `cargo test --workspace`
             // does; building `-p workhost` alone would resolve them
