@@ -394,7 +394,7 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     let m = write_manifest(dir.path());
     let mut manifest = std::fs::read_to_string(&m).unwrap();
     manifest.push_str(&format!(
-        "\n[handlers.brief]\ncomponent = {:?}\nfuel = false\ntimeout = \"3s\"\n",
+        "\n[handlers.brief]\ncomponent = {:?}\nfuel = false\ntimeout = \"5s\"\n",
         workhost_tests::guests::SPIN
     ));
     std::fs::write(&m, manifest).unwrap();
@@ -411,7 +411,7 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
         "running",
         "the lock was taken before the run ended"
     );
-    // The run ends on its 3 s clock; its outcome waits on the lock for 10 s,
+    // The run ends on its 5 s clock; its outcome waits on the lock for 10 s,
     // is refused, and is reported. Hold the lock until then.
     let events = dir.path().join("events.log");
     let start = Instant::now();
