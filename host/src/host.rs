@@ -670,7 +670,10 @@ impl Host {
     /// Takes no new work, lets running work finish within the grace period,
     /// then stops it (`host-shutdown`, re-enqueued) and returns.
     pub async fn shutdown(self) {
-        let _ = self.inner.shutting_down.send(true);
+        // `send_replace`, not `send`: `send` stores nothing while no
+        // receiver exists, which is so until the dispatcher first runs, and
+        // a shutdown that early would then wait on it forever.
+        self.inner.shutting_down.send_replace(true);
         self.inner.queue.wake.notify_one();
         let deadline = tokio::time::Instant::now() + self.grace;
         while !self.running().is_empty() && tokio::time::Instant::now() < deadline {

@@ -76,3 +76,17 @@ async fn a_run_stopped_before_it_starts_never_runs_and_the_first_reason_wins() {
     assert_eq!(outcome.result, RunResult::Stopped(StopReason::HostShutdown));
     assert_eq!(kv.get("totalExecutions").unwrap(), None);
 }
+
+/// A host shut down at once, before its dispatcher has run even once, stops:
+/// on a one-thread runtime the dispatcher first runs inside `shutdown`, and
+/// must still see that it was asked to stop.
+#[tokio::test]
+async fn a_host_shut_down_right_after_it_starts_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = workhost::Host::start(workhost_tests::host_config(dir.path()))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), host.shutdown())
+        .await
+        .expect("shutdown of a host whose dispatcher had not run yet never returned");
+}
