@@ -1028,7 +1028,8 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             // A host stopped first leaves the task RUNNING, and the next
             // host recovers and reruns it (at least once).
             Err(e) if !*inner.shutting_down.borrow() => {
-                if !std::mem::replace(&mut refused, true) {
+                if !refused {
+                    refused = true;
                     let change = Change {
                         id,
                         state: TaskState::Running,

@@ -377,9 +377,13 @@ impl SqliteStore {
             detail: e.to_string(),
         })?;
         let path = data_dir.join("workhost.db");
-        let writer = open_connection(&path)?;
-        init_schema(&writer, &path)?;
-        let reader = open_connection(&path)?;
+        let (writer, header) = open_connection(&path)?;
+        // A store already at this schema needs no write, so opening one
+        // never waits on another process's write lock.
+        if !header.is_current() {
+            init_schema(&writer, &path)?;
+        }
+        let (reader, _) = open_connection(&path)?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("workhost-store".into())
@@ -514,7 +518,23 @@ impl SqliteStore {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// What opening a connection read of the database's header.
+struct Header {
+    app_id: i64,
+    tables: i64,
+    version: i64,
+}
+
+impl Header {
+    /// A workhost store at this build's schema version.
+    fn is_current(&self) -> bool {
+        self.app_id == APPLICATION_ID && self.version == SCHEMA_VERSION
+    }
+}
+
+/// Opens a connection and reads the header; refuses a foreign or damaged
+/// file.
+fn open_connection(path: &Path) -> Result<(Connection, Header), StoreError> {
     let foreign = |detail: String| StoreError::Foreign {
         path: path.to_path_buf(),
         detail,
@@ -533,7 +553,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // needs an exclusive lock), so "busy" and "locked" are retried for up
     // to 10 s: they mean "wait", never "foreign".
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    let header = loop {
         match check_header_and_enable_wal(&conn) {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if matches!(
@@ -555,49 +575,49 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
                 });
             }
             Err(e) => return Err(e.into()),
-            Ok((app_id, tables)) if app_id != APPLICATION_ID && (app_id != 0 || tables != 0) => {
+            Ok(h) if h.app_id != APPLICATION_ID && (h.app_id != 0 || h.tables != 0) => {
                 return Err(foreign(format!(
-                    "its application id is {app_id:#x} with {tables} schema objects"
+                    "its application id is {:#x} with {} schema objects",
+                    h.app_id, h.tables
                 )));
             }
-            Ok(_) => break,
+            Ok(h) => break h,
         }
-    }
+    };
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    Ok(conn)
+    Ok((conn, header))
 }
 
-/// Reads the application id and the count of schema objects from one
-/// snapshot (a mixed view of a store being created, its tables without its
-/// application id, would look foreign), then switches a workhost or empty
-/// file to WAL.
-fn check_header_and_enable_wal(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+/// Reads the application id, the count of schema objects and the schema
+/// version from one snapshot (a mixed view of a store being created, its
+/// tables without its application id, would look foreign), then switches a
+/// workhost or empty file to WAL.
+fn check_header_and_enable_wal(conn: &Connection) -> rusqlite::Result<Header> {
     conn.execute_batch("BEGIN")?;
     let header = conn.query_row(
-        "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master)",
+        "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master), \
+         (SELECT user_version FROM pragma_user_version)",
         [],
-        |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        |r| {
+            Ok(Header {
+                app_id: r.get(0)?,
+                tables: r.get(1)?,
+                version: r.get(2)?,
+            })
+        },
     );
     let _ = conn.execute_batch("COMMIT");
-    let (app_id, tables) = header?;
-    if app_id == APPLICATION_ID || (app_id == 0 && tables == 0) {
+    let header = header?;
+    if header.app_id == APPLICATION_ID || (header.app_id == 0 && header.tables == 0) {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }
-    Ok((app_id, tables))
+    Ok(header)
 }
 
+/// Creates or migrates the schema in one immediate transaction, reading the
+/// header again under the lock (another process may have done it first).
 fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
-    // A store already at this schema needs no write, so opening one never
-    // waits on another process's write lock: reads go on beside a writer.
-    let current: (i64, i64) = conn.query_row(
-        "SELECT (SELECT application_id FROM pragma_application_id), (SELECT user_version FROM pragma_user_version)",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
-    if current == (APPLICATION_ID, SCHEMA_VERSION) {
-        return Ok(());
-    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| -> Result<(), StoreError> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;

@@ -43,6 +43,28 @@ fn wait_for(manifest: &Path, id: &str, done: impl Fn(&serde_json::Value) -> bool
     }
 }
 
+/// Adds `text` (TOML) to the end of the manifest.
+fn append_to_manifest(manifest: &Path, text: &str) {
+    let mut all = std::fs::read_to_string(manifest).unwrap();
+    all.push_str(text);
+    std::fs::write(manifest, all).unwrap();
+}
+
+/// Polls the `serve --debug` output beside the manifest until `done` holds
+/// of it, for up to `limit`; returns it.
+fn events_log_when(manifest: &Path, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let path = manifest.with_file_name("events.log");
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if done(&log) {
+            return log;
+        }
+        assert!(start.elapsed() < limit, "events never got there:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_daemon_runs_what_other_processes_enqueue_and_they_observe_and_control_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -392,12 +414,13 @@ fn a_full_disk_refuses_new_work_by_name_and_keeps_everything_accepted() {
 fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     let dir = tempfile::tempdir().unwrap();
     let m = write_manifest(dir.path());
-    let mut manifest = std::fs::read_to_string(&m).unwrap();
-    manifest.push_str(&format!(
-        "\n[handlers.brief]\ncomponent = {:?}\nfuel = false\ntimeout = \"5s\"\n",
-        workhost_tests::guests::SPIN
-    ));
-    std::fs::write(&m, manifest).unwrap();
+    append_to_manifest(
+        &m,
+        &format!(
+            "\n[handlers.brief]\ncomponent = {:?}\nfuel = false\ntimeout = \"5s\"\n",
+            workhost_tests::guests::SPIN
+        ),
+    );
     let _daemon = Daemon::start_debug(&m);
     let id = ok(&m, &["enqueue", "brief", "--task", "t"]).stdout.trim().to_string();
     wait_for(&m, &id, |t| t["state"] == "running");
@@ -413,21 +436,17 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     );
     // The run ends on its 5 s clock; its outcome waits on the lock for 10 s,
     // is refused, and is reported. Hold the lock until then.
-    let events = dir.path().join("events.log");
-    let start = Instant::now();
-    let unrecorded = loop {
-        let log = std::fs::read_to_string(&events).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains(&format!("task {id} unrecorded"))) {
-            break line.to_string();
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no refusal reported:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let marker = format!("task {id} unrecorded");
+    let log = events_log_when(&m, Duration::from_secs(60), |log| log.contains(&marker));
+    let unrecorded = log.lines().find(|l| l.contains(&marker)).unwrap();
     assert!(
         unrecorded.contains("the store refused this run's outcome") && unrecorded.contains("offered again"),
         "{unrecorded}"
     );
     assert_eq!(task(&m, &id)["state"], "running", "nothing recorded while refused");
+    // Every reading command goes on beside the held lock.
+    ok(&m, &["list"]);
+    ok(&m, &["status"]);
     held.rollback().unwrap();
 
     let t = wait_for(&m, &id, |t| t["state"] != "running");
@@ -497,32 +516,23 @@ fn serve_debug_prints_every_state_change_including_work_enqueued_elsewhere() {
     wait_for(&m, &ok_id, |t| t["state"] == "succeeded");
     let id = ok(&m, &["enqueue", "fail", "--task", "b"]).stdout.trim().to_string();
     wait_for(&m, &id, |t| t["state"] == "failed");
-    let log_path = dir.path().join("events.log");
-    let start = Instant::now();
-    loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let want = [
-            format!("task {id} scheduled (enqueued by another process)"),
-            format!("task {id} started"),
-            format!("task {id} failed (fail handler failed on purpose)"),
-        ];
-        let positions: Vec<Option<usize>> = want.iter().map(|w| log.find(w.as_str())).collect();
-        if positions.iter().all(Option::is_some) {
-            assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order:\n{log}");
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "missing {want:?} in:\n{log}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let want = [
+        format!("task {id} scheduled (enqueued by another process)"),
+        format!("task {id} started"),
+        format!("task {id} failed (fail handler failed on purpose)"),
+    ];
+    let log = events_log_when(&m, Duration::from_secs(20), |log| {
+        want.iter().all(|w| log.contains(w.as_str()))
+    });
+    let positions: Vec<Option<usize>> = want.iter().map(|w| log.find(w.as_str())).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "out of order:\n{log}");
 }
 
 #[test]
 fn status_names_what_each_task_waits_for_under_the_manifests_device_overrides() {
     let dir = tempfile::tempdir().unwrap();
     let m = write_manifest(dir.path());
-    let mut text = std::fs::read_to_string(&m).unwrap();
-    text.push_str("\n[device]\ncharging = false\nmetered = true\nidle = true\n");
-    std::fs::write(&m, text).unwrap();
+    append_to_manifest(&m, "\n[device]\ncharging = false\nmetered = true\nidle = true\n");
     let charging = ok(
         &m,
         &[

@@ -46,22 +46,19 @@ pub fn workhost_bin() -> &'static Path {
         // Cargo describes the test's own package in the environment; a build
         // script that tracks those variables (ring's) would otherwise
         // rebuild, here and in the next `cargo build` from a shell, each time.
+        const FOR_THE_TEST: [&str; 8] = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
         for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if [
-                "CARGO_PKG_",
-                "CARGO_MANIFEST_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_PACKAGE",
-            ]
-            .iter()
-            .any(|p| key.starts_with(p))
-                || key == "CARGO_TARGET_TMPDIR"
-                || key == "OUT_DIR"
-                || key == "CARGO_RUSTC_CURRENT_DIR"
-            {
-                command.env_remove(&*key);
+            if FOR_THE_TEST.iter().any(|p| key.to_string_lossy().starts_with(p)) {
+                command.env_remove(key);
             }
         }
         let status = command
