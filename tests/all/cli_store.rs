@@ -478,12 +478,36 @@ fn a_foreign_database_file_is_refused_and_left_alone() {
     assert_eq!(std::fs::read(&db).unwrap(), before, "nothing was reset");
 }
 
+/// A manifest in `dir` and its store holding one task; returns the
+/// manifest and the database file.
+fn store_with_one_task(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let m = write_manifest(dir);
+    ok(&m, &["enqueue", "echo", "--task", "a"]);
+    (m, dir.join("data/workhost.db"))
+}
+
+#[test]
+fn a_store_of_a_newer_schema_version_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, db) = store_with_one_task(dir.path());
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    let run = wh(&m, &["list"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("schema version 99"), "{}", run.stderr);
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 99, "nothing was changed");
+}
+
 #[test]
 fn a_damaged_database_is_refused_by_name_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let m = write_manifest(dir.path());
-    ok(&m, &["enqueue", "echo", "--task", "a"]);
-    let db = dir.path().join("data/workhost.db");
+    let (m, db) = store_with_one_task(dir.path());
     // Everything into the main file, so its page 1 is the one SQLite reads.
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
