@@ -2,6 +2,8 @@
 //! and the in-memory backend. The durable backend lives with the task store.
 
 use std::collections::HashMap;
+use std::future::{Future, ready};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 /// Why a kv operation failed. The guest sees each variant as the matching
@@ -29,19 +31,31 @@ pub enum KvError {
     Unavailable(String),
 }
 
+/// The future a [`KvStore`] call returns.
+pub type KvFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, KvError>> + Send + 'a>>;
+
 /// A kv backend. Every call names the handler's namespace; backends keep
-/// namespaces apart. Calls are made from inside a run and must be quick.
+/// namespaces apart.
+///
+/// A run awaits its kv calls on the runtime's worker threads, which it
+/// shares with every other run, the dispatcher and the timers. So a call
+/// must not block its thread: a backend that waits (on a commit, a lock,
+/// the network) does so inside its future, as the durable backend awaits
+/// its writer thread's commit; a backend built on a blocking client hands
+/// the call to `tokio::task::spawn_blocking`. A run's deadline and a
+/// cancellation end a run waiting in a call; the call's future is dropped
+/// then, and a write the backend already started may still complete.
 pub trait KvStore: Send + Sync + 'static {
     /// The value under `key`.
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError>;
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>>;
     /// Stores `value`; creating a key fails with `TooManyKeys` when the
     /// namespace already holds `max_keys` keys.
-    fn set(&self, namespace: &str, key: &str, value: &[u8], max_keys: u32) -> Result<(), KvError>;
+    fn set<'a>(&'a self, namespace: &'a str, key: &'a str, value: &'a [u8], max_keys: u32) -> KvFuture<'a, ()>;
     /// Removes `key`; a missing key is not an error.
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError>;
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, ()>;
     /// Adds `delta` to the decimal integer under `key` (missing = 0),
     /// atomically, and returns the new value.
-    fn increment(&self, namespace: &str, key: &str, delta: i64, max_keys: u32) -> Result<i64, KvError>;
+    fn increment<'a>(&'a self, namespace: &'a str, key: &'a str, delta: i64, max_keys: u32) -> KvFuture<'a, i64>;
 }
 
 /// Per-handler kv limits.
@@ -105,30 +119,32 @@ impl Kv {
     }
 
     /// See [`KvStore::get`].
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.check_key(key)?;
-        self.store.get(&self.namespace, key)
+        self.store.get(&self.namespace, key).await
     }
 
     /// See [`KvStore::set`]; also enforces the value size limit.
-    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+    pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         self.check_key(key)?;
         if value.len() as u64 > self.limits.max_value_bytes {
             return Err(KvError::ValueTooLarge(self.limits.max_value_bytes));
         }
-        self.store.set(&self.namespace, key, value, self.limits.max_keys)
+        self.store.set(&self.namespace, key, value, self.limits.max_keys).await
     }
 
     /// See [`KvStore::delete`].
-    pub fn delete(&self, key: &str) -> Result<(), KvError> {
+    pub async fn delete(&self, key: &str) -> Result<(), KvError> {
         self.check_key(key)?;
-        self.store.delete(&self.namespace, key)
+        self.store.delete(&self.namespace, key).await
     }
 
     /// See [`KvStore::increment`].
-    pub fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         self.check_key(key)?;
-        self.store.increment(&self.namespace, key, delta, self.limits.max_keys)
+        self.store
+            .increment(&self.namespace, key, delta, self.limits.max_keys)
+            .await
     }
 }
 
@@ -154,28 +170,30 @@ impl MemoryKv {
     }
 }
 
+/// Every call completes at once: it only takes a lock held for a map
+/// operation.
 impl KvStore for MemoryKv {
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.with_namespace(namespace, |ns| ns.get(key).cloned()))
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(ready(Ok(self.with_namespace(namespace, |ns| ns.get(key).cloned()))))
     }
 
-    fn set(&self, namespace: &str, key: &str, value: &[u8], max_keys: u32) -> Result<(), KvError> {
-        self.with_namespace(namespace, |ns| {
+    fn set<'a>(&'a self, namespace: &'a str, key: &'a str, value: &'a [u8], max_keys: u32) -> KvFuture<'a, ()> {
+        Box::pin(ready(self.with_namespace(namespace, |ns| {
             if !ns.contains_key(key) && ns.len() >= max_keys as usize {
                 return Err(KvError::TooManyKeys(max_keys));
             }
             ns.insert(key.to_string(), value.to_vec());
             Ok(())
-        })
+        })))
     }
 
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, ()> {
         self.with_namespace(namespace, |ns| ns.remove(key));
-        Ok(())
+        Box::pin(ready(Ok(())))
     }
 
-    fn increment(&self, namespace: &str, key: &str, delta: i64, max_keys: u32) -> Result<i64, KvError> {
-        self.with_namespace(namespace, |ns| {
+    fn increment<'a>(&'a self, namespace: &'a str, key: &'a str, delta: i64, max_keys: u32) -> KvFuture<'a, i64> {
+        Box::pin(ready(self.with_namespace(namespace, |ns| {
             let current = match ns.get(key) {
                 Some(v) => parse_counter(v)?,
                 None if ns.len() >= max_keys as usize => {
@@ -186,7 +204,7 @@ impl KvStore for MemoryKv {
             let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
             ns.insert(key.to_string(), next.to_string().into_bytes());
             Ok(next)
-        })
+        })))
     }
 }
 
@@ -194,8 +212,8 @@ impl KvStore for MemoryKv {
 mod tests {
     use super::*;
 
-    #[test]
-    fn namespaces_are_apart_and_limits_hold() {
+    #[tokio::test]
+    async fn namespaces_are_apart_and_limits_hold() {
         let store: Arc<dyn KvStore> = Arc::new(MemoryKv::default());
         let limits = KvLimits {
             max_value_bytes: 4,
@@ -204,18 +222,18 @@ mod tests {
         };
         let a = Kv::new(store.clone(), "a", limits);
         let b = Kv::new(store, "b", limits);
-        assert_eq!(a.increment("n", 2), Ok(2));
-        assert_eq!(a.increment("n", 3), Ok(5));
-        assert_eq!(a.get("n"), Ok(Some(b"5".to_vec())));
-        assert_eq!(b.get("n"), Ok(None));
-        assert_eq!(a.set("v", b"12345"), Err(KvError::ValueTooLarge(4)));
-        assert_eq!(a.set("", b"1"), Err(KvError::InvalidKey(8)));
-        a.set("s", b"x").unwrap();
-        assert_eq!(a.set("t", b"x"), Err(KvError::TooManyKeys(2)));
-        assert_eq!(a.increment("s", 1), Err(KvError::NotAnInteger));
-        a.set("s", i64::MAX.to_string().as_bytes()).unwrap_err();
-        a.delete("s").unwrap();
-        a.set("s", b"9").unwrap();
-        assert_eq!(a.increment("n", i64::MAX), Err(KvError::Overflow));
+        assert_eq!(a.increment("n", 2).await, Ok(2));
+        assert_eq!(a.increment("n", 3).await, Ok(5));
+        assert_eq!(a.get("n").await, Ok(Some(b"5".to_vec())));
+        assert_eq!(b.get("n").await, Ok(None));
+        assert_eq!(a.set("v", b"12345").await, Err(KvError::ValueTooLarge(4)));
+        assert_eq!(a.set("", b"1").await, Err(KvError::InvalidKey(8)));
+        a.set("s", b"x").await.unwrap();
+        assert_eq!(a.set("t", b"x").await, Err(KvError::TooManyKeys(2)));
+        assert_eq!(a.increment("s", 1).await, Err(KvError::NotAnInteger));
+        a.set("s", i64::MAX.to_string().as_bytes()).await.unwrap_err();
+        a.delete("s").await.unwrap();
+        a.set("s", b"9").await.unwrap();
+        assert_eq!(a.increment("n", i64::MAX).await, Err(KvError::Overflow));
     }
 }

@@ -87,7 +87,7 @@ pub use host::{
     CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SteadyReading,
     SystemClock, TaskEvent, TestDriver,
 };
-pub use kv::{Kv, KvError, KvLimits, KvStore, MemoryKv};
+pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
 pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};

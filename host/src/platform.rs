@@ -234,20 +234,20 @@ impl config::Host for RunState {
 }
 
 impl kv::Host for RunState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
-        self.kv.get(&key).map_err(kv_error)
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, kv::KvError> {
+        self.kv.get(&key).await.map_err(kv_error)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
-        self.kv.set(&key, &value).map_err(kv_error)
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), kv::KvError> {
+        self.kv.set(&key, &value).await.map_err(kv_error)
     }
 
-    fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
-        self.kv.delete(&key).map_err(kv_error)
+    async fn delete(&mut self, key: String) -> Result<(), kv::KvError> {
+        self.kv.delete(&key).await.map_err(kv_error)
     }
 
-    fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::KvError> {
-        self.kv.increment(&key, delta).map_err(kv_error)
+    async fn increment(&mut self, key: String, delta: i64) -> Result<i64, kv::KvError> {
+        self.kv.increment(&key, delta).await.map_err(kv_error)
     }
 }
 

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use crate::budget::TaskKind;
 use crate::data::Data;
 use crate::device::DeviceState;
-use crate::kv::{KvError, KvStore, parse_counter};
+use crate::kv::{KvError, KvFuture, KvStore, parse_counter};
 use crate::outcome::RunOutcome;
 use crate::retry::{RetryFacts, Transition};
 use crate::work::{
@@ -515,6 +515,17 @@ impl SqliteStore {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         Ok(f(&conn)?)
+    }
+
+    /// [`Self::read`] if the reader connection is free now; `None` (and `f`
+    /// unrun) while another read holds it.
+    fn try_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Option<Result<T, StoreError>> {
+        let conn = match self.reader.try_lock() {
+            Ok(conn) => conn,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(f(&conn).map_err(StoreError::from))
     }
 }
 
@@ -1557,6 +1568,15 @@ impl SqliteKv {
             .upgrade()
             .ok_or_else(|| KvError::Unavailable("the task store is closed".into()))
     }
+
+    /// Runs `f` in the writer's next transaction; resolves once it commits.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, KvError> + Send + 'static,
+    ) -> KvFuture<'_, T> {
+        let store = self.store();
+        Box::pin(async move { store?.write_async(f, None).await })
+    }
 }
 
 fn kv_err(e: StoreError) -> KvError {
@@ -1573,23 +1593,39 @@ impl From<StoreError> for KvError {
     }
 }
 
+/// A get reads at once when the reader connection is free (in WAL mode a
+/// read never waits for the writer); while a long read (a large query)
+/// holds that connection, the get waits for it on the blocking pool. A
+/// write awaits its group commit. No call blocks the awaiting thread.
 impl KvStore for SqliteKv {
-    fn get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.store()?
-            .read(|conn| {
-                conn.query_row(
-                    "SELECT value FROM kv WHERE namespace = ?1 AND key = ?2",
-                    [namespace, key],
-                    |r| r.get(0),
-                )
-                .optional()
-            })
-            .map_err(kv_err)
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        fn get_in(conn: &Connection, ns: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+            conn.query_row(
+                "SELECT value FROM kv WHERE namespace = ?1 AND key = ?2",
+                [ns, key],
+                |r| r.get(0),
+            )
+            .optional()
+        }
+        let store = match self.store() {
+            Ok(store) => store,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        if let Some(now) = store.try_read(|conn| get_in(conn, namespace, key)) {
+            return Box::pin(std::future::ready(now.map_err(kv_err)));
+        }
+        let (ns, key) = (namespace.to_string(), key.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || store.read(|conn| get_in(conn, &ns, &key)))
+                .await
+                .map_err(|e| KvError::Unavailable(format!("the kv read failed: {e}")))?
+                .map_err(kv_err)
+        })
     }
 
-    fn set(&self, namespace: &str, key: &str, value: &[u8], max_keys: u32) -> Result<(), KvError> {
+    fn set<'a>(&'a self, namespace: &'a str, key: &'a str, value: &'a [u8], max_keys: u32) -> KvFuture<'a, ()> {
         let (ns, key, value) = (namespace.to_string(), key.to_string(), value.to_vec());
-        self.store()?.write(move |conn| {
+        self.write(move |conn| {
             let exists: bool = conn
                 .query_row(
                     "SELECT EXISTS(SELECT 1 FROM kv WHERE namespace = ?1 AND key = ?2)",
@@ -1609,18 +1645,18 @@ impl KvStore for SqliteKv {
         })
     }
 
-    fn delete(&self, namespace: &str, key: &str) -> Result<(), KvError> {
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, ()> {
         let (ns, key) = (namespace.to_string(), key.to_string());
-        self.store()?.write(move |conn| {
+        self.write(move |conn| {
             conn.execute("DELETE FROM kv WHERE namespace = ?1 AND key = ?2", [&ns, &key])
                 .map_err(sq)?;
             Ok(())
         })
     }
 
-    fn increment(&self, namespace: &str, key: &str, delta: i64, max_keys: u32) -> Result<i64, KvError> {
+    fn increment<'a>(&'a self, namespace: &'a str, key: &'a str, delta: i64, max_keys: u32) -> KvFuture<'a, i64> {
         let (ns, key) = (namespace.to_string(), key.to_string());
-        self.store()?.write(move |conn| {
+        self.write(move |conn| {
             let current: Option<Vec<u8>> = conn
                 .query_row(
                     "SELECT value FROM kv WHERE namespace = ?1 AND key = ?2",
@@ -1652,6 +1688,40 @@ fn sq(e: rusqlite::Error) -> KvError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// While a long read holds the reader connection, a kv get waits for it
+    /// off the thread that awaits it: the run's thread keeps serving.
+    #[tokio::test]
+    async fn a_kv_get_waits_for_a_busy_reader_without_blocking_its_thread() {
+        let dir = std::env::temp_dir().join(format!("workhost-kv-reader-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        let kv = store.kv();
+        kv.set("h", "k", b"v", 10).await.unwrap();
+        let (locked, is_locked) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let _long_read = store.reader.lock().unwrap();
+                locked.send(()).unwrap();
+                let _ = released.recv_timeout(std::time::Duration::from_secs(5));
+            })
+        };
+        is_locked.recv().unwrap();
+        let mut get = kv.get("h", "k");
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut get)
+                .await
+                .is_err(),
+            "the get must be pending, not done or blocking, while the reader is held"
+        );
+        release.send(()).unwrap();
+        assert_eq!(get.await, Ok(Some(b"v".to_vec())));
+        holder.join().unwrap();
+        drop((kv, store));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn a_version_1_database_is_migrated_in_place_keeping_its_tasks() {

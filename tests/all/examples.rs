@@ -47,7 +47,7 @@ async fn counter_increments_its_kv_counter_across_runs() {
             Some(&Value::S64(expected))
         );
     }
-    assert_eq!(kv.get("totalExecutions").unwrap(), Some(b"3".to_vec()));
+    assert_eq!(kv.get("totalExecutions").await.unwrap(), Some(b"3".to_vec()));
 }
 
 #[tokio::test]

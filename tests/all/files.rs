@@ -120,6 +120,7 @@ async fn escape_tries_every_forbidden_thing_and_each_is_denied() {
     // Another handler's key, in the same store.
     workhost::Kv::new(store.clone(), "counter", workhost::KvLimits::default())
         .set("count", b"41")
+        .await
         .unwrap();
     let grants = Grants {
         data_dir: Some(dir.path().join("escape")),

@@ -48,7 +48,7 @@ async fn a_granted_origin_is_reached_and_its_answer_kept() {
         "{:?}",
         outcome.log
     );
-    assert_eq!(kv.get("last_status").unwrap(), Some(b"200".to_vec()));
+    assert_eq!(kv.get("last_status").await.unwrap(), Some(b"200".to_vec()));
 }
 
 #[tokio::test]
@@ -191,7 +191,7 @@ async fn fetch_gets_the_configured_url_when_its_input_has_none() {
         "{:?}",
         outcome.log
     );
-    assert_eq!(kv.get("last_bytes").unwrap(), Some(b"11".to_vec()));
+    assert_eq!(kv.get("last_bytes").await.unwrap(), Some(b"11".to_vec()));
 
     let outcome = handler.run(RunRequest::new("fetch")).await;
     let error = outcome.error().expect("no URL at all fails");

@@ -102,7 +102,7 @@ async fn every_example_behaves_the_same_in_every_language() {
             );
         }
         assert_eq!(
-            kv.get("totalExecutions").unwrap(),
+            kv.get("totalExecutions").await.unwrap(),
             Some(b"2".to_vec()),
             "counter-{lang}"
         );
@@ -123,8 +123,16 @@ async fn every_example_behaves_the_same_in_every_language() {
         .await;
         let ok = RunResult::Succeeded(Data::new().with("status", 200i64).with("bytes", 11i64));
         assert_eq!(outcome.result, ok, "fetch-{lang}: {:?}", outcome.log);
-        assert_eq!(kv.get("last_status").unwrap(), Some(b"200".to_vec()), "fetch-{lang}");
-        assert_eq!(kv.get("last_bytes").unwrap(), Some(b"11".to_vec()), "fetch-{lang}");
+        assert_eq!(
+            kv.get("last_status").await.unwrap(),
+            Some(b"200".to_vec()),
+            "fetch-{lang}"
+        );
+        assert_eq!(
+            kv.get("last_bytes").await.unwrap(),
+            Some(b"11".to_vec()),
+            "fetch-{lang}"
+        );
 
         // The URL from configuration, as periodic work has it.
         let outcome = run(&h, |r| {

@@ -74,7 +74,7 @@ async fn a_run_stopped_before_it_starts_never_runs_and_the_first_reason_wins() {
     let kv = r.kv.clone();
     let outcome = handler.run(r).await;
     assert_eq!(outcome.result, RunResult::Stopped(StopReason::HostShutdown));
-    assert_eq!(kv.get("totalExecutions").unwrap(), None);
+    assert_eq!(kv.get("totalExecutions").await.unwrap(), None);
 }
 
 /// A host shut down at once, before its dispatcher has run even once, stops:
@@ -89,4 +89,91 @@ async fn a_host_shut_down_right_after_it_starts_stops() {
     tokio::time::timeout(Duration::from_secs(20), host.shutdown())
         .await
         .expect("shutdown of a host whose dispatcher had not run yet never returned");
+}
+
+/// A kv backend whose calls wait until the test opens its gate: a backend
+/// waiting on a commit, a lock or the network.
+struct GatedKv {
+    /// (calls entered, gate open)
+    state: tokio::sync::watch::Sender<(usize, bool)>,
+}
+
+impl GatedKv {
+    fn new() -> GatedKv {
+        GatedKv {
+            state: tokio::sync::watch::Sender::new((0, false)),
+        }
+    }
+
+    async fn pass(&self) {
+        let mut open = self.state.subscribe();
+        self.state.send_modify(|s| s.0 += 1);
+        open.wait_for(|s| s.1).await.unwrap();
+    }
+
+    async fn wait_for_calls(&self, n: usize) {
+        self.state.subscribe().wait_for(|s| s.0 >= n).await.unwrap();
+    }
+
+    fn is_open(&self) -> bool {
+        self.state.borrow().1
+    }
+}
+
+impl workhost::KvStore for GatedKv {
+    fn get<'a>(&'a self, _: &'a str, _: &'a str) -> workhost::KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async {
+            self.pass().await;
+            Ok(None)
+        })
+    }
+    fn set<'a>(&'a self, _: &'a str, _: &'a str, _: &'a [u8], _: u32) -> workhost::KvFuture<'a, ()> {
+        Box::pin(async {
+            self.pass().await;
+            Ok(())
+        })
+    }
+    fn delete<'a>(&'a self, _: &'a str, _: &'a str) -> workhost::KvFuture<'a, ()> {
+        Box::pin(async {
+            self.pass().await;
+            Ok(())
+        })
+    }
+    fn increment<'a>(&'a self, _: &'a str, _: &'a str, _: i64, _: u32) -> workhost::KvFuture<'a, i64> {
+        Box::pin(async {
+            self.pass().await;
+            Ok(1)
+        })
+    }
+}
+
+/// A run waiting in a kv call that does not return (its backend is stuck)
+/// is still stopped at its deadline and by a cancel: the run awaits the
+/// call, so its deadline and stop signal are raced against it.
+#[tokio::test]
+async fn a_run_stuck_in_a_kv_call_still_stops_at_its_deadline_and_on_cancel() {
+    let handler = executor().load_file(guests::COUNTER.as_ref()).unwrap();
+    let gate = std::sync::Arc::new(GatedKv::new());
+    for (n, reason) in [(1, StopReason::Timeout), (2, StopReason::Cancelled)] {
+        let mut r = RunRequest::new("count");
+        r.kv = workhost::Kv::new(gate.clone(), "counter", workhost::KvLimits::default());
+        r.budget.timeout = match reason {
+            StopReason::Timeout => Duration::from_millis(300),
+            _ => Duration::from_secs(60),
+        };
+        let stop = StopHandle::new();
+        r.stop = stop.clone();
+        let run = handler.run(r);
+        let stopper = async {
+            gate.wait_for_calls(n).await;
+            if reason == StopReason::Cancelled {
+                stop.stop(reason);
+            }
+        };
+        let (outcome, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(run, stopper) })
+            .await
+            .unwrap_or_else(|_| panic!("a run stuck in a kv call did not stop ({reason:?})"));
+        assert_eq!(outcome.result, RunResult::Stopped(reason));
+        assert!(!gate.is_open(), "the kv call was still stuck when the run stopped");
+    }
 }

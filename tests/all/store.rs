@@ -263,27 +263,44 @@ fn pause_is_shared_prune_drops_only_old_finished_work_and_queries_filter() {
 
 #[test]
 fn kv_namespaces_are_apart_increments_are_atomic_and_values_survive_reopening() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     each_backend(|open| {
-        let s = open();
-        let kv = s.kv();
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let kv = kv.clone();
-                std::thread::spawn(move || {
-                    for _ in 0..50 {
-                        kv.increment("h1", "n", 1, 10).unwrap();
-                    }
+        rt.block_on(async {
+            let s = open();
+            let kv = s.kv();
+            // Four tasks of 50 increments each, in flight together, so
+            // increments share the writer's transactions.
+            let tasks: Vec<_> = (0..4)
+                .map(|_| {
+                    let kv = kv.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..50 {
+                            kv.increment("h1", "n", 1, 10).await.unwrap();
+                        }
+                    })
                 })
-            })
-            .collect();
-        threads.into_iter().for_each(|t| t.join().unwrap());
-        kv.set("h2", "n", b"x", 10).unwrap();
-        assert_eq!(kv.get("h1", "n").unwrap(), Some(b"200".to_vec()));
-        assert_eq!(kv.increment("h2", "n", 1, 10), Err(workhost::KvError::NotAnInteger));
-        kv.set("h1", "k2", b"v", 2).unwrap();
-        assert_eq!(kv.set("h1", "k3", b"v", 2), Err(workhost::KvError::TooManyKeys(2)));
-        drop((kv, s));
-        assert_eq!(open().kv().get("h1", "n").unwrap(), Some(b"200".to_vec()));
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            kv.set("h2", "n", b"x", 10).await.unwrap();
+            assert_eq!(kv.get("h1", "n").await.unwrap(), Some(b"200".to_vec()));
+            assert_eq!(
+                kv.increment("h2", "n", 1, 10).await,
+                Err(workhost::KvError::NotAnInteger)
+            );
+            kv.set("h1", "k2", b"v", 2).await.unwrap();
+            assert_eq!(
+                kv.set("h1", "k3", b"v", 2).await,
+                Err(workhost::KvError::TooManyKeys(2))
+            );
+            drop((kv, s));
+            assert_eq!(open().kv().get("h1", "n").await.unwrap(), Some(b"200".to_vec()));
+        })
     });
 }
 

@@ -3,15 +3,21 @@
 //! process: the same component, on the same engine, from an `InstancePre`
 //! with an empty WASI context, called directly.
 //!
+//! Then the cost of host calls: `counter` (one `kv.increment` on an
+//! in-memory backend, one log line) next to `echo`, alternated in the same
+//! process.
+//!
 //! Run: `cargo bench -p workhost-tests --bench executor` (or `just bench`).
 //! Prints per-run medians on one thread, runs per second on one thread and
-//! on all cores, and the ratio workhost / floor.
+//! on all cores, the ratio workhost / floor, and counter - echo.
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use workhost::{Data, EngineConfig, Executor, Handler, RunRequest};
+
+use workhost::{Data, EngineConfig, Executor, Handler, Kv, KvLimits, KvStore, MemoryKv, RunRequest};
 use workhost_tests::guests;
 
 mod floor {
@@ -81,6 +87,13 @@ async fn workhost_run(handler: &Handler, input: &Data) {
     assert!(outcome.output().is_some(), "{:?}", outcome.result);
 }
 
+async fn counter_run(handler: &Handler, kv: &Kv) {
+    let mut request = RunRequest::new("bench");
+    request.kv = kv.clone();
+    let outcome = handler.run(request).await;
+    assert!(outcome.output().is_some(), "{:?}", outcome.result);
+}
+
 const BATCH: usize = 2_000;
 const ROUNDS: usize = 7;
 
@@ -106,31 +119,12 @@ fn main() {
         executor.engine().uses_pooling()
     );
 
-    // One thread: alternate batches so both see the same machine noise.
+    // One thread.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (mut floor_times, mut host_times) = (Vec::new(), Vec::new());
-    rt.block_on(async {
-        for _ in 0..200 {
-            floor.run(&floor_input).await;
-            workhost_run(&handler, &input).await;
-        }
-        for _ in 0..ROUNDS {
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                floor.run(&floor_input).await;
-            }
-            floor_times.push(t.elapsed() / BATCH as u32);
-            let t = Instant::now();
-            for _ in 0..BATCH {
-                workhost_run(&handler, &input).await;
-            }
-            host_times.push(t.elapsed() / BATCH as u32);
-        }
-    });
-    let (f1, h1) = (median(floor_times), median(host_times));
+    let (f1, h1) = rt.block_on(alternate(|| floor.run(&floor_input), || workhost_run(&handler, &input)));
     println!(
         "one thread   floor    {:>8.1} us/run  {:>9.0} runs/s",
         us(f1),
@@ -144,6 +138,22 @@ fn main() {
     println!(
         "one thread   ratio workhost/floor: {:.2}x",
         h1.as_secs_f64() / f1.as_secs_f64()
+    );
+
+    // Host calls: counter (one kv increment) against echo, on one thread.
+    let counter = executor.load_file(guests::COUNTER.as_ref()).unwrap();
+    let backend: Arc<dyn KvStore> = Arc::new(MemoryKv::default());
+    let kv = Kv::new(backend, "counter", KvLimits::default());
+    let (e1, c1) = rt.block_on(alternate(
+        || workhost_run(&handler, &input),
+        || counter_run(&counter, &kv),
+    ));
+    println!(
+        "one thread   counter  {:>8.1} us/run (one kv increment, in memory; echo {:.1} us/run in the same batches): \
+         counter - echo {:.1} us",
+        us(c1),
+        us(e1),
+        us(c1) - us(e1)
     );
 
     // All cores: a multi-thread runtime with 64 runs in flight.
@@ -186,6 +196,35 @@ fn main() {
         "{cores} cores      ratio workhost/floor (time per run): {:.2}x",
         ha.as_secs_f64() / fa.as_secs_f64()
     );
+}
+
+/// The median time per run of `a` and of `b`, after a warm-up of both:
+/// batches of each alternate, so both see the same machine noise.
+async fn alternate<A, B, FA, FB>(a: A, b: B) -> (Duration, Duration)
+where
+    A: Fn() -> FA,
+    B: Fn() -> FB,
+    FA: std::future::Future<Output = ()>,
+    FB: std::future::Future<Output = ()>,
+{
+    for _ in 0..200 {
+        a().await;
+        b().await;
+    }
+    let (mut a_times, mut b_times) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            a().await;
+        }
+        a_times.push(t.elapsed() / BATCH as u32);
+        let t = Instant::now();
+        for _ in 0..BATCH {
+            b().await;
+        }
+        b_times.push(t.elapsed() / BATCH as u32);
+    }
+    (median(a_times), median(b_times))
 }
 
 /// Runs `total` runs with 64 in flight and returns the elapsed time.

@@ -8,6 +8,9 @@
 //!    at a paced load: 10,000 tasks/s (the target) and 2,000 tasks/s.
 //! 3. Host memory (RSS) with 1,000,000 pending (delayed) tasks, next to the
 //!    RSS of the idle host, and the latency of one due task among them.
+//! 4. Due-to-started latency of paced `echo` beside four handlers in a kv
+//!    storm (durable kv set + get as fast as they can, each set a commit),
+//!    next to the same load alone.
 //!
 //! Run: `cargo bench -p workhost-tests --bench scheduler` (`just bench`).
 //! `WORKHOST_BENCH_PENDING` overrides the pending count.
@@ -44,6 +47,33 @@ fn main() {
             wait_done(host.queue(), ids.len()).await;
             let (p50, p99) = latencies(host.queue(), &ids).await;
             println!("paced {per_sec} tasks/s (enqueued at {achieved:.0}/s): due-to-started p50 {p50} ms, p99 {p99} ms");
+            host.shutdown().await;
+        }
+
+        for storms in [0, 4] {
+            let (host, _dir) = start_host().await;
+            let mut storm_ids = Vec::new();
+            for i in 0..storms {
+                let mut r = WorkRequest::one_off("hostile", format!("storm {i}"));
+                r.input = Data::new().with("mode", "kv-storm");
+                storm_ids.push(host.queue().enqueue(r).await.unwrap().id);
+            }
+            // Let the storms start.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (ids, _) = enqueue_paced(host.queue(), 2_000, Duration::from_secs(1)).await;
+            wait_done(host.queue(), ids.len() + storms).await;
+            let (p50, p99) = latencies(host.queue(), &ids).await;
+            let mut rounds = 0;
+            for id in storm_ids {
+                let t = host.queue().get(id).await.unwrap().unwrap();
+                match t.output.as_ref().and_then(|o| o.get("calls")) {
+                    Some(workhost::Value::S64(n)) => rounds += n,
+                    other => panic!("a kv storm ended without its count: {other:?} {t:?}"),
+                }
+            }
+            println!(
+                "paced 2000 tasks/s beside {storms} kv storms ({rounds} durable set + get rounds): due-to-started p50 {p50} ms, p99 {p99} ms"
+            );
             host.shutdown().await;
         }
 
@@ -85,6 +115,11 @@ async fn start_host() -> (Host, tempfile::TempDir) {
     for h in &mut config.handlers {
         h.concurrency = 64;
     }
+    // Durable kv storms for the first half of a 3 s budget.
+    let mut storm = workhost::HandlerConfig::new("hostile", guests::HOSTILE);
+    storm.budget.timeout = Duration::from_secs(3);
+    storm.concurrency = 4;
+    config.handlers.push(storm);
     (Host::start(config).await.unwrap(), dir)
 }
 
