@@ -270,6 +270,20 @@ pub struct TaskEvent {
     pub at: Millis,
 }
 
+/// A problem a host works around on its own but an operator should know
+/// of, and its end: the store refusing the dispatcher's claims or a run's
+/// outcome (a lock held too long, a full disk), then taking them again.
+/// Nothing accepted is lost meanwhile. See [`Host::alerts`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HostAlert {
+    /// The task concerned, if one is.
+    pub task: Option<TaskId>,
+    /// What happened, in one line.
+    pub message: String,
+    /// When, ms since the epoch.
+    pub at: Millis,
+}
+
 /// The shared part of a host that needs no handlers: enqueue, cancel,
 /// query, pause, prune. CLI commands open one on the data directory while a
 /// daemon may be running on it.
@@ -506,6 +520,7 @@ struct Inner {
     /// The wall clock minus the steady clock when last recorded in the
     /// store (see [`Inner::follow_clock`]).
     clock_reading: Mutex<Option<Millis>>,
+    alerts: broadcast::Sender<HostAlert>,
     _lock: std::fs::File,
 }
 
@@ -601,6 +616,7 @@ impl Host {
             device_config: config.device.clone(),
             data_dir: config.data_dir.clone(),
             clock_reading: Mutex::new(None),
+            alerts: broadcast::channel(256).0,
             _lock: lock,
         });
         // Before recovery, so work recovered as due now is not moved by a
@@ -625,6 +641,14 @@ impl Host {
     /// The queue: enqueue, cancel, query, pause, subscribe.
     pub fn queue(&self) -> &Queue {
         &self.inner.queue
+    }
+
+    /// A stream of [`HostAlert`]s: the store refusing this host's writes,
+    /// and taking them again. Separate from [`Queue::subscribe`], so
+    /// listening costs the dispatcher nothing; `workhost serve` prints each
+    /// alert to stderr.
+    pub fn alerts(&self) -> broadcast::Receiver<HostAlert> {
+        self.inner.alerts.subscribe()
     }
 
     /// Cancels work; running work stops within about one epoch tick.
@@ -686,6 +710,14 @@ impl Host {
 }
 
 impl Inner {
+    fn alert(&self, task: Option<TaskId>, message: String) {
+        let _ = self.alerts.send(HostAlert {
+            task,
+            message,
+            at: self.queue.now(),
+        });
+    }
+
     /// Keeps every wait's length when the wall clock jumps: compares the
     /// wall clock with the clock's steady reading and, when they moved
     /// apart by [`CLOCK_JUMP_THRESHOLD`] or more since the store last saw
@@ -808,6 +840,7 @@ async fn dispatch(inner: Arc<Inner>) {
     let mut runs = tokio::task::JoinSet::new();
     let mut last_change = u64::MAX;
     let mut last_seen: Option<TaskId> = None;
+    let mut claims_refused = 0u64;
     loop {
         if *shutting_down.borrow() {
             break;
@@ -821,6 +854,31 @@ async fn dispatch(inner: Arc<Inner>) {
         } else {
             Ok(Vec::new())
         };
+        // A refused claim is tried again at the next wake or poll; the
+        // first refusal of a streak and its end are alerts.
+        match &claimed {
+            Err(e) => {
+                if claims_refused == 0 {
+                    inner.alert(
+                        None,
+                        format!(
+                            "the store refused the dispatcher's claim ({e}); no work starts until it takes writes \
+                             again (tried every {} ms)",
+                            inner.poll.as_millis()
+                        ),
+                    );
+                }
+                claims_refused += 1;
+            }
+            Ok(_) if claims_refused > 0 => {
+                inner.alert(
+                    None,
+                    format!("the store takes the dispatcher's claims again, after {claims_refused} refused"),
+                );
+                claims_refused = 0;
+            }
+            Ok(_) => {}
+        }
         // A read of SQLite's in-memory change counter: microseconds, so it
         // runs inline rather than on the blocking pool.
         let counter = store.change_counter().unwrap_or(0);
@@ -1013,14 +1071,22 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     // Periodic work that moved on to its next period resets its attempts.
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
     let id = info.id;
-    let mut refused = false;
+    let mut refused = 0u64;
     let changes = loop {
         match queue
             .store
             .finish_async(id, attempt, transition.clone(), &outcome, now)
             .await
         {
-            Ok(changes) => break changes,
+            Ok(changes) => {
+                if refused > 0 {
+                    inner.alert(
+                        Some(id),
+                        format!("its run's outcome is recorded, after {refused} refused writes"),
+                    );
+                }
+                break changes;
+            }
             // The store refused the write (a full disk, a lock held too
             // long). The outcome stays here and is offered again until the
             // store takes it, so it is recorded once there is room; the task
@@ -1028,22 +1094,19 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             // A host stopped first leaves the task RUNNING, and the next
             // host recovers and reruns it (at least once).
             Err(e) if !*inner.shutting_down.borrow() => {
-                if !refused {
-                    refused = true;
+                if refused == 0 {
                     let change = Change {
                         id,
                         state: TaskState::Running,
                     };
-                    queue.publish(&[change], |_| {
-                        (
-                            "unrecorded",
-                            format!(
-                                "the store refused this run's outcome ({e}); it is kept and offered again every {} ms",
-                                FINISH_RETRY.as_millis()
-                            ),
-                        )
-                    });
+                    let why = format!(
+                        "the store refused this run's outcome ({e}); it is kept and offered again every {} ms",
+                        FINISH_RETRY.as_millis()
+                    );
+                    inner.alert(Some(id), why.clone());
+                    queue.publish(&[change], |_| ("unrecorded", why.clone()));
                 }
+                refused += 1;
                 tokio::time::sleep(FINISH_RETRY).await
             }
             Err(_) => break Vec::new(),

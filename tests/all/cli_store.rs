@@ -50,17 +50,18 @@ fn append_to_manifest(manifest: &Path, text: &str) {
     std::fs::write(manifest, all).unwrap();
 }
 
-/// Polls the `serve --debug` output beside the manifest until `done` holds
-/// of it, for up to `limit`; returns it.
-fn events_log_when(manifest: &Path, limit: Duration, done: impl Fn(&str) -> bool) -> String {
-    let path = manifest.with_file_name("events.log");
+/// Polls the file `name` beside the manifest (`events.log`, the
+/// `serve --debug` output; `serve.log`, a daemon's stderr) until `done`
+/// holds of it, for up to `limit`; returns it.
+fn log_when(manifest: &Path, name: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+    let path = manifest.with_file_name(name);
     let start = Instant::now();
     loop {
         let log = std::fs::read_to_string(&path).unwrap_or_default();
         if done(&log) {
             return log;
         }
-        assert!(start.elapsed() < limit, "events never got there:\n{log}");
+        assert!(start.elapsed() < limit, "{name} never got there:\n{log}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -437,13 +438,20 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     // The run ends on its 5 s clock; its outcome waits on the lock for 10 s,
     // is refused, and is reported. Hold the lock until then.
     let marker = format!("task {id} unrecorded");
-    let log = events_log_when(&m, Duration::from_secs(60), |log| log.contains(&marker));
+    let log = log_when(&m, "events.log", Duration::from_secs(60), |log| log.contains(&marker));
     let unrecorded = log.lines().find(|l| l.contains(&marker)).unwrap();
     assert!(
         unrecorded.contains("the store refused this run's outcome") && unrecorded.contains("offered again"),
         "{unrecorded}"
     );
     assert_eq!(task(&m, &id)["state"], "running", "nothing recorded while refused");
+    // The operator is told on stderr, with or without --debug: the refused
+    // outcome, and the dispatcher's claims refused meanwhile.
+    let serve_log = log_when(&m, "serve.log", Duration::from_secs(60), |log| {
+        log.contains(&format!("task {id}: the store refused this run's outcome"))
+            && log.contains("the store refused the dispatcher's claim")
+    });
+    assert!(serve_log.contains("workhost: warning at "), "{serve_log}");
     // Every reading command goes on beside the held lock.
     ok(&m, &["list"]);
     ok(&m, &["status"]);
@@ -452,6 +460,11 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     let t = wait_for(&m, &id, |t| t["state"] != "running");
     assert_eq!(t["attempts"][0]["stop_reason"], "timeout", "the kept outcome: {t}");
     assert_eq!(t["run_attempt_count"], 1);
+    // And told when it is over.
+    log_when(&m, "serve.log", Duration::from_secs(60), |log| {
+        log.contains(&format!("task {id}: its run's outcome is recorded, after "))
+            && log.contains("the store takes the dispatcher's claims again, after ")
+    });
     // The daemon goes on taking work.
     let next = ok(&m, &["enqueue", "echo", "--task", "after"])
         .stdout
@@ -545,7 +558,7 @@ fn serve_debug_prints_every_state_change_including_work_enqueued_elsewhere() {
         format!("task {id} started"),
         format!("task {id} failed (fail handler failed on purpose)"),
     ];
-    let log = events_log_when(&m, Duration::from_secs(20), |log| {
+    let log = log_when(&m, "events.log", Duration::from_secs(20), |log| {
         want.iter().all(|w| log.contains(w.as_str()))
     });
     let positions: Vec<Option<usize>> = want.iter().map(|w| log.find(w.as_str())).collect();

@@ -51,6 +51,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (handlers, dir) = (config.handlers.len(), config.data_dir.clone());
     let host = Host::start(config).await?;
     eprintln!("workhost: serving {handlers} handlers on {}", dir.display());
+    // Alerts go to stderr always: an operator learns the store is refusing
+    // writes without running with --debug.
+    let mut alerts = host.alerts();
+    let alerter = tokio::spawn(async move {
+        loop {
+            match alerts.recv().await {
+                Ok(a) => {
+                    let task = a.task.map(|t| format!("task {t}: ")).unwrap_or_default();
+                    eprintln!("workhost: warning at {}: {task}{}", rfc3339(a.at), a.message);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("workhost: warning: {n} alerts dropped (too many at once)");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
     // Subscribing costs the dispatcher a look for other processes' enqueues
     // at each change, so only --debug subscribes.
     let printer = args.debug.then(|| {
@@ -73,6 +90,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("workhost: shutting down; running work gets its grace period");
     host.shutdown().await;
+    alerter.abort();
     if let Some(p) = printer {
         p.abort();
     }
