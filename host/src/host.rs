@@ -527,8 +527,25 @@ struct Inner {
 /// A running host: the queue plus handlers and the dispatcher.
 pub struct Host {
     inner: Arc<Inner>,
-    dispatcher: tokio::task::JoinHandle<()>,
+    /// Taken by `shutdown`.
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
+    /// The device-state refresher, when the host reads the machine.
+    refresher: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
+}
+
+/// A host dropped without [`Host::shutdown`] stops in the background,
+/// without grace: it takes no new work, its running work is stopped
+/// (`host-shutdown`, re-enqueued, as at the end of a shutdown's grace), and
+/// its data directory is free once those runs have ended.
+impl Drop for Host {
+    fn drop(&mut self) {
+        if !self.inner.shutting_down.send_replace(true) {
+            self.inner.queue.wake.notify_one();
+            let ids = self.running();
+            self.inner.stop_running(&ids, StopReason::HostShutdown);
+        }
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -627,13 +644,15 @@ impl Host {
         inner.queue.publish(&recovered, |c| {
             ("recovered", format!("was running when its host died; now {}", c.state))
         });
-        if inner.device_config.read_machine {
-            tokio::spawn(refresh_device(inner.clone()));
-        }
+        let refresher = inner
+            .device_config
+            .read_machine
+            .then(|| tokio::spawn(refresh_device(inner.clone())));
         let dispatcher = tokio::spawn(dispatch(inner.clone()));
         Ok(Host {
             inner,
-            dispatcher,
+            dispatcher: Some(dispatcher),
+            refresher,
             grace: config.shutdown_grace,
         })
     }
@@ -692,8 +711,10 @@ impl Host {
     }
 
     /// Takes no new work, lets running work finish within the grace period,
-    /// then stops it (`host-shutdown`, re-enqueued) and returns.
-    pub async fn shutdown(self) {
+    /// then stops it (`host-shutdown`, re-enqueued) and returns once every
+    /// task of the host has ended, so the data directory is free for the
+    /// next host at once.
+    pub async fn shutdown(mut self) {
         // `send_replace`, not `send`: `send` stores nothing while no
         // receiver exists, which is so until the dispatcher first runs, and
         // a shutdown that early would then wait on it forever.
@@ -705,7 +726,15 @@ impl Host {
         }
         let ids = self.running();
         self.inner.stop_running(&ids, StopReason::HostShutdown);
-        let _ = self.dispatcher.await;
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let _ = dispatcher.await;
+        }
+        // The refresher holds the host (and with it the data directory's
+        // lock) until it sees the shutdown, which may be after a reading
+        // of the machine in progress.
+        if let Some(refresher) = self.refresher.take() {
+            let _ = refresher.await;
+        }
     }
 }
 
@@ -831,6 +860,7 @@ impl Inner {
         let (paused, due) = blocking(move || (store.paused(), store.next_due(&device))).await;
         paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now())
     }
+
 }
 
 /// The dispatcher: claims due work when slots are free, starts runs, and
@@ -968,7 +998,10 @@ async fn refresh_device(inner: Arc<Inner>) {
     loop {
         tokio::select! {
             () = tokio::time::sleep(inner.device_config.refresh) => inner.refresh_device().await,
-            _ = shutting_down.changed() => return,
+            // `wait_for`, not `changed`: a shutdown sent before this task
+            // first ran is already the current value, and `changed` would
+            // wait for a later one that never comes.
+            _ = async { shutting_down.wait_for(|stopping| *stopping).await.is_ok() } => return,
         }
     }
 }

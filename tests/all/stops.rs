@@ -177,3 +177,64 @@ async fn a_run_stuck_in_a_kv_call_still_stops_at_its_deadline_and_on_cancel() {
         assert!(!gate.is_open(), "the kv call was still stuck when the run stopped");
     }
 }
+
+/// Once `shutdown` returns, the data directory is free for the next host:
+/// nothing of the old host (here its device-state refresher, kept busy by
+/// a 1 ms refresh) still holds its lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_shut_down_frees_its_data_directory_for_the_next_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = workhost_tests::host_config(dir.path());
+        config.device.refresh = Duration::from_millis(1);
+        config
+    };
+    for round in 0..30 {
+        let host = workhost::Host::start(config())
+            .await
+            .unwrap_or_else(|e| panic!("start {round}: {e}"));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        host.shutdown().await;
+    }
+}
+
+/// A host dropped without `shutdown` stops in the background: its running
+/// work is stopped (`host-shutdown`) and kept, and the data directory is
+/// soon free for the next host, which runs that work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_host_stops_its_work_and_frees_its_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = workhost::Host::start(workhost_tests::host_config(dir.path()))
+        .await
+        .unwrap();
+    let id = host
+        .queue()
+        .enqueue(workhost::WorkRequest::one_off("spin", "endless"))
+        .await
+        .unwrap()
+        .id;
+    while host.running().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let queue = host.queue().clone();
+    drop(host);
+
+    let asked = Instant::now();
+    let next = loop {
+        match workhost::Host::start(workhost_tests::host_config(dir.path())).await {
+            Ok(host) => break host,
+            Err(workhost::HostError::AlreadyServing(_)) if asked.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("the dropped host still holds its data directory: {e}"),
+        }
+    };
+    let t = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        t.attempts[0].stop_reason.as_deref(),
+        Some("host-shutdown"),
+        "the dropped host stopped its run: {t:?}"
+    );
+    assert_ne!(t.state, workhost::TaskState::Failed, "{t:?}");
+    next.shutdown().await;
+}
