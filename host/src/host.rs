@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -509,6 +509,10 @@ struct Inner {
     max_concurrency: usize,
     poll: Duration,
     running: Mutex<HashMap<TaskId, Running>>,
+    /// Odd while the dispatcher claims (from before its claim until the
+    /// claimed tasks are in `running`), even otherwise: a committed claim
+    /// is no longer due in the store, and not yet in `running`.
+    claim_epoch: AtomicU64,
     shutting_down: watch::Sender<bool>,
     /// The device state constraints are checked against (readings with the
     /// overrides applied).
@@ -627,6 +631,7 @@ impl Host {
             max_concurrency: config.max_concurrency.max(1),
             poll: config.poll_interval,
             running: Mutex::new(HashMap::new()),
+            claim_epoch: AtomicU64::new(0),
             shutting_down: watch::channel(false).0,
             device: watch::channel(config.device.overrides.apply(readings.clone())).0,
             device_source: Mutex::new((readings, config.device.overrides)),
@@ -852,15 +857,18 @@ impl Inner {
     /// Whether nothing runs and nothing is due now whose constraints hold
     /// (or the host is paused).
     async fn idle(&self) -> bool {
-        if !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        // No claim may start or end while `running` and the store are read:
+        // a claimed task is in neither while its claim is under way.
+        let epoch = self.claim_epoch.load(Ordering::Acquire);
+        if epoch % 2 == 1 || !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return false;
         }
         let store = self.queue.store.clone();
         let device = self.device.borrow().clone();
         let (paused, due) = blocking(move || (store.paused(), store.next_due(&device))).await;
-        paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now())
+        let idle = paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now());
+        idle && self.claim_epoch.load(Ordering::Acquire) == epoch
     }
-
 }
 
 /// The dispatcher: claims due work when slots are free, starts runs, and
@@ -878,6 +886,7 @@ async fn dispatch(inner: Arc<Inner>) {
         let now = inner.follow_clock().await;
         let store = inner.queue.store.clone();
         let (free, per) = inner.free_slots();
+        inner.claim_epoch.fetch_add(1, Ordering::AcqRel);
         let claimed = if free > 0 {
             let device = inner.device.borrow().clone();
             store.claim_async(now, free, per, device).await
@@ -937,6 +946,7 @@ async fn dispatch(inner: Arc<Inner>) {
             }
             runs.spawn(run_task(inner.clone(), c, stop));
         }
+        inner.claim_epoch.fetch_add(1, Ordering::AcqRel);
         if counter != last_change {
             last_change = counter;
             notice_foreign_cancels(&inner).await;
