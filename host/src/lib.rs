@@ -10,8 +10,8 @@
 //! The scheduler:
 //!
 //! - [`Host`], [`HostConfig`], [`HandlerConfig`]: handlers, the dispatcher,
-//!   device state and graceful shutdown; [`load_manifest`] builds the config
-//!   from `workhost.toml`.
+//!   device state, graceful shutdown and [`HostAlert`]s; [`load_manifest`]
+//!   builds the config from `workhost.toml`.
 //! - [`Queue`]: enqueue, cancel, query, pause, prune and [`TaskEvent`]s,
 //!   also from a process that runs nothing.
 //! - [`TestDriver`], [`ManualClock`]: a host on a manual clock for tests.
@@ -84,8 +84,8 @@ pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostConfig, HostError, ManualClock, Queue, SteadyReading,
-    SystemClock, TaskEvent, TestDriver,
+    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, ManualClock, Queue,
+    SteadyReading, SystemClock, TaskEvent, TestDriver,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
