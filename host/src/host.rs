@@ -544,8 +544,14 @@ pub struct Host {
 /// its data directory is free once those runs have ended.
 impl Drop for Host {
     fn drop(&mut self) {
-        if !self.inner.shutting_down.send_replace(true) {
-            self.inner.queue.wake.notify_one();
+        // A shutdown that completed took the dispatcher, and nothing runs.
+        // One that did not (its future dropped during the grace) set the
+        // flag but may have stopped nothing yet: stop what runs. Stopping a
+        // run twice keeps the first reason.
+        if self.dispatcher.is_some() {
+            if !self.inner.shutting_down.send_replace(true) {
+                self.inner.queue.wake.notify_one();
+            }
             let ids = self.running();
             self.inner.stop_running(&ids, StopReason::HostShutdown);
         }
@@ -871,6 +877,23 @@ impl Inner {
     }
 }
 
+/// A claim under way: makes `Inner::claim_epoch` odd until dropped, even
+/// if the dispatcher unwinds in between.
+struct Claiming<'a>(&'a AtomicU64);
+
+impl<'a> Claiming<'a> {
+    fn begin(epoch: &'a AtomicU64) -> Claiming<'a> {
+        epoch.fetch_add(1, Ordering::AcqRel);
+        Claiming(epoch)
+    }
+}
+
+impl Drop for Claiming<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// The dispatcher: claims due work when slots are free, starts runs, and
 /// notices other processes' cancels and pauses by polling the store.
 async fn dispatch(inner: Arc<Inner>) {
@@ -886,7 +909,7 @@ async fn dispatch(inner: Arc<Inner>) {
         let now = inner.follow_clock().await;
         let store = inner.queue.store.clone();
         let (free, per) = inner.free_slots();
-        inner.claim_epoch.fetch_add(1, Ordering::AcqRel);
+        let claiming = Claiming::begin(&inner.claim_epoch);
         let claimed = if free > 0 {
             let device = inner.device.borrow().clone();
             store.claim_async(now, free, per, device).await
@@ -938,15 +961,21 @@ async fn dispatch(inner: Arc<Inner>) {
             {
                 // The claim used a snapshot of the device state; if it changed
                 // since, the run stops at once (see `Inner::set_device`).
+                // Likewise a shutdown (or drop) that came during the claim:
+                // it set the flag before taking this lock to stop what runs,
+                // so each run is stopped either by it or here.
                 let mut all = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 if !c.info.constraints.hold(&inner.device.borrow()) {
                     stop.stop(StopReason::ConstraintLost);
+                }
+                if *inner.shutting_down.borrow() {
+                    stop.stop(StopReason::HostShutdown);
                 }
                 all.insert(c.info.id, running);
             }
             runs.spawn(run_task(inner.clone(), c, stop));
         }
-        inner.claim_epoch.fetch_add(1, Ordering::AcqRel);
+        drop(claiming);
         if counter != last_change {
             last_change = counter;
             notice_foreign_cancels(&inner).await;

@@ -90,7 +90,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("workhost: shutting down; running work gets its grace period");
     host.shutdown().await;
-    alerter.abort();
+    // The host is gone, so the alert stream ends once what it sent is
+    // printed.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), alerter).await;
     if let Some(p) = printer {
         p.abort();
     }
