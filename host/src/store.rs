@@ -512,9 +512,13 @@ impl SqliteStore {
             .await
     }
 
+    /// Runs `f` on the reader connection in one read transaction, so a read
+    /// of several statements (a task, then its attempts) sees one commit:
+    /// without it a claim committing between them showed a task still
+    /// ENQUEUED with the attempt that claim had opened.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(f(&conn)?)
+        Ok(snapshot(&conn, f)?)
     }
 
     /// [`Self::read`] if the reader connection is free now; `None` (and `f`
@@ -525,8 +529,16 @@ impl SqliteStore {
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(f(&conn).map_err(StoreError::from))
+        Some(snapshot(&conn, f).map_err(StoreError::from))
     }
+}
+
+/// `f` inside one deferred (read) transaction of `conn`.
+fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let tx = conn.unchecked_transaction()?;
+    let out = f(&tx)?;
+    tx.commit()?;
+    Ok(out)
 }
 
 /// What opening a connection read of the database's header.

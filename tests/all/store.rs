@@ -430,3 +430,41 @@ fn a_clock_jump_moves_every_waiting_task_once_and_finished_ones_never() {
         assert_eq!(due(later), NOW + 10_000);
     });
 }
+
+/// A read of one task is one snapshot: while claims commit, `get` never
+/// shows a task's row from before a claim with its attempt from after it.
+#[test]
+fn a_task_read_while_it_is_claimed_is_never_torn() {
+    each_backend(|open| {
+        let s = open();
+        let ids: Vec<i64> = (0..1000)
+            .map(|_| s.enqueue(WorkRequest::one_off("a", "now"), NOW).unwrap().0.id)
+            .collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (s, ids, done) = (s.clone(), ids.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0u64;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    for id in &ids {
+                        let t = s.get(*id).unwrap().unwrap();
+                        let claimed = t.state == TaskState::Running;
+                        assert_eq!(
+                            (t.run_attempt_count as usize, t.attempts.len()),
+                            if claimed { (1, 1) } else { (0, 0) },
+                            "a torn read after {reads} reads: {t:?}"
+                        );
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        };
+        for _ in &ids {
+            assert_eq!(s.claim(NOW, 1, &slots(1000), &DeviceState::default()).unwrap().len(), 1);
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let reads = reader.join().unwrap();
+        assert!(reads >= ids.len() as u64, "the reader read along: {reads} reads");
+    });
+}
