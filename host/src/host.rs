@@ -877,6 +877,24 @@ impl Inner {
     }
 }
 
+/// A streak of store writes refused in a row: its first refusal and its end
+/// are what an operator is told of.
+#[derive(Default)]
+struct Refusals(u64);
+
+impl Refusals {
+    /// Counts a refusal; true if it starts a streak.
+    fn refused(&mut self) -> bool {
+        self.0 += 1;
+        self.0 == 1
+    }
+
+    /// Ends a streak: how many writes it refused, if it was one.
+    fn ended(&mut self) -> Option<u64> {
+        (self.0 > 0).then(|| std::mem::take(&mut self.0))
+    }
+}
+
 /// A claim under way: makes `Inner::claim_epoch` odd until dropped, even
 /// if the dispatcher unwinds in between.
 struct Claiming<'a>(&'a AtomicU64);
@@ -901,7 +919,7 @@ async fn dispatch(inner: Arc<Inner>) {
     let mut runs = tokio::task::JoinSet::new();
     let mut last_change = u64::MAX;
     let mut last_seen: Option<TaskId> = None;
-    let mut claims_refused = 0u64;
+    let mut claims_refused = Refusals::default();
     loop {
         if *shutting_down.borrow() {
             break;
@@ -920,7 +938,7 @@ async fn dispatch(inner: Arc<Inner>) {
         // first refusal of a streak and its end are alerts.
         match &claimed {
             Err(e) => {
-                if claims_refused == 0 {
+                if claims_refused.refused() {
                     inner.alert(
                         None,
                         format!(
@@ -930,16 +948,15 @@ async fn dispatch(inner: Arc<Inner>) {
                         ),
                     );
                 }
-                claims_refused += 1;
             }
-            Ok(_) if claims_refused > 0 => {
-                inner.alert(
-                    None,
-                    format!("the store takes the dispatcher's claims again, after {claims_refused} refused"),
-                );
-                claims_refused = 0;
+            Ok(_) => {
+                if let Some(n) = claims_refused.ended() {
+                    inner.alert(
+                        None,
+                        format!("the store takes the dispatcher's claims again, after {n} refused"),
+                    );
+                }
             }
-            Ok(_) => {}
         }
         // A read of SQLite's in-memory change counter: microseconds, so it
         // runs inline rather than on the blocking pool.
@@ -1143,7 +1160,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     // Periodic work that moved on to its next period resets its attempts.
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
     let id = info.id;
-    let mut refused = 0u64;
+    let mut refused = Refusals::default();
     let changes = loop {
         match queue
             .store
@@ -1151,10 +1168,10 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             .await
         {
             Ok(changes) => {
-                if refused > 0 {
+                if let Some(n) = refused.ended() {
                     inner.alert(
                         Some(id),
-                        format!("its run's outcome is recorded, after {refused} refused writes"),
+                        format!("its run's outcome is recorded, after {n} refused writes"),
                     );
                 }
                 break changes;
@@ -1166,7 +1183,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             // A host stopped first leaves the task RUNNING, and the next
             // host recovers and reruns it (at least once).
             Err(e) if !*inner.shutting_down.borrow() => {
-                if refused == 0 {
+                if refused.refused() {
                     let change = Change {
                         id,
                         state: TaskState::Running,
@@ -1178,7 +1195,6 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
                     inner.alert(Some(id), why.clone());
                     queue.publish(&[change], |_| ("unrecorded", why.clone()));
                 }
-                refused += 1;
                 tokio::time::sleep(FINISH_RETRY).await
             }
             Err(_) => break Vec::new(),

@@ -617,21 +617,20 @@ fn open_connection(path: &Path) -> Result<(Connection, Header), StoreError> {
 /// tables without its application id, would look foreign), then switches a
 /// workhost or empty file to WAL.
 fn check_header_and_enable_wal(conn: &Connection) -> rusqlite::Result<Header> {
-    conn.execute_batch("BEGIN")?;
-    let header = conn.query_row(
-        "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master), \
-         (SELECT user_version FROM pragma_user_version)",
-        [],
-        |r| {
-            Ok(Header {
-                app_id: r.get(0)?,
-                tables: r.get(1)?,
-                version: r.get(2)?,
-            })
-        },
-    );
-    let _ = conn.execute_batch("COMMIT");
-    let header = header?;
+    let header = snapshot(conn, |conn| {
+        conn.query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id), (SELECT count(*) FROM sqlite_master), \
+             (SELECT user_version FROM pragma_user_version)",
+            [],
+            |r| {
+                Ok(Header {
+                    app_id: r.get(0)?,
+                    tables: r.get(1)?,
+                    version: r.get(2)?,
+                })
+            },
+        )
+    })?;
     if header.app_id == APPLICATION_ID || (header.app_id == 0 && header.tables == 0) {
         conn.pragma_update(None, "journal_mode", "WAL")?;
     }
