@@ -66,7 +66,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Millis {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as Millis)
+            .map_or(0, crate::work::millis)
     }
 
     /// On Linux, `CLOCK_BOOTTIME` within the boot named by
@@ -109,7 +109,7 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.now.fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
+        self.now.fetch_add(crate::work::millis(by), Ordering::SeqCst);
     }
 }
 
@@ -438,7 +438,7 @@ impl Queue {
         let before = if all {
             Millis::MAX
         } else {
-            self.now() - self.retention.as_millis() as Millis
+            self.now().saturating_sub(crate::work::millis(self.retention))
         };
         let store = self.store.clone();
         blocking(move || store.prune(before)).await
@@ -598,7 +598,12 @@ impl Host {
         queue.clock = clock;
 
         let handler_configs = config.handlers.clone();
-        let engine = config.engine.clone();
+        // The instance pool holds what the host may run at once, no more:
+        // the dispatcher never starts more runs than `max_concurrency`.
+        let engine = EngineConfig {
+            max_concurrent_runs: u32::try_from(config.max_concurrency.max(1)).unwrap_or(u32::MAX),
+            ..config.engine.clone()
+        };
         let handlers = blocking(move || -> Result<HashMap<String, LoadedHandler>, HostError> {
             let metered = Executor::new(EngineConfig {
                 fuel: true,
@@ -772,7 +777,7 @@ impl Inner {
             return now;
         };
         let reading = now - steady.elapsed;
-        let threshold = CLOCK_JUMP_THRESHOLD.as_millis() as Millis;
+        let threshold = crate::work::millis(CLOCK_JUMP_THRESHOLD);
         let last = *self.clock_reading.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|l| (reading - l).abs() < threshold) {
             return now;
@@ -1100,6 +1105,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
         detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
         at: queue.now(),
     });
+    let mut progress = None;
     let outcome = match inner.handlers.get(&info.handler) {
         Some(loaded) => {
             let mut budget = if info.kind == TaskKind::Processing {
@@ -1119,6 +1125,12 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             }
             let store = queue.store.clone();
             let id = info.id;
+            progress = Some(crate::progress::ProgressWriter::new(Arc::new(move |d: Data| {
+                let store = store.clone();
+                Box::pin(async move {
+                    let _ = store.set_progress_async(id, attempt, &d).await;
+                })
+            })));
             let request = RunRequest {
                 task: TaskFacts {
                     id: info.id.to_string(),
@@ -1131,7 +1143,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
                 input: info.input.clone(),
                 budget,
                 kv: Kv::new(queue.store.kv(), info.handler.clone(), loaded.config.kv_limits),
-                progress: Some(Arc::new(move |d: &Data| store.set_progress_nowait(id, d))),
+                progress: progress.as_ref().map(|p| p.sink()),
                 stop,
                 grants: loaded.config.grants.clone(),
             };
@@ -1148,6 +1160,9 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             log: Vec::new(),
         },
     };
+    if let Some(p) = &progress {
+        p.finish().await;
+    }
     let now = queue.now();
     let transition = decide(&claimed.retry_facts(), &outcome.result, now);
     let next = crate::units::format_rfc3339(transition.next_run_at);

@@ -63,6 +63,7 @@ mod kv;
 mod manifest;
 mod outcome;
 mod platform;
+mod progress;
 mod quota;
 mod retry;
 mod runlog;
@@ -72,7 +73,7 @@ mod work;
 
 pub use budget::{Budget, DEFAULT_FUEL, TaskKind};
 pub use config_values::{
-    ConfigError, ConfigValue, MAX_CONFIG_KEY_BYTES, MAX_CONFIG_VALUE_BYTES, REDACTED, check_config,
+    ConfigError, ConfigValue, MAX_CONFIG_KEY_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_SECRET_BYTES, REDACTED, check_config,
 };
 pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
 pub use device::{
@@ -89,13 +90,14 @@ pub use host::{
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
-pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
+pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
+pub use progress::PROGRESS_INTERVAL;
 pub use retry::{RetryFacts, Transition, decide};
-pub use runlog::{LogLevel, LogLine, LogSource};
+pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{Change, Claimed, ClockJump, Query, Selector, SqliteStore, StoreError, TaskStore};
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
     ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
-    backoff_delay,
+    backoff_delay, limits, millis,
 };

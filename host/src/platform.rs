@@ -73,7 +73,7 @@ impl RunState {
             data_quota: grants
                 .data_dir
                 .as_deref()
-                .map(|dir| Arc::new(DataQuota::measure(dir, grants.data_quota_bytes, Some(log.clone())))),
+                .map(|dir| Arc::new(DataQuota::new(dir, grants.data_quota_bytes, Some(log.clone())))),
             http_gate: crate::grants::HttpGate::new(grants.clone(), log.clone()),
             redactor: log.redactor(),
             grants,
@@ -137,6 +137,11 @@ fn wasi_context(log: &SharedLog, grants: &crate::grants::Grants) -> WasiCtx {
 }
 
 impl RunState {
+    /// The run's data-directory quota, if it was granted a directory.
+    pub(crate) fn data_quota(&self) -> Option<Arc<DataQuota>> {
+        self.data_quota.clone()
+    }
+
     /// `wasi:filesystem/types` under the data directory's quota.
     pub(crate) fn quota_fs(&mut self) -> QuotaFs<'_> {
         let quota = self.data_quota.clone();

@@ -334,7 +334,7 @@ fn a_read_only_data_directory_is_refused_by_name_and_loses_nothing() {
         &["pause"],
     ] {
         let run = restricted(&m, args, read_only);
-        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
         assert!(
             run.stderr.contains("the task store is read-only to this process") && run.stderr.contains("writable"),
             "{args:?}: {}",
@@ -342,7 +342,7 @@ fn a_read_only_data_directory_is_refused_by_name_and_loses_nothing() {
         );
     }
     let serve = restricted(&m, &["serve"], read_only);
-    assert_eq!(serve.code, 2, "{serve:?}");
+    assert_eq!(serve.code, 1, "{serve:?}");
     assert!(
         serve.stderr.contains("cannot use the data directory") && serve.stderr.contains("ermission denied"),
         "{}",
@@ -387,7 +387,7 @@ fn a_full_disk_refuses_new_work_by_name_and_keeps_everything_accepted() {
         }
         accepted.push(run.stdout.trim().to_string());
     };
-    assert_eq!(refused.code, 2, "{refused:?}");
+    assert_eq!(refused.code, 1, "{refused:?}");
     for words in [
         "the task store could not be written",
         "everything accepted before it is kept",
@@ -486,7 +486,7 @@ fn a_foreign_database_file_is_refused_and_left_alone() {
     .unwrap();
     let before = std::fs::read(&db).unwrap();
     let run = wh(&m, &["list"]);
-    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("is not a workhost database"), "{}", run.stderr);
     assert_eq!(std::fs::read(&db).unwrap(), before, "nothing was reset");
 }
@@ -508,7 +508,7 @@ fn a_store_of_a_newer_schema_version_is_refused_and_left_alone() {
         .pragma_update(None, "user_version", 99)
         .unwrap();
     let run = wh(&m, &["list"]);
-    assert_eq!(run.code, 2, "{run:?}");
+    assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("schema version 99"), "{}", run.stderr);
     let version: i64 = rusqlite::Connection::open(&db)
         .unwrap()
@@ -533,7 +533,7 @@ fn a_damaged_database_is_refused_by_name_and_left_alone() {
     std::fs::write(&db, &bytes).unwrap();
     for args in [&["list"][..], &["enqueue", "echo", "--task", "b"]] {
         let run = wh(&m, args);
-        assert_eq!(run.code, 2, "{run:?}");
+        assert_eq!(run.code, 1, "{run:?}");
         assert!(
             run.stderr.contains("is damaged") && run.stderr.contains("restore it from a backup"),
             "{}",

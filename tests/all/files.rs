@@ -263,3 +263,47 @@ fn the_manifest_and_exec_set_the_quota() {
     let quota = run.json()["output"]["quota"].as_str().unwrap().to_string();
     assert!(quota.starts_with("denied: I/O error"), "{quota}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_of_a_handler_share_one_quota_for_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let grants = Arc::new(Grants {
+        data_dir: Some(dir.path().to_path_buf()),
+        data_quota_bytes: 1 << 20,
+        ..Grants::default()
+    });
+    let handler = executor().load_file(guests::HOSTILE.as_ref()).unwrap();
+    // Each run writes first (so each measures a nearly empty directory),
+    // then, while the other is still going, 600 KiB: together past 1 MiB.
+    let run = |name: &str| {
+        let mut r = RunRequest::new("fill");
+        r.grants = grants.clone();
+        r.input = Data::new()
+            .with("mode", "fill")
+            .with("name", name)
+            .with("bytes", 600i64 << 10)
+            .with("wait_ms", 500i64);
+        handler.run(r)
+    };
+    let (a, b) = tokio::join!(run("a"), run("b"));
+    let outputs: Vec<Data> = [a, b]
+        .into_iter()
+        .map(|o| {
+            o.output()
+                .cloned()
+                .unwrap_or_else(|| panic!("fill succeeds: {:?}", o.result))
+        })
+        .collect();
+    let wrote = outputs.iter().filter(|o| o.get("wrote").is_some()).count();
+    let refused = outputs.iter().filter(|o| o.get("refused").is_some()).count();
+    assert_eq!(
+        (wrote, refused),
+        (1, 1),
+        "one fill fits, the other is refused: {outputs:?}"
+    );
+    let held: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(held <= 1 << 20, "the directory holds {held} bytes, past its quota");
+}

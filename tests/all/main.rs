@@ -5,6 +5,7 @@ mod cli_store;
 mod clock;
 mod config;
 mod device;
+mod edge;
 mod examples;
 mod exec_cli;
 mod files;

@@ -73,13 +73,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let printer = args.debug.then(|| {
         let mut events = host.queue().subscribe();
         tokio::spawn(async move {
-            while let Ok(e) = events.recv().await {
-                let detail = if e.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", e.detail)
-                };
-                out!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        let detail = if e.detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", e.detail)
+                        };
+                        out!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
+                    }
+                    // A burst outran the printer: say so and go on with
+                    // the newest events (never stop printing).
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        out!("workhost: {n} state changes skipped (too many at once to print)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
             }
         })
     });
