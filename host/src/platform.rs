@@ -67,6 +67,7 @@ impl RunState {
         kv: Kv,
         progress: Option<ProgressSink>,
         grants: Arc<crate::grants::Grants>,
+        resolver: Arc<dyn crate::outbound::Resolver>,
     ) -> Self {
         RunState {
             wasi: wasi_context(&log, &grants),
@@ -74,7 +75,7 @@ impl RunState {
                 .data_dir
                 .as_deref()
                 .map(|dir| Arc::new(DataQuota::measure(dir, grants.data_quota_bytes, Some(log.clone())))),
-            http_gate: crate::grants::HttpGate::new(grants.clone(), log.clone()),
+            http_gate: crate::grants::HttpGate::new(grants.clone(), resolver, log.clone()),
             redactor: log.redactor(),
             grants,
             table: ResourceTable::new(),
