@@ -213,6 +213,9 @@ pub struct RunRequest {
     /// What the handler may touch: outbound HTTP, a data directory,
     /// configuration values and secrets.
     pub grants: Arc<crate::grants::Grants>,
+    /// Resolves the host names of outbound HTTP requests, once per request
+    /// (default: [`SystemResolver`](crate::SystemResolver)).
+    pub resolver: Arc<dyn crate::outbound::Resolver>,
 }
 
 impl RunRequest {
@@ -235,6 +238,7 @@ impl RunRequest {
             progress: None,
             stop: StopHandle::new(),
             grants: Arc::default(),
+            resolver: Arc::new(crate::outbound::SystemResolver),
         }
     }
 }
@@ -256,6 +260,7 @@ impl Handler {
             progress,
             stop,
             grants,
+            resolver,
         } = request;
         let started = Instant::now();
         let deadline = started + budget.timeout;
@@ -272,6 +277,7 @@ impl Handler {
             kv,
             progress,
             grants,
+            resolver,
         );
         let mut store = wasmtime::Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);

@@ -119,10 +119,43 @@ impl Clock for ManualClock {
     }
 }
 
+/// The pattern every handler name matches: lowercase ASCII letters, digits,
+/// `-` and `_`, starting with a letter or digit, 1 to 64 bytes. A name is a
+/// single path component (a handler's data directory is
+/// `<data_dir>/handlers/<name>`), so it can never be `.`, `..`, hidden,
+/// absolute or contain a separator.
+pub const HANDLER_NAME_PATTERN: &str = "[a-z0-9][a-z0-9_-]{0,63}";
+
+/// Longest handler name, in bytes.
+pub const MAX_HANDLER_NAME_BYTES: usize = 64;
+
+/// A handler name that does not match [`HANDLER_NAME_PATTERN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "handler name {0:?} is not allowed; a handler name matches {HANDLER_NAME_PATTERN} (lowercase letters, digits, `-` and `_`, starting with a letter or digit, at most 64 bytes), for example \"fetch-feed\""
+)]
+pub struct HandlerNameError(pub String);
+
+/// Checks that `name` matches [`HANDLER_NAME_PATTERN`]. The manifest and
+/// [`Host::start`] call it for every handler.
+pub fn check_handler_name(name: &str) -> Result<(), HandlerNameError> {
+    let body = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    match name.as_bytes() {
+        [first, rest @ ..]
+            if (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && name.len() <= MAX_HANDLER_NAME_BYTES
+                && rest.iter().all(|b| body(*b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(HandlerNameError(name.to_string())),
+    }
+}
+
 /// One handler of a host.
 #[derive(Debug, Clone)]
 pub struct HandlerConfig {
-    /// The name work requests use.
+    /// The name work requests use; it matches [`HANDLER_NAME_PATTERN`].
     pub name: String,
     /// The component file.
     pub component: PathBuf,
@@ -247,6 +280,9 @@ pub enum HostError {
         /// Why.
         source: LoadError,
     },
+    /// A handler's name does not match [`HANDLER_NAME_PATTERN`].
+    #[error(transparent)]
+    HandlerName(#[from] HandlerNameError),
     /// Another process already runs a host on this data directory.
     #[error("another `workhost serve` is already running on {0:?}; stop it first, or use another data directory")]
     AlreadyServing(PathBuf),
@@ -576,6 +612,9 @@ impl Host {
     /// handler, re-enqueues work a dead host left running, and starts
     /// dispatching.
     pub async fn start_with_clock(config: HostConfig, clock: Arc<dyn Clock>) -> Result<Host, HostError> {
+        for h in &config.handlers {
+            check_handler_name(&h.name)?;
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::DataDir {
             path: config.data_dir.clone(),
             detail: e.to_string(),
@@ -1146,6 +1185,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
                 progress: progress.as_ref().map(|p| p.sink()),
                 stop,
                 grants: loaded.config.grants.clone(),
+                resolver: Arc::new(crate::outbound::SystemResolver),
             };
             loaded.handler.run(request).await
         }

@@ -20,7 +20,8 @@
 //! - [`decide`]: the retry policy, from a run's result to the next state.
 //! - [`TaskStore`], [`SqliteStore`]: the durable store (docs/store.md).
 //! - [`Constraints`], [`DeviceState`], [`DeviceOverrides`]: when work may run.
-//! - [`Grants`], [`AllowedOrigin`]: what a handler may touch.
+//! - [`Grants`], [`AllowedOrigin`]: what a handler may touch; [`Resolver`]:
+//!   how outbound HTTP names become the addresses checked and connected to.
 //!
 //! The executor:
 //!
@@ -61,6 +62,7 @@ mod grants;
 mod host;
 mod kv;
 mod manifest;
+mod outbound;
 mod outcome;
 mod platform;
 mod progress;
@@ -79,17 +81,19 @@ pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
 pub use device::{
     Constraints, DeviceOverrides, DeviceState, LinuxPaths, NetworkState, NetworkType, Readings, Thresholds,
 };
-pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
+pub use engine::{CacheStatus, DEFAULT_CACHE_MAX_BYTES, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
 pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, ManualClock, Queue,
-    SteadyReading, SystemClock, TaskEvent, TestDriver,
+    CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
+    HostError, MAX_HANDLER_NAME_BYTES, ManualClock, Queue, SteadyReading, SystemClock, TaskEvent, TestDriver,
+    check_handler_name,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, load_manifest, parse_manifest};
+pub use outbound::{ResolveFuture, Resolver, SystemResolver};
 pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
 pub use progress::PROGRESS_INTERVAL;

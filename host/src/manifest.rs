@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config_values::{ConfigValue, check_config};
-use crate::host::{HandlerConfig, HostConfig};
+use crate::host::{HandlerConfig, HostConfig, check_handler_name};
 use crate::units::{parse_duration, parse_size};
 
 /// The manifest could not be used.
@@ -49,6 +49,7 @@ pub enum ManifestError {
 struct File {
     data_dir: Option<String>,
     cache_dir: Option<String>,
+    cache_max_size: Option<String>,
     max_concurrency: Option<usize>,
     min_periodic_interval: Option<String>,
     min_flex: Option<String>,
@@ -167,6 +168,10 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
     if let Some(cache) = &file.cache_dir {
         config.engine.cache_dir = Some(base.join(cache));
     }
+    if let Some(size) = &file.cache_max_size {
+        config.engine.cache_max_bytes =
+            parse_size(size).map_err(|e| invalid("cache_max_size".into(), e.to_string()))?;
+    }
     if let Some(n) = file.max_concurrency {
         if n == 0 {
             return Err(invalid("max_concurrency".into(), "must be at least 1".into()));
@@ -215,6 +220,7 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         }
     }
     for (name, h) in file.handlers {
+        check_handler_name(&name).map_err(|e| invalid("handlers".into(), format!("{e}; rename the table")))?;
         let key = |k: &str| format!("handlers.{name}.{k}");
         let component = base.join(&h.component);
         if !component.is_file() {

@@ -59,6 +59,9 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
+    // Each argument is one part of a run's state; only `Handler::run`
+    // builds a `RunState`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         limiter: RunLimiter,
         log: SharedLog,
@@ -67,6 +70,7 @@ impl RunState {
         kv: Kv,
         progress: Option<ProgressSink>,
         grants: Arc<crate::grants::Grants>,
+        resolver: Arc<dyn crate::outbound::Resolver>,
     ) -> Self {
         RunState {
             wasi: wasi_context(&log, &grants),
@@ -74,7 +78,7 @@ impl RunState {
                 .data_dir
                 .as_deref()
                 .map(|dir| Arc::new(DataQuota::new(dir, grants.data_quota_bytes, Some(log.clone())))),
-            http_gate: crate::grants::HttpGate::new(grants.clone(), log.clone()),
+            http_gate: crate::grants::HttpGate::new(grants.clone(), resolver, log.clone()),
             redactor: log.redactor(),
             grants,
             table: ResourceTable::new(),

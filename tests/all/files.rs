@@ -67,6 +67,74 @@ fn the_manifest_grants_each_handler_its_own_directory_under_the_data_dir() {
     assert_eq!(grants("g"), None);
 }
 
+/// Names that would leave `handlers/`, or that are not one plain path
+/// component, with the names the examples and benches use beside them.
+const BAD_NAMES: &[&str] = &[
+    "..",
+    ".",
+    "../escape",
+    "a/b",
+    "/abs",
+    ".hidden",
+    "-dash",
+    "Upper",
+    "a b",
+    "é",
+    "",
+    "x\\y",
+    "a.b",
+];
+
+#[test]
+fn handler_names_follow_one_pattern() {
+    let long = "a".repeat(64);
+    for good in ["echo", "echo-py", "fetch_feed", "0", "9lives", long.as_str()] {
+        assert_eq!(workhost::check_handler_name(good), Ok(()), "{good:?}");
+    }
+    for bad in BAD_NAMES.iter().copied().chain([format!("{long}a").as_str()]) {
+        let error = workhost::check_handler_name(bad).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{bad:?}")) && error.contains(workhost::HANDLER_NAME_PATTERN),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_handler_name_that_could_leave_handlers_is_refused_by_the_manifest_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in BAD_NAMES {
+        let text = format!(
+            "data_dir = \"store\"\n[handlers.{bad:?}]\ncomponent = {:?}\ndata_dir = true\n",
+            guests::FILES
+        );
+        let path = dir.path().join("workhost.toml");
+        std::fs::write(&path, &text).unwrap();
+        let error = workhost::load_manifest(&path, None).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("handler name {bad:?}")) && error.contains(workhost::HANDLER_NAME_PATTERN),
+            "{bad:?}: {error}"
+        );
+        let cache = dir.path().join("cache");
+        let run = workhost_tests::workhost(&["list", "--config", path.to_str().unwrap()], &cache);
+        assert_eq!(run.code, 2, "{bad:?}: {run:?}");
+        assert!(run.stderr.contains("is not allowed"), "{bad:?}: {}", run.stderr);
+    }
+    assert!(!dir.path().join("store/escape").exists());
+}
+
+#[tokio::test]
+async fn a_host_refuses_a_handler_name_that_could_leave_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["..", "../escape", "a/b"] {
+        let mut config = workhost::HostConfig::new(dir.path().join("store"));
+        config.handlers.push(workhost::HandlerConfig::new(bad, guests::ECHO));
+        let error = workhost::Host::start(config).await.unwrap_err();
+        assert!(matches!(error, workhost::HostError::HandlerName(_)), "{bad:?}: {error}");
+        assert!(error.to_string().contains(&format!("{bad:?}")), "{error}");
+    }
+}
+
 #[test]
 fn exec_dir_grants_a_directory() {
     let dir = tempfile::tempdir().unwrap();
