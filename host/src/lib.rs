@@ -92,7 +92,7 @@ pub use host::{
     check_handler_name,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
-pub use manifest::{ManifestError, load_manifest, parse_manifest};
+pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};
 pub use outbound::{ResolveFuture, Resolver, SystemResolver};
 pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};

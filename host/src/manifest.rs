@@ -17,7 +17,7 @@ use crate::units::{parse_duration, parse_size};
 #[non_exhaustive]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("cannot read the manifest {path:?}: {source}; pass --config PATH or create workhost.toml")]
+    #[error("cannot read the manifest {path:?}: {source}; create it, or load another manifest")]
     Io {
         /// The file.
         path: PathBuf,
@@ -130,16 +130,49 @@ enum Fuel {
 /// Reads the manifest at `path` into a host configuration; `data_dir`
 /// overrides the manifest's `data_dir`.
 pub fn load_manifest(path: &Path, data_dir: Option<&Path>) -> Result<HostConfig, ManifestError> {
+    load_manifest_for(path, data_dir, ManifestUse::Serve)
+}
+
+/// What a manifest is loaded for, and so what it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestUse {
+    /// Running handlers: every component file must exist and every secret
+    /// read from the environment must be set.
+    Serve,
+    /// Working on the store only (`enqueue`, `list`, `inspect`, `status`,
+    /// `cancel`, `pause`, `resume`, `prune`): the handler names, the data
+    /// directory and the scheduling settings. A missing component file or
+    /// an unset secret variable does not stop it; secrets read from the
+    /// environment are left out of the result.
+    Store,
+}
+
+/// [`load_manifest`] for a use: see [`ManifestUse`].
+pub fn load_manifest_for(
+    path: &Path,
+    data_dir: Option<&Path>,
+    usage: ManifestUse,
+) -> Result<HostConfig, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_manifest(&text, path, data_dir)
+    parse_manifest_for(&text, path, data_dir, usage)
 }
 
 /// Parses manifest text; `path` locates relative paths and names the file
 /// in errors.
 pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Result<HostConfig, ManifestError> {
+    parse_manifest_for(text, path, data_dir, ManifestUse::Serve)
+}
+
+/// [`parse_manifest`] for a use: see [`ManifestUse`].
+pub fn parse_manifest_for(
+    text: &str,
+    path: &Path,
+    data_dir: Option<&Path>,
+    usage: ManifestUse,
+) -> Result<HostConfig, ManifestError> {
     let file: File = toml::from_str(text).map_err(|e| ManifestError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim().to_string(),
@@ -223,10 +256,10 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         check_handler_name(&name).map_err(|e| invalid("handlers".into(), format!("{e}; rename the table")))?;
         let key = |k: &str| format!("handlers.{name}.{k}");
         let component = base.join(&h.component);
-        if !component.is_file() {
+        if usage == ManifestUse::Serve && !component.is_file() {
             return Err(invalid(
                 key("component"),
-                format!("{component:?} is not a file; build it first (scripts/just guests builds the examples)"),
+                format!("{component:?} is not a file; build the component, or correct the path"),
             ));
         }
         let mut hc = HandlerConfig::new(name.clone(), component);
@@ -291,6 +324,8 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
             let at = key(&format!("secrets.{k}"));
             let value = match v {
                 SecretFile::Literal(v) => v,
+                // Store commands run no handler: the secret is not needed.
+                SecretFile::FromEnv(_) if usage == ManifestUse::Store => continue,
                 SecretFile::FromEnv(EnvRef { env }) => std::env::var(&env).map_err(|_| {
                     invalid(
                         at.clone(),

@@ -28,7 +28,7 @@ pub enum StoreError {
     /// The file exists but is not a workhost database (another program's
     /// SQLite file, or not SQLite at all). Nothing was changed.
     #[error(
-        "{path:?} is not a workhost database ({detail}); move it away or point --data-dir at another folder. Nothing was changed"
+        "{path:?} is not a workhost database ({detail}); move it away or use another data directory. Nothing was changed"
     )]
     Foreign {
         /// The database file.
@@ -58,7 +58,7 @@ pub enum StoreError {
     Full(String),
     /// The store's files or directory are read-only to this process.
     #[error(
-        "the task store is read-only to this process ({0}): make the data directory and the files in it writable for this user, or point --data-dir at another folder. Nothing was changed"
+        "the task store is read-only to this process ({0}): make the data directory and the files in it writable for this user, or use another data directory. Nothing was changed"
     )]
     ReadOnly(String),
     /// Another process held the store's write lock past the wait (10 s).

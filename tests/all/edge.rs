@@ -297,3 +297,37 @@ async fn a_run_with_no_instance_slot_free_is_stopped_host_busy_not_failed() {
         RunResult::Succeeded(_)
     ));
 }
+
+#[test]
+fn store_commands_need_only_the_data_directory_not_components_or_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("workhost.toml");
+    std::fs::write(
+        &m,
+        "data_dir = \"data\"\n\n[handlers.gone]\ncomponent = \"removed.wasm\"\n\n[handlers.gone.secrets]\ntoken = { env = \"WORKHOST_EDGE_UNSET_SECRET\" }\n",
+    )
+    .unwrap();
+    let id = wh(&m, &["enqueue", "gone", "--task", "t"]);
+    assert_eq!(id.code, 0, "{id:?}");
+    let id = id.stdout.trim().to_string();
+    for args in [
+        &["list"][..],
+        &["inspect", &id],
+        &["status"],
+        &["pause"],
+        &["resume"],
+        &["prune"],
+        &["cancel", &id],
+    ] {
+        let run = wh(&m, args);
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    }
+    // Running handlers needs them: serve names the missing component.
+    let serve = wh(&m, &["serve"]);
+    assert_eq!(serve.code, 2, "{serve:?}");
+    assert!(serve.stderr.contains("handlers.gone.component"), "{}", serve.stderr);
+    // A missing manifest: the library's words, then the flag.
+    let missing = wh(&dir.path().join("nowhere.toml"), &["list"]);
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("hint: `--config PATH`"), "{}", missing.stderr);
+}

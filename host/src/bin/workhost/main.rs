@@ -32,6 +32,22 @@ const EXIT_USAGE: u8 = 2;
 /// user's input.
 const EXIT_FAILURE: u8 = 1;
 
+/// The command-line flag that fixes an error the library reports in its own
+/// words (library errors name no flags).
+fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        if let Some(workhost::ManifestError::Io { .. }) = cause.downcast_ref::<workhost::ManifestError>() {
+            return Some("`--config PATH` names the manifest (default ./workhost.toml)");
+        }
+        match cause.downcast_ref::<workhost::StoreError>() {
+            Some(workhost::StoreError::Foreign { .. } | workhost::StoreError::ReadOnly(_)) => {
+                Some("`--data-dir DIR` uses another data directory")
+            }
+            _ => None,
+        }
+    })
+}
+
 /// The exit code of an error: [`EXIT_FAILURE`] when any cause is the store
 /// or the host's environment, [`EXIT_USAGE`] otherwise.
 fn exit_code_of(e: &anyhow::Error) -> u8 {
@@ -118,6 +134,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(hint) = flag_hint(&e) {
+                eprintln!("hint: {hint}");
+            }
             ExitCode::from(exit_code_of(&e))
         }
     }

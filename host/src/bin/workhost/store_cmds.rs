@@ -29,8 +29,18 @@ impl StoreArgs {
         Ok(workhost::load_manifest(&self.config, self.data_dir.as_deref())?)
     }
 
+    /// The manifest as the commands that only work on the store need it: a
+    /// missing component file or an unset secret variable does not stop them.
+    fn store_config(&self) -> anyhow::Result<HostConfig> {
+        Ok(workhost::load_manifest_for(
+            &self.config,
+            self.data_dir.as_deref(),
+            workhost::ManifestUse::Store,
+        )?)
+    }
+
     fn queue(&self) -> anyhow::Result<Queue> {
-        let c = self.host_config()?;
+        let c = self.store_config()?;
         let names = c.handlers.iter().map(|h| h.name.clone()).collect();
         Ok(Queue::open(&c.data_dir, names, c.periodic_floor, c.retention)?)
     }
@@ -503,7 +513,7 @@ pub struct StatusArgs {
 /// overrides), whether the store is paused, and which enqueued tasks wait
 /// on which constraint.
 pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = a.store.host_config()?;
+    let config = a.store.store_config()?;
     let queue = a.store.queue()?;
     let device = config.device.clone();
     let dir = config.data_dir.clone();
