@@ -210,6 +210,24 @@ pub struct HostConfig {
     pub engine: EngineConfig,
     /// Where the device state for constraints comes from.
     pub device: DeviceConfig,
+    /// Most bytes of linear memory the runs going at once may be granted
+    /// together (default: half the machine's physical memory,
+    /// [`default_memory_budget`]). Work that does not fit waits for memory:
+    /// handlers that all allocate their limit cannot get the host killed by
+    /// the kernel.
+    pub memory_budget: u64,
+}
+
+/// Half the machine's physical memory (Linux `/proc/meminfo`), or 4 GiB
+/// where it cannot be read: the default [`HostConfig::memory_budget`].
+pub fn default_memory_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib.saturating_mul(1024))
+    });
+    total.map_or(4 << 30, |t| t / 2)
 }
 
 /// Where a host's device state comes from.
@@ -239,8 +257,8 @@ impl Default for DeviceConfig {
 
 impl HostConfig {
     /// Defaults: 16 runs at once, WorkManager's periodic floors, 1 day of
-    /// retention, a 10 s shutdown grace, a 25 ms poll, and the compile cache
-    /// in `<data_dir>/cache`.
+    /// retention, a 10 s shutdown grace, a 25 ms poll, the compile cache
+    /// in `<data_dir>/cache`, and half the physical memory for runs.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         HostConfig {
@@ -256,6 +274,7 @@ impl HostConfig {
             shutdown_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(25),
             device: DeviceConfig::default(),
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -286,6 +305,19 @@ pub enum HostError {
     /// Another process already runs a host on this data directory.
     #[error("another `workhost serve` is already running on {0:?}; stop it first, or use another data directory")]
     AlreadyServing(PathBuf),
+    /// A handler's memory limit is more than the host's whole memory
+    /// budget: none of its runs could ever start.
+    #[error(
+        "handler {name:?} may use {limit} bytes of memory per run, more than the host's memory budget of {budget} bytes; lower its max_memory or raise memory_budget"
+    )]
+    MemoryBudget {
+        /// The handler.
+        name: String,
+        /// Its memory limit.
+        limit: u64,
+        /// The host's memory budget.
+        budget: u64,
+    },
 }
 
 /// What happened to a task, as observers see it.
@@ -523,6 +555,27 @@ struct Running {
     handler: String,
     stop: StopHandle,
     constraints: Constraints,
+    /// The memory limit of the run, reserved from the host's budget.
+    memory: u64,
+}
+
+/// A run's place in `Inner::running`: given back when dropped, so a run
+/// whose task panics still frees its slot and its memory.
+struct Slot {
+    inner: Arc<Inner>,
+    id: TaskId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        // A freed slot may let waiting work start.
+        self.inner.queue.wake.notify_one();
+    }
 }
 
 /// Reads the device state a host starts from.
@@ -539,8 +592,27 @@ struct LoadedHandler {
     config: HandlerConfig,
 }
 
+impl LoadedHandler {
+    /// The largest memory limit a run of this handler may have.
+    fn memory_limit(&self) -> u64 {
+        self.config.memory_limit()
+    }
+}
+
+impl HandlerConfig {
+    /// The largest memory limit a run of this handler may have, whatever
+    /// its kind: what the host reserves of its memory budget per run.
+    pub fn memory_limit(&self) -> u64 {
+        self.budget
+            .max_memory_bytes
+            .max(self.processing_budget.max_memory_bytes)
+    }
+}
+
 struct Inner {
     queue: Queue,
+    /// See [`HostConfig::memory_budget`].
+    memory_budget: u64,
     handlers: HashMap<String, LoadedHandler>,
     max_concurrency: usize,
     poll: Duration,
@@ -614,6 +686,13 @@ impl Host {
     pub async fn start_with_clock(config: HostConfig, clock: Arc<dyn Clock>) -> Result<Host, HostError> {
         for h in &config.handlers {
             check_handler_name(&h.name)?;
+            if h.memory_limit() > config.memory_budget {
+                return Err(HostError::MemoryBudget {
+                    name: h.name.clone(),
+                    limit: h.memory_limit(),
+                    budget: config.memory_budget,
+                });
+            }
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::DataDir {
             path: config.data_dir.clone(),
@@ -679,6 +758,7 @@ impl Host {
             queue,
             handlers,
             max_concurrency: config.max_concurrency.max(1),
+            memory_budget: config.memory_budget,
             poll: config.poll_interval,
             running: Mutex::new(HashMap::new()),
             claim_epoch: AtomicU64::new(0),
@@ -889,6 +969,10 @@ impl Inner {
         }
     }
 
+    /// Runs that may start now: over all handlers, and per handler. Memory
+    /// counts too: no more runs start than fit in what is left of the
+    /// memory budget at the largest memory limit among the handlers with a
+    /// free slot.
     fn free_slots(&self) -> (usize, HashMap<String, usize>) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut per: HashMap<String, usize> = self
@@ -896,12 +980,23 @@ impl Inner {
             .iter()
             .map(|(n, h)| (n.clone(), h.config.concurrency))
             .collect();
+        let mut reserved = 0u64;
         for r in running.values() {
+            reserved = reserved.saturating_add(r.memory);
             if let Some(n) = per.get_mut(&r.handler) {
                 *n = n.saturating_sub(1);
             }
         }
-        (self.max_concurrency.saturating_sub(running.len()), per)
+        let largest = per
+            .iter()
+            .filter(|(_, free)| **free > 0)
+            .filter_map(|(n, _)| self.handlers.get(n))
+            .map(|h| h.memory_limit())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let fit = usize::try_from(self.memory_budget.saturating_sub(reserved) / largest).unwrap_or(usize::MAX);
+        (self.max_concurrency.saturating_sub(running.len()).min(fit), per)
     }
 
     /// Whether nothing runs and nothing is due now whose constraints hold
@@ -1014,10 +1109,22 @@ async fn dispatch(inner: Arc<Inner>) {
         }
         for c in claimed.unwrap_or_default() {
             let stop = StopHandle::new();
+            let memory = inner.handlers.get(&c.info.handler).map_or(0, |h| {
+                let kind = if c.info.kind == TaskKind::Processing {
+                    &h.config.processing_budget
+                } else {
+                    &h.config.budget
+                };
+                c.info
+                    .budget
+                    .max_memory_bytes
+                    .map_or(kind.max_memory_bytes, |m| m.min(kind.max_memory_bytes))
+            });
             let running = Running {
                 handler: c.info.handler.clone(),
                 stop: stop.clone(),
                 constraints: c.info.constraints,
+                memory,
             };
             {
                 // The claim used a snapshot of the device state; if it changed
@@ -1134,6 +1241,10 @@ async fn notice_foreign_cancels(inner: &Arc<Inner>) {
 }
 
 async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
+    let _slot = Slot {
+        inner: inner.clone(),
+        id: claimed.info.id,
+    };
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;

@@ -89,7 +89,7 @@ pub use grants::{
 pub use host::{
     CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
     HostError, MAX_HANDLER_NAME_BYTES, ManualClock, Queue, SteadyReading, SystemClock, TaskEvent, TestDriver,
-    check_handler_name,
+    check_handler_name, default_memory_budget,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};

@@ -51,6 +51,7 @@ struct File {
     cache_dir: Option<String>,
     cache_max_size: Option<String>,
     max_concurrency: Option<usize>,
+    memory_budget: Option<String>,
     min_periodic_interval: Option<String>,
     min_flex: Option<String>,
     retention: Option<String>,
@@ -204,6 +205,12 @@ pub fn parse_manifest_for(
     if let Some(size) = &file.cache_max_size {
         config.engine.cache_max_bytes =
             parse_size(size).map_err(|e| invalid("cache_max_size".into(), e.to_string()))?;
+    }
+    if let Some(b) = &file.memory_budget {
+        config.memory_budget = parse_size(b).map_err(|e| invalid("memory_budget".into(), e.to_string()))?;
+        if config.memory_budget == 0 {
+            return Err(invalid("memory_budget".into(), "must be more than 0".into()));
+        }
     }
     if let Some(n) = file.max_concurrency {
         if n == 0 {

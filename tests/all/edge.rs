@@ -331,3 +331,84 @@ fn store_commands_need_only_the_data_directory_not_components_or_secrets() {
     assert_eq!(missing.code, 2, "{missing:?}");
     assert!(missing.stderr.contains("hint: `--config PATH`"), "{}", missing.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_at_once_never_reserve_more_than_the_memory_budget_and_the_rest_wait() {
+    use std::time::{Duration, Instant};
+    use workhost::{HandlerConfig, Host, HostConfig, HostError, Selector, TaskState, WorkRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.engine.cache_dir = Some(root().join("target/test-compile-cache"));
+    let mut spin = HandlerConfig::new("spin", guests::SPIN);
+    spin.fuel = false;
+    spin.concurrency = 4;
+    spin.budget.timeout = Duration::from_secs(60);
+    spin.budget.max_memory_bytes = 64 << 20;
+    spin.processing_budget.max_memory_bytes = 64 << 20;
+    config.handlers.push(spin);
+
+    // A handler that could never fit is refused when the host starts.
+    let mut too_big = config.clone();
+    too_big.memory_budget = 32 << 20;
+    match Host::start(too_big).await {
+        Err(e @ HostError::MemoryBudget { .. }) => assert!(e.to_string().contains("\"spin\""), "{e}"),
+        other => panic!("expected a memory budget error, got {:?}", other.map(|_| ())),
+    }
+
+    // Room for two runs of 64 MiB: of four spinning tasks, two run and two wait.
+    config.memory_budget = 128 << 20;
+    let host = Host::start(config).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(
+            host.queue()
+                .enqueue(WorkRequest::one_off("spin", format!("s{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while host.running().len() < 2 {
+        assert!(Instant::now() < deadline, "two runs never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Several polls later, still two: the others wait for memory.
+    for _ in 0..20 {
+        assert!(
+            host.running().len() <= 2,
+            "{} runs of 64 MiB under a 128 MiB budget",
+            host.running().len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut waiting = 0;
+    for id in &ids {
+        if host.queue().get(*id).await.unwrap().unwrap().state == TaskState::Enqueued {
+            waiting += 1;
+        }
+    }
+    assert_eq!(waiting, 2, "two tasks wait for memory");
+    // A run that ends frees its memory: a waiting task starts.
+    let first = host.running()[0];
+    host.cancel(Selector::Id(first)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut enqueued = 0;
+        for id in &ids {
+            if host.queue().get(*id).await.unwrap().unwrap().state == TaskState::Enqueued {
+                enqueued += 1;
+            }
+        }
+        if enqueued == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no waiting task started after memory was freed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    host.cancel(Selector::All).await.unwrap();
+    host.shutdown().await;
+}
