@@ -611,6 +611,8 @@ impl HandlerConfig {
 
 struct Inner {
     queue: Queue,
+    /// Every run task of the host: shutdown waits on it instead of polling.
+    runs: tokio_util::task::TaskTracker,
     /// See [`HostConfig::memory_budget`].
     memory_budget: u64,
     handlers: HashMap<String, LoadedHandler>,
@@ -759,6 +761,7 @@ impl Host {
             handlers,
             max_concurrency: config.max_concurrency.max(1),
             memory_budget: config.memory_budget,
+            runs: tokio_util::task::TaskTracker::new(),
             poll: config.poll_interval,
             running: Mutex::new(HashMap::new()),
             claim_epoch: AtomicU64::new(0),
@@ -855,10 +858,12 @@ impl Host {
         // a shutdown that early would then wait on it forever.
         self.inner.shutting_down.send_replace(true);
         self.inner.queue.wake.notify_one();
-        let deadline = tokio::time::Instant::now() + self.grace;
-        while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Running work gets the grace period to end on its own. The
+        // tracker's `wait` ends once it is closed and every run has ended;
+        // the dispatcher, which alone starts runs, starts none after seeing
+        // the flag, and a run it was starting is stopped below.
+        self.inner.runs.close();
+        let _ = tokio::time::timeout(self.grace, self.inner.runs.wait()).await;
         let ids = self.running();
         self.inner.stop_running(&ids, StopReason::HostShutdown);
         if let Some(dispatcher) = self.dispatcher.take() {
@@ -1055,7 +1060,7 @@ impl Drop for Claiming<'_> {
 /// notices other processes' cancels and pauses by polling the store.
 async fn dispatch(inner: Arc<Inner>) {
     let mut shutting_down = inner.shutting_down.subscribe();
-    let mut runs = tokio::task::JoinSet::new();
+    let runs = inner.runs.clone();
     let mut last_change = u64::MAX;
     let mut last_seen: Option<TaskId> = None;
     let mut claims_refused = Refusals::default();
@@ -1148,15 +1153,15 @@ async fn dispatch(inner: Arc<Inner>) {
             last_change = counter;
             notice_foreign_cancels(&inner).await;
         }
-        while runs.try_join_next().is_some() {}
+        // A run that ends wakes the dispatcher through its `Slot`.
         tokio::select! {
             () = inner.queue.wake.notified() => {}
             () = tokio::time::sleep(inner.poll) => {}
             _ = shutting_down.changed() => {}
-            Some(_) = runs.join_next(), if !runs.is_empty() => {}
         }
     }
-    while runs.join_next().await.is_some() {}
+    runs.close();
+    runs.wait().await;
 }
 
 /// Reports tasks another process enqueued since `last_seen`; the first call
