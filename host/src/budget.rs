@@ -18,26 +18,11 @@ pub enum TaskKind {
     Processing,
 }
 
-impl TaskKind {
-    /// `one-off`, `periodic` or `processing`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::OneOff => "one-off",
-            TaskKind::Periodic => "periodic",
-            TaskKind::Processing => "processing",
-        }
-    }
-
-    /// Reads `one-off`, `periodic` or `processing`.
-    pub fn parse(text: &str) -> Option<TaskKind> {
-        match text {
-            "one-off" => Some(TaskKind::OneOff),
-            "periodic" => Some(TaskKind::Periodic),
-            "processing" => Some(TaskKind::Processing),
-            _ => None,
-        }
-    }
-}
+crate::names::named_enum!(TaskKind {
+    OneOff => "one-off",
+    Periodic => "periodic",
+    Processing => "processing",
+});
 
 /// The limits of one run. Defaults come from [`Budget::for_kind`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,6 +62,7 @@ mod grants;
 mod host;
 mod kv;
 mod manifest;
+mod names;
 mod outbound;
 mod outcome;
 mod platform;

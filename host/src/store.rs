@@ -756,10 +756,7 @@ fn kind_str(kind: TaskKind) -> &'static str {
 }
 
 fn backoff_str(b: BackoffPolicy) -> &'static str {
-    match b {
-        BackoffPolicy::Exponential => "exponential",
-        BackoffPolicy::Linear => "linear",
-    }
+    b.as_str()
 }
 
 const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, output, progress, attempts, max_attempts, \

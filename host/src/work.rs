@@ -68,33 +68,16 @@ pub enum TaskState {
     Cancelled,
 }
 
+crate::names::named_enum!(TaskState {
+    Enqueued => "enqueued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Blocked => "blocked",
+    Cancelled => "cancelled",
+});
+
 impl TaskState {
-    /// The lowercase name used in JSON, SQL and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Enqueued => "enqueued",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Blocked => "blocked",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Reads a lowercase state name.
-    pub fn parse(text: &str) -> Option<TaskState> {
-        [
-            TaskState::Enqueued,
-            TaskState::Running,
-            TaskState::Succeeded,
-            TaskState::Failed,
-            TaskState::Blocked,
-            TaskState::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-
     /// Whether the task can never run again.
     pub fn is_finished(self) -> bool {
         matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
@@ -132,21 +115,16 @@ pub enum ExistingWorkPolicy {
     CancelAndReenqueue,
 }
 
-impl ExistingWorkPolicy {
-    /// Reads `keep`, `replace`, `append`, `append-or-replace`, `update` or
-    /// `cancel-and-reenqueue`.
-    pub fn parse(text: &str) -> Option<ExistingWorkPolicy> {
-        Some(match text {
-            "keep" => ExistingWorkPolicy::Keep,
-            "replace" => ExistingWorkPolicy::Replace,
-            "append" => ExistingWorkPolicy::Append,
-            "append-or-replace" => ExistingWorkPolicy::AppendOrReplace,
-            "update" => ExistingWorkPolicy::Update,
-            "cancel-and-reenqueue" => ExistingWorkPolicy::CancelAndReenqueue,
-            _ => return None,
-        })
-    }
+crate::names::named_enum!(ExistingWorkPolicy {
+    Keep => "keep",
+    Replace => "replace",
+    Append => "append",
+    AppendOrReplace => "append-or-replace",
+    Update => "update",
+    CancelAndReenqueue => "cancel-and-reenqueue",
+});
 
+impl ExistingWorkPolicy {
     fn fits(self, periodic: bool) -> bool {
         use ExistingWorkPolicy::*;
         if periodic {
@@ -166,6 +144,11 @@ pub enum BackoffPolicy {
     /// `delay × attempt`.
     Linear,
 }
+
+crate::names::named_enum!(BackoffPolicy {
+    Exponential => "exponential",
+    Linear => "linear",
+});
 
 /// Shortest backoff delay (WorkManager's MIN_BACKOFF_MILLIS).
 pub const MIN_BACKOFF: Duration = Duration::from_secs(10);

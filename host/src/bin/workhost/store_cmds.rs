@@ -141,7 +141,7 @@ pub struct EnqueueArgs {
     /// What to do when the unique name is taken (default keep for one-off
     /// work, update for periodic work).
     #[arg(long, value_name = "POLICY", requires = "unique",
-          value_parser = ["keep", "replace", "append", "append-or-replace", "update", "cancel-and-reenqueue"])]
+          value_parser = clap::builder::PossibleValuesParser::new(ExistingWorkPolicy::NAMES))]
     policy: Option<String>,
     /// A tag. Repeatable.
     #[arg(long = "tag", value_name = "T")]
@@ -162,7 +162,7 @@ pub struct EnqueueArgs {
     #[arg(long = "after", value_name = "ID")]
     after: Vec<i64>,
     /// Backoff policy.
-    #[arg(long, value_name = "POLICY", value_parser = ["exponential", "linear"])]
+    #[arg(long, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(BackoffPolicy::NAMES))]
     backoff: Option<String>,
     /// Backoff delay (clamped to 10s..5h).
     #[arg(long = "backoff-delay", value_name = "DUR")]
@@ -172,7 +172,7 @@ pub struct EnqueueArgs {
     max_attempts: Option<u32>,
     /// Run only with this network.
     #[arg(long = "requires-network", value_name = "TYPE",
-          value_parser = ["not-required", "connected", "unmetered", "not-roaming", "metered", "temporarily-unmetered"])]
+          value_parser = clap::builder::PossibleValuesParser::new(workhost::NetworkType::NAMES))]
     requires_network: Option<String>,
     /// Run only while charging.
     #[arg(long = "requires-charging")]
@@ -222,11 +222,7 @@ pub async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
     }
     r.after = a.after.clone();
     if let Some(b) = &a.backoff {
-        r.backoff = if b == "linear" {
-            BackoffPolicy::Linear
-        } else {
-            BackoffPolicy::Exponential
-        };
+        r.backoff = BackoffPolicy::parse(b).expect("clap checked the policy");
     }
     if let Some(d) = &a.backoff_delay {
         r.backoff_delay = parse_duration(d).context("--backoff-delay")?;
@@ -267,7 +263,7 @@ pub struct ListArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Only tasks in this state.
-    #[arg(long, value_name = "S", value_parser = ["enqueued", "running", "succeeded", "failed", "blocked", "cancelled"])]
+    #[arg(long, value_name = "S", value_parser = clap::builder::PossibleValuesParser::new(TaskState::NAMES))]
     state: Option<String>,
     /// Only tasks with this tag.
     #[arg(long, value_name = "T")]
