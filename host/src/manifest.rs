@@ -187,13 +187,37 @@ pub fn parse_manifest_for(
         key,
         message,
     };
-    let duration = |key: &str, value: &Option<String>| -> Result<Option<Duration>, ManifestError> {
-        value
+    // Every duration of the manifest has an upper bound (see README,
+    // "Budgets and defaults"), checked here so nothing inside wraps.
+    let duration = |key: &str, value: &Option<String>, max: Duration| -> Result<Option<Duration>, ManifestError> {
+        let d = value
             .as_deref()
             .map(parse_duration)
             .transpose()
-            .map_err(|e| invalid(key.to_string(), e.to_string()))
+            .map_err(|e| invalid(key.to_string(), e.to_string()))?;
+        match d {
+            Some(d) if d > max => Err(invalid(
+                key.to_string(),
+                format!(
+                    "{} is longer than the limit of {}",
+                    crate::units::format_duration(d),
+                    crate::units::format_duration(max)
+                ),
+            )),
+            d => Ok(d),
+        }
     };
+    let count = |key: &str, n: u64, max: u64| -> Result<(), ManifestError> {
+        if n > max {
+            Err(invalid(key.to_string(), format!("{n} is over the limit of {max}")))
+        } else {
+            Ok(())
+        }
+    };
+    use crate::work::limits::{MAX_DURATION, MAX_FUEL, MAX_MEMORY_BYTES, MAX_TIMEOUT};
+    const HOUR: Duration = Duration::from_secs(3600);
+    /// Most runs at once, of a host or of one handler.
+    const MAX_RUNS: u64 = 10_000;
     let data_dir = match data_dir {
         Some(d) => d.to_path_buf(),
         None => base.join(file.data_dir.as_deref().unwrap_or("workhost-data")),
@@ -216,18 +240,19 @@ pub fn parse_manifest_for(
         if n == 0 {
             return Err(invalid("max_concurrency".into(), "must be at least 1".into()));
         }
+        count("max_concurrency", n as u64, MAX_RUNS)?;
         config.max_concurrency = n;
     }
-    if let Some(d) = duration("min_periodic_interval", &file.min_periodic_interval)? {
+    if let Some(d) = duration("min_periodic_interval", &file.min_periodic_interval, MAX_DURATION)? {
         config.periodic_floor.min_frequency = d;
     }
-    if let Some(d) = duration("min_flex", &file.min_flex)? {
+    if let Some(d) = duration("min_flex", &file.min_flex, MAX_DURATION)? {
         config.periodic_floor.min_flex = d;
     }
-    if let Some(d) = duration("retention", &file.retention)? {
+    if let Some(d) = duration("retention", &file.retention, MAX_DURATION)? {
         config.retention = d;
     }
-    if let Some(d) = duration("shutdown_grace", &file.shutdown_grace)? {
+    if let Some(d) = duration("shutdown_grace", &file.shutdown_grace, HOUR)? {
         config.shutdown_grace = d;
     }
     if let Some(d) = &file.device {
@@ -235,7 +260,7 @@ pub fn parse_manifest_for(
         if let Some(v) = d.read_machine {
             c.read_machine = v;
         }
-        if let Some(r) = duration("device.refresh", &d.refresh)? {
+        if let Some(r) = duration("device.refresh", &d.refresh, HOUR)? {
             c.refresh = r;
         }
         c.overrides = crate::device::DeviceOverrides {
@@ -274,12 +299,13 @@ pub fn parse_manifest_for(
             if n == 0 {
                 return Err(invalid(key("concurrency"), "must be at least 1".into()));
             }
+            count(&key("concurrency"), n as u64, MAX_RUNS)?;
             hc.concurrency = n;
         }
-        if let Some(d) = duration(&key("timeout"), &h.timeout)? {
+        if let Some(d) = duration(&key("timeout"), &h.timeout, MAX_TIMEOUT)? {
             hc.budget.timeout = d;
         }
-        if let Some(d) = duration(&key("processing_timeout"), &h.processing_timeout)? {
+        if let Some(d) = duration(&key("processing_timeout"), &h.processing_timeout, MAX_TIMEOUT)? {
             hc.processing_budget.timeout = d;
         }
         match h.fuel {
@@ -290,12 +316,14 @@ pub fn parse_manifest_for(
             }
             Some(Fuel::Metered(true)) | None => {}
             Some(Fuel::Budget(n)) => {
+                count(&key("fuel"), n, MAX_FUEL)?;
                 hc.budget.fuel = Some(n);
                 hc.processing_budget.fuel = Some(n);
             }
         }
         if let Some(m) = &h.max_memory {
             let bytes = parse_size(m).map_err(|e| invalid(key("max_memory"), e.to_string()))?;
+            count(&key("max_memory"), bytes, MAX_MEMORY_BYTES)?;
             hc.budget.max_memory_bytes = bytes;
             hc.processing_budget.max_memory_bytes = bytes;
         }
@@ -307,13 +335,14 @@ pub fn parse_manifest_for(
             );
         }
         if let Some(n) = h.max_http_requests {
+            count(&key("max_http_requests"), u64::from(n), 100_000)?;
             grants.http.max_requests = n;
         }
         if let Some(b) = &h.max_http_response_bytes {
             grants.http.max_response_bytes =
                 parse_size(b).map_err(|e| invalid(key("max_http_response_bytes"), e.to_string()))?;
         }
-        if let Some(t) = duration(&key("http_timeout"), &h.http_timeout)? {
+        if let Some(t) = duration(&key("http_timeout"), &h.http_timeout, HOUR)? {
             grants.http.request_timeout = t;
         }
         if h.data_dir == Some(true) {

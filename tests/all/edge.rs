@@ -412,3 +412,52 @@ async fn runs_at_once_never_reserve_more_than_the_memory_budget_and_the_rest_wai
     host.cancel(Selector::All).await.unwrap();
     host.shutdown().await;
 }
+
+#[test]
+fn manifest_durations_and_counts_past_their_bounds_are_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = guests::ECHO;
+    let cases = [
+        (
+            "retention = \"3651d\"\n".to_string(),
+            "retention",
+            "longer than the limit of 3650d",
+        ),
+        (
+            "shutdown_grace = \"2h\"\n".to_string(),
+            "shutdown_grace",
+            "longer than the limit of 1h",
+        ),
+        (
+            "max_concurrency = 20000\n".to_string(),
+            "max_concurrency",
+            "20000 is over the limit of 10000",
+        ),
+        (
+            format!("[handlers.x]\ncomponent = {component:?}\ntimeout = \"25h\"\n"),
+            "handlers.x.timeout",
+            "longer than the limit of 1d",
+        ),
+        (
+            format!("[handlers.x]\ncomponent = {component:?}\nmax_memory = \"5GiB\"\n"),
+            "handlers.x.max_memory",
+            "over the limit of 4294967296",
+        ),
+        (
+            format!("[handlers.x]\ncomponent = {component:?}\nfuel = 2000000000000000\n"),
+            "handlers.x.fuel",
+            "over the limit",
+        ),
+    ];
+    for (text, key, words) in cases {
+        let m = dir.path().join("workhost.toml");
+        std::fs::write(&m, &text).unwrap();
+        let run = wh(&m, &["list"]);
+        assert_eq!(run.code, 2, "{text:?}: {run:?}");
+        assert!(
+            run.stderr.contains(key) && run.stderr.contains(words),
+            "{text:?}: {key:?} and {words:?} missing from {}",
+            run.stderr
+        );
+    }
+}
