@@ -438,7 +438,8 @@ mod tests {
 
     #[test]
     fn linux_readings_from_fixture_files() {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let ps = dir.join("power_supply");
         for (name, kind, extra) in [
             ("AC", "Mains", ("online", "0")),
@@ -477,17 +478,5 @@ mod tests {
         let s = DeviceState::read_linux(&paths, &dir, &Thresholds::default());
         assert!(!s.network.connected, "a route on a down interface is no connection");
         assert!(s.charging && !s.battery_low);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "workhost-device-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }
