@@ -8,6 +8,7 @@ mod device;
 mod examples;
 mod exec_cli;
 mod files;
+mod guides;
 mod hostile;
 mod http;
 mod languages;
