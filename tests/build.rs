@@ -6,7 +6,7 @@
 //! packages by esbuild first (`guest-examples/js/build.mjs`); Python
 //! handlers get the PyPI packages of `guest-examples/py/requirements.txt`,
 //! installed into `target/py-deps`. Generates one path constant per guest
-//! and the tables `LANGUAGE_EXAMPLES` and `DEPENDENCY_EXAMPLES`. No `.wasm`
+//! and the tables `LANGUAGE_EXAMPLES` and `SOME_LANGUAGES`. No `.wasm`
 //! file is committed.
 //!
 //! The other languages' tools are installed by `scripts/just setup` (which
@@ -48,11 +48,16 @@ const LANGUAGE_EXAMPLES: &[(&str, &str)] = &[
     ("clock", "task-handler"),
 ];
 
-/// The examples that use a third-party package, in the languages that have
-/// one: (example, language, world). Python's packages are pinned in
+/// The examples in some languages only: (example, language, world). `slug`
+/// uses a third-party package (Python's pinned in
 /// `guest-examples/py/requirements.txt`, JavaScript's in
-/// `guest-examples/js/package-lock.json`.
-const DEPENDENCY_EXAMPLES: &[(&str, &str, &str)] = &[("slug", "py", "task-handler"), ("slug", "js", "task-handler")];
+/// `guest-examples/js/package-lock.json`); `fetch-async` is an async
+/// JavaScript handler awaiting fetch().
+const SOME_LANGUAGES: &[(&str, &str, &str)] = &[
+    ("slug", "py", "task-handler"),
+    ("slug", "js", "task-handler"),
+    ("fetch-async", "js", "http-task-handler"),
+];
 
 /// The languages besides Rust, by file suffix.
 const LANGUAGES: &[&str] = &["py", "js", "c"];
@@ -107,9 +112,9 @@ fn main() {
     }
     consts.push_str("];\n");
     consts.push_str(
-        "/// The examples that import a third-party package: (example, language, path).\npub const DEPENDENCY_EXAMPLES: &[(&str, &str, &str)] = &[\n",
+        "/// The examples in some languages only: (example, language, path).\npub const SOME_LANGUAGES: &[(&str, &str, &str)] = &[\n",
     );
-    for (name, lang, _) in DEPENDENCY_EXAMPLES {
+    for (name, lang, _) in SOME_LANGUAGES {
         let path = guests.join(format!("{name}-{lang}.wasm"));
         consts.push_str(&format!(
             "    ({name:?}, {lang:?}, {:?}),\n",
@@ -199,9 +204,10 @@ fn run(mut cmd: Command, what: &str) {
 }
 
 /// The examples of `lang` (a language besides Rust): every example of
-/// `LANGUAGE_EXAMPLES`, then its dependency examples, as (name, world).
+/// `LANGUAGE_EXAMPLES`, then its examples of `SOME_LANGUAGES`, as (name,
+/// world).
 fn examples_in(lang: &str) -> Vec<(&'static str, &'static str)> {
-    let deps = DEPENDENCY_EXAMPLES
+    let deps = SOME_LANGUAGES
         .iter()
         .filter(|(_, l, _)| *l == lang)
         .map(|(name, _, world)| (*name, *world));
