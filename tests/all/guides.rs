@@ -55,9 +55,9 @@ fn check(lang: &str) {
         .args(["-euo", "pipefail", "-c", &script])
         .current_dir(dir.path())
         .env("PATH", path)
-        // The components are new each time; their compiled code need not
-        // outlive the test.
-        .env("XDG_CACHE_HOME", dir.path().join(".cache"))
+        // Caches (pip's downloads, workhost's compiled components) kept in
+        // target/, not in the home folder.
+        .env("XDG_CACHE_HOME", root().join("target/guide-cache"))
         // zig's build of wasi-libc is the same each time: the one
         // tests/build.rs made.
         .env("ZIG_GLOBAL_CACHE_DIR", root().join("target/zig-cache"))
