@@ -8,15 +8,19 @@ default:
     @just --list
 
 # Install every toolchain the guests need: the wasm32-wasip2 target (rustup),
-# and componentize-js from guest-examples/js/package-lock.json (npm install of the locked versions).
-# scripts/just itself installs the Python tools (componentize-py) pinned in
-# scripts/requirements-tools.txt into .tools/venv.
+# and componentize-js, esbuild and the JavaScript examples' npm packages from
+# guest-examples/js/package-lock.json (npm install of the locked versions).
+# scripts/just itself installs the Python tools (componentize-py, zig,
+# wasm-tools) pinned in scripts/requirements-tools.txt into .tools/venv; the
+# Python examples' PyPI packages (guest-examples/py/requirements.txt) are
+# installed by tests/build.rs into target/py-deps.
 setup:
     rustup target add wasm32-wasip2
     scripts/npm-ci guest-examples/js
 
 # Build every guest example: target/guests/<name>.wasm (Rust) and
-# target/guests/<name>-<lang>.wasm (py, js).
+# target/guests/<name>-<lang>.wasm (py, js, c); and target/c-sdk (the C
+# bindings and WASI adapter the README's C guide uses).
 guests: setup
     cargo build --quiet -p workhost-tests
     @ls target/guests/*.wasm

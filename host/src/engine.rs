@@ -351,11 +351,16 @@ impl Engine {
         let compiled = self.inner.wasmtime.precompile_component(bytes).map_err(invalid)?;
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
         // Write to a unique temporary name and rename, so a concurrent
-        // reader never sees a partial file.
+        // reader never sees a partial file. Unique in the process, not per
+        // engine: two engines on one cache folder (a fuel and a no-fuel
+        // engine, two executors) writing the same name would each rename
+        // the other's code to their own key, and the cache would serve one
+        // component's code for another's bytes from then on.
+        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
             std::process::id(),
-            self.inner.compiled.load(Ordering::Relaxed)
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let stored = create_private_dir(&dir)
             .and_then(|()| std::fs::write(&tmp, &compiled))

@@ -4,7 +4,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use workhost::{CacheStatus, Engine, EngineConfig, EngineError, Executor, LoadError};
+use workhost::{CacheStatus, Data, Engine, EngineConfig, EngineError, Executor, LoadError, RunRequest, RunResult};
 use workhost_tests::{executor, guests};
 
 fn load_error(bytes: &[u8]) -> LoadError {
@@ -123,6 +123,55 @@ fn a_corrupt_cache_entry_is_recompiled_not_trusted() {
     assert_eq!(
         again.load_file(guests::ECHO.as_ref()).unwrap().cache_status(),
         CacheStatus::Compiled
+    );
+}
+
+/// Engines sharing a cache folder, compiling different components at the
+/// same moment, each store their code under their own component's key.
+/// (When the temporary file's name was counted per engine, two engines
+/// wrote the same one, and one component's code was stored under the
+/// other's key. The JavaScript builds of `echo` and `fail` compile in about
+/// the same time to about 40 MB each, so their writes overlap: with the
+/// per-engine name this test failed in one of two runs.)
+#[tokio::test]
+async fn engines_compiling_into_one_cache_at_once_keep_each_component_its_own_code() {
+    let cache = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        cache_dir: Some(cache.path().to_path_buf()),
+        ..EngineConfig::default()
+    };
+    let js = |name: &str| {
+        guests::LANGUAGE_EXAMPLES
+            .iter()
+            .find(|(e, l, _)| *e == name && *l == "js")
+            .map(|(_, _, path)| *path)
+            .unwrap()
+    };
+    let (echo_js, fail_js) = (js("echo"), js("fail"));
+    let all = [echo_js, fail_js];
+    let start = std::sync::Barrier::new(all.len());
+    std::thread::scope(|s| {
+        for guest in all {
+            let (config, start) = (config.clone(), &start);
+            s.spawn(move || {
+                let executor = Executor::new(config).unwrap();
+                start.wait();
+                executor.load_file(guest.as_ref()).unwrap();
+            });
+        }
+    });
+    let executor = Executor::new(config).unwrap();
+    let echo = executor.load_file(echo_js.as_ref()).unwrap();
+    assert_eq!(echo.cache_status(), CacheStatus::Hit);
+    let input = Data::new().with("n", 1i64);
+    let mut request = RunRequest::new("echo");
+    request.input = input.clone();
+    assert_eq!(echo.run(request).await.result, RunResult::Succeeded(input));
+    let fail = executor.load_file(fail_js.as_ref()).unwrap();
+    assert_eq!(fail.cache_status(), CacheStatus::Hit);
+    assert_eq!(
+        fail.run(RunRequest::new("fail")).await.error(),
+        Some("fail handler failed on purpose")
     );
 }
 

@@ -9,6 +9,7 @@ mod edge;
 mod examples;
 mod exec_cli;
 mod files;
+mod guides;
 mod hostile;
 mod http;
 mod languages;
