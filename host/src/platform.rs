@@ -206,7 +206,7 @@ impl context::Host for RunState {
         self.deadline.saturating_duration_since(Instant::now()).as_millis() as u64
     }
 
-    fn set_progress(&mut self, progress: Vec<(String, types::Value)>) -> Result<(), String> {
+    async fn set_progress(&mut self, progress: Vec<(String, types::Value)>) -> Result<(), String> {
         let data = data_from_wit(progress).map_err(|e| {
             let message = format!("progress refused: {e}");
             self.log.push(LogLevel::Warn, LogSource::Host, message.clone());
@@ -215,12 +215,15 @@ impl context::Host for RunState {
         if let Some(sink) = &self.progress {
             sink(&self.redactor.data(data));
         }
+        // A storm of reports gives the runtime's thread to other work
+        // between calls (the write itself is coalesced, see `progress.rs`).
+        tokio::task::yield_now().await;
         Ok(())
     }
 }
 
 impl log::Host for RunState {
-    fn write(&mut self, level: log::Level, message: String) {
+    async fn write(&mut self, level: log::Level, message: String) {
         let level = match level {
             log::Level::Trace => LogLevel::Trace,
             log::Level::Debug => LogLevel::Debug,
@@ -229,6 +232,8 @@ impl log::Host for RunState {
             log::Level::Error => LogLevel::Error,
         };
         self.log.push(level, LogSource::Handler, message);
+        // As `set-progress`: a flood of log calls shares the thread.
+        tokio::task::yield_now().await;
     }
 }
 
