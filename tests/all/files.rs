@@ -362,12 +362,12 @@ async fn concurrent_runs_of_a_handler_share_one_quota_for_its_directory() {
                 .unwrap_or_else(|| panic!("fill succeeds: {:?}", o.result))
         })
         .collect();
-    let wrote = outputs.iter().filter(|o| o.get("wrote").is_some()).count();
+    // Together they cannot pass the quota: at least one is refused (both,
+    // when their writes interleave and each got part of the room).
     let refused = outputs.iter().filter(|o| o.get("refused").is_some()).count();
-    assert_eq!(
-        (wrote, refused),
-        (1, 1),
-        "one fill fits, the other is refused: {outputs:?}"
+    assert!(
+        refused >= 1,
+        "two 600 KiB fills under one 1 MiB quota both fitted: {outputs:?}"
     );
     let held: u64 = std::fs::read_dir(dir.path())
         .unwrap()
