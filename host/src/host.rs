@@ -506,6 +506,8 @@ struct LoadedHandler {
 struct Inner {
     queue: Queue,
     handlers: HashMap<String, LoadedHandler>,
+    /// The handlers' names, sorted: the work this host may claim.
+    handler_names: Vec<String>,
     max_concurrency: usize,
     poll: Duration,
     running: Mutex<HashMap<TaskId, Running>>,
@@ -631,9 +633,12 @@ impl Host {
 
         let (device_config, data_dir) = (config.device.clone(), config.data_dir.clone());
         let readings = blocking(move || read_device(&device_config, &data_dir)).await;
+        let mut handler_names: Vec<String> = handlers.keys().cloned().collect();
+        handler_names.sort();
         let inner = Arc::new(Inner {
             queue,
             handlers,
+            handler_names,
             max_concurrency: config.max_concurrency.max(1),
             poll: config.poll_interval,
             running: Mutex::new(HashMap::new()),
@@ -860,6 +865,37 @@ impl Inner {
         (self.max_concurrency.saturating_sub(running.len()), per)
     }
 
+    /// Raises one alert per handler name for due work that names a handler
+    /// this host lacks (removed from the manifest, or enqueued under
+    /// another): the host never claims it, so it waits, holding up nothing,
+    /// until a host with that handler runs or it is cancelled. `alerted`
+    /// holds the names already reported.
+    async fn alert_waiting_for_handler(&self, now: Millis, alerted: &mut Vec<String>) {
+        let store = self.queue.store.clone();
+        let mut known = self.handler_names.clone();
+        known.extend(alerted.iter().cloned());
+        let Ok(waits) = blocking(move || store.waiting_for_handler(&known, now)).await else {
+            // Looked at again at the next check.
+            return;
+        };
+        for w in waits {
+            let tasks = if w.due == 1 {
+                format!("task {} is due", w.first)
+            } else {
+                format!("{} tasks are due (the oldest is task {})", w.due, w.first)
+            };
+            self.alert(
+                Some(w.first),
+                format!(
+                    "{tasks} for handler {:?}, which this host does not have; they wait until a host with that \
+                     handler serves this store: add it to the manifest, or cancel them",
+                    w.handler
+                ),
+            );
+            alerted.push(w.handler);
+        }
+    }
+
     /// Whether nothing runs and nothing is due now whose constraints hold
     /// (or the host is paused).
     async fn idle(&self) -> bool {
@@ -871,7 +907,8 @@ impl Inner {
         }
         let store = self.queue.store.clone();
         let device = self.device.borrow().clone();
-        let (paused, due) = blocking(move || (store.paused(), store.next_due(&device))).await;
+        let handlers = self.handler_names.clone();
+        let (paused, due) = blocking(move || (store.paused(), store.next_due(&handlers, &device))).await;
         let idle = paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now());
         idle && self.claim_epoch.load(Ordering::Acquire) == epoch
     }
@@ -912,6 +949,10 @@ impl Drop for Claiming<'_> {
     }
 }
 
+/// How often, at least, the dispatcher looks for due work of handlers it
+/// lacks.
+const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
+
 /// The dispatcher: claims due work when slots are free, starts runs, and
 /// notices other processes' cancels and pauses by polling the store.
 async fn dispatch(inner: Arc<Inner>) {
@@ -920,6 +961,10 @@ async fn dispatch(inner: Arc<Inner>) {
     let mut last_change = u64::MAX;
     let mut last_seen: Option<TaskId> = None;
     let mut claims_refused = Refusals::default();
+    // Handlers named by due work that this host lacks, already alerted,
+    // and when that was last looked at.
+    let mut alerted: Vec<String> = Vec::new();
+    let mut handlers_checked: Option<tokio::time::Instant> = None;
     loop {
         if *shutting_down.borrow() {
             break;
@@ -993,6 +1038,12 @@ async fn dispatch(inner: Arc<Inner>) {
             runs.spawn(run_task(inner.clone(), c, stop));
         }
         drop(claiming);
+        // A look at due work of unknown handlers after a change, and at
+        // least every second (work with a delay becomes due on its own).
+        if counter != last_change || handlers_checked.is_none_or(|t| t.elapsed() >= UNKNOWN_HANDLER_CHECK) {
+            handlers_checked = Some(tokio::time::Instant::now());
+            inner.alert_waiting_for_handler(now, &mut alerted).await;
+        }
         if counter != last_change {
             last_change = counter;
             notice_foreign_cancels(&inner).await;

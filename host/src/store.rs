@@ -170,15 +170,30 @@ pub struct ClockJump {
     pub moved: Vec<Change>,
 }
 
+/// Due work waiting for a handler (see [`TaskStore::waiting_for_handler`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerWait {
+    /// The handler the work names.
+    pub handler: String,
+    /// How many of its tasks are due.
+    pub due: usize,
+    /// The oldest of them, to name in a message.
+    pub first: TaskId,
+}
+
 /// A durable task store. Every method is atomic and durable when it returns.
 /// Backends pass the conformance suite in `tests/all/store.rs`.
 pub trait TaskStore: Send + Sync {
     /// Enqueues work (already checked by [`WorkRequest::checked`]), applying
     /// its unique-work policy atomically.
     fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError>;
-    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` and
-    /// whose constraints hold in `device`, oldest due first, marking them
-    /// RUNNING and counting the attempt.
+    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` (at
+    /// most that handler's count of free slots) and whose constraints hold
+    /// in `device`, marking them RUNNING and counting the attempt. Fair
+    /// across handlers: each handler with a free slot gets its oldest due
+    /// task before any handler gets a second (oldest due first within a
+    /// round), so one handler's backlog never holds up another's due task,
+    /// and work of a handler not in `may_run` holds up nothing.
     fn claim(
         &self,
         now: Millis,
@@ -212,9 +227,12 @@ pub trait TaskStore: Send + Sync {
     fn last_id(&self) -> Result<TaskId, StoreError>;
     /// How many tasks are in each state.
     fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
-    /// The earliest `next_run_at` of ENQUEUED work whose constraints hold in
-    /// `device`.
-    fn next_due(&self, device: &DeviceState) -> Result<Option<Millis>, StoreError>;
+    /// The earliest `next_run_at` of ENQUEUED work of `handlers` whose
+    /// constraints hold in `device`.
+    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError>;
+    /// ENQUEUED work due at `now` whose handler is not one of `known`, per
+    /// handler: work a host with only `known` handlers never claims.
+    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError>;
     /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError>;
     /// Sets the paused flag shared by every process on this store.
@@ -243,7 +261,7 @@ pub trait TaskStore: Send + Sync {
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -254,6 +272,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE tasks ADD COLUMN req_battery INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE tasks ADD COLUMN req_idle INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE tasks ADD COLUMN req_storage INTEGER NOT NULL DEFAULT 0;",
+    // 2 -> 3: claims look per handler.
+    "CREATE INDEX tasks_handler_due ON tasks(state, handler, next_run_at);",
 ];
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -292,6 +312,7 @@ CREATE TABLE tasks (
     req_storage INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tasks_due ON tasks(state, next_run_at);
+CREATE INDEX tasks_handler_due ON tasks(state, handler, next_run_at);
 CREATE INDEX tasks_unique ON tasks(unique_name) WHERE unique_name IS NOT NULL;
 CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE tags (tag TEXT NOT NULL, task_id INTEGER NOT NULL, PRIMARY KEY (tag, task_id)) WITHOUT ROWID;
@@ -1137,7 +1158,7 @@ fn claim_in(
     conn: &Connection,
     now: Millis,
     limit: usize,
-    mut free: HashMap<String, usize>,
+    free: HashMap<String, usize>,
     device: &DeviceState,
     unless_paused: bool,
 ) -> Result<Vec<Claimed>, StoreError> {
@@ -1147,24 +1168,33 @@ fn claim_in(
     if unless_paused && setting(conn, "paused")?.as_deref() == Some("1") {
         return Ok(Vec::new());
     }
+    // Each handler's oldest due tasks, as many as it has free slots, then
+    // round by round: every handler's first before anyone's second.
     let sql = format!(
-        "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1{} ORDER BY next_run_at, id LIMIT ?2",
+        "SELECT id, next_run_at FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2{} \
+         ORDER BY next_run_at, id LIMIT ?3",
         constraint_filter(device)
     );
-    let candidates: Vec<(TaskId, String)> = conn
-        .prepare_cached(&sql)?
-        .query_map(params![now, (limit * 4) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let mut handlers: Vec<(&String, &usize)> = free.iter().filter(|(_, slots)| **slots > 0).collect();
+    handlers.sort();
+    let mut candidates: Vec<(usize, Millis, TaskId)> = Vec::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    for (handler, slots) in handlers {
+        let due = stmt.query_map(params![handler, now, (*slots).min(limit) as i64], |r| {
+            Ok((r.get::<_, TaskId>(0)?, r.get::<_, Millis>(1)?))
+        })?;
+        for (round, row) in due.enumerate() {
+            let (id, due_at) = row?;
+            candidates.push((round, due_at, id));
+        }
+    }
+    drop(stmt);
+    candidates.sort_unstable();
     let mut claimed = Vec::new();
-    for (id, handler) in candidates {
+    for (_, _, id) in candidates {
         if claimed.len() >= limit {
             break;
         }
-        let Some(slots) = free.get_mut(&handler) else { continue };
-        if *slots == 0 {
-            continue;
-        }
-        *slots -= 1;
         let mut stmt = conn.prepare_cached(&format!(
             "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL \
              WHERE id = ?1 AND state = 'enqueued' RETURNING {TASK_COLUMNS}"
@@ -1459,12 +1489,55 @@ impl TaskStore for SqliteStore {
         })
     }
 
-    fn next_due(&self, device: &DeviceState) -> Result<Option<Millis>, StoreError> {
+    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError> {
+        // One indexed look per handler: the earliest due of each.
         let sql = format!(
-            "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued'{}",
+            "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued' AND handler = ?1{}",
             constraint_filter(device)
         );
-        self.read(|conn| conn.query_row(&sql, [], |r| r.get(0)))
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut earliest: Option<Millis> = None;
+            for handler in handlers {
+                let due: Option<Millis> = stmt.query_row([handler], |r| r.get(0))?;
+                earliest = earliest.into_iter().chain(due).min();
+            }
+            Ok(earliest)
+        })
+    }
+
+    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError> {
+        self.read(|conn| {
+            // The handlers of enqueued work, one index seek each (not a scan
+            // of a backlog), then a count of the due work of those unknown.
+            let handlers: Vec<String> = conn
+                .prepare_cached(
+                    "WITH RECURSIVE h(name) AS ( \
+                       SELECT (SELECT min(handler) FROM tasks WHERE state = 'enqueued') \
+                       UNION ALL \
+                       SELECT (SELECT min(handler) FROM tasks WHERE state = 'enqueued' AND handler > h.name) \
+                       FROM h WHERE h.name IS NOT NULL) \
+                     SELECT name FROM h WHERE name IS NOT NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut due = conn.prepare_cached(
+                "SELECT count(*), min(id) FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2",
+            )?;
+            let mut out = Vec::new();
+            for handler in handlers.into_iter().filter(|h| !known.contains(h)) {
+                let (count, first): (i64, Option<TaskId>) =
+                    due.query_row(params![handler, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if let Some(first) = first {
+                    out.push(HandlerWait {
+                        handler,
+                        due: count as usize,
+                        first,
+                    });
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use workhost::{
-    BackoffPolicy, Data, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo, TaskState,
+    BackoffPolicy, Data, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo, TaskState, TaskStore,
     TestDriver, Value, WorkRequest,
 };
 use workhost_tests::host_config;
@@ -537,4 +537,89 @@ async fn progress_reported_during_a_run_is_stored_with_the_task() {
     assert_eq!(t.state, TaskState::Succeeded);
     assert_eq!(t.progress, Some(Data::new().with("percent", 50i64)));
     d.shutdown().await;
+}
+
+/// Enqueues `n` copies of `request` at once (they share group commits).
+async fn enqueue_many(queue: &workhost::Queue, request: WorkRequest, n: usize) -> Vec<TaskId> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (queue, request) = (queue.clone(), request.clone());
+        set.spawn(async move { queue.enqueue(request).await.unwrap().id });
+    }
+    let mut ids = set.join_all().await;
+    ids.sort();
+    ids
+}
+
+/// Enqueues `n` tasks of `handler` straight into the store, as a process
+/// with another manifest would, due now on the driver's clock.
+async fn enqueue_elsewhere(d: &TestDriver, handler: &str, n: usize) -> Vec<TaskId> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (store, request, now) = (d.queue().store().clone(), WorkRequest::one_off(handler, "t"), d.now());
+        set.spawn_blocking(move || store.enqueue(request, now).unwrap().0.id);
+    }
+    let mut ids = set.join_all().await;
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_handlers_backlog_and_unknown_handlers_work_hold_up_no_other_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.shutdown_grace = Duration::from_millis(100);
+    for h in &mut config.handlers {
+        if h.name == "spin" {
+            h.concurrency = 1;
+        }
+    }
+    let d = TestDriver::start(config).await.unwrap();
+    let mut alerts = d.host().alerts();
+    // Work of a handler this host lacks (enqueued under another manifest),
+    // and a backlog of thousands on a handler whose one slot is taken by a
+    // run that never ends on its own: all of it due before the echo task.
+    let gone = enqueue_elsewhere(&d, "gone", 500).await;
+    let mut spin = WorkRequest::one_off("spin", "s");
+    spin.tags = vec!["spin".into()];
+    enqueue_many(d.queue(), spin, 2000).await;
+    let echo = d.queue().enqueue(WorkRequest::one_off("echo", "e")).await.unwrap().id;
+    let start = std::time::Instant::now();
+    while task(&d, echo).await.state != TaskState::Succeeded {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the echo task waits behind the backlogs: {:?}",
+            task(&d, echo).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(d.host().running().len(), 1, "one spin run in its one slot");
+    assert_eq!(task(&d, gone[0]).await.state, TaskState::Enqueued);
+    let alert = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
+        .await
+        .expect("an alert for the unknown handler")
+        .unwrap();
+    assert_eq!(alert.task, Some(gone[0]));
+    assert!(
+        alert.message.contains(&format!(
+            "(the oldest is task {}) for handler \"gone\", which this host does not have",
+            gone[0]
+        )),
+        "{}",
+        alert.message
+    );
+    // More of its work changes nothing: one alert per handler. And the
+    // work waiting for it does not keep the host from being idle.
+    enqueue_elsewhere(&d, "gone", 10).await;
+    d.host().cancel(Selector::Tag("spin".into())).await.unwrap();
+    let echo = d.queue().enqueue(WorkRequest::one_off("echo", "e")).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(20), d.run_until_idle())
+        .await
+        .expect("work no host here can run leaves the host idle");
+    assert_eq!(task(&d, echo).await.state, TaskState::Succeeded);
+    assert_eq!(task(&d, gone[0]).await.state, TaskState::Enqueued);
+    d.shutdown().await;
+    while let Ok(a) = alerts.try_recv() {
+        assert!(!a.message.contains("\"gone\""), "a second alert: {a:?}");
+    }
 }

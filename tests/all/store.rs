@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use workhost::{
-    Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, NetworkType, Query, RunOutcome, RunResult,
-    Selector, SqliteStore, StopReason, TaskState, TaskStore, WorkRequest, decide,
+    Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, HandlerWait, NetworkType, Query, RunOutcome,
+    RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore, WorkRequest, decide,
 };
 
 type Open = fn(&Path) -> Arc<dyn TaskStore>;
@@ -28,6 +28,11 @@ fn each_backend(case: impl Fn(&dyn Fn() -> Arc<dyn TaskStore>)) {
 }
 
 const NOW: i64 = 1_000_000;
+
+/// The handlers [`slots`] gives slots to.
+fn handlers() -> Vec<String> {
+    vec!["a".into(), "b".into()]
+}
 
 fn slots(n: usize) -> HashMap<String, usize> {
     ["a", "b"].iter().map(|h| (h.to_string(), n)).collect()
@@ -71,7 +76,7 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
             .map(|_| s.enqueue(WorkRequest::one_off("a", "now"), NOW).unwrap().0.id)
             .collect();
         let other = s.enqueue(WorkRequest::one_off("b", "now"), NOW).unwrap().0.id;
-        assert_eq!(s.next_due(&DeviceState::default()).unwrap(), Some(NOW));
+        assert_eq!(s.next_due(&handlers(), &DeviceState::default()).unwrap(), Some(NOW));
         let claimed: Vec<i64> = s
             .claim(NOW, 10, &slots(2), &DeviceState::default())
             .unwrap()
@@ -80,8 +85,8 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
             .collect();
         assert_eq!(
             claimed,
-            vec![ids[0], ids[1], other],
-            "two slots for handler a, one task of b"
+            vec![ids[0], other, ids[1]],
+            "two slots for handler a, one task of b, every handler's first before a second"
         );
         let c = s.get(ids[0]).unwrap().unwrap();
         assert_eq!(
@@ -105,6 +110,54 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
         assert_eq!(s.last_id().unwrap(), other);
         let counts = s.count_by_state().unwrap();
         assert_eq!(counts.get(&TaskState::Running), Some(&5));
+    });
+}
+
+#[test]
+fn a_backlog_of_one_handler_or_of_an_unknown_one_never_holds_up_another_handlers_due_work() {
+    each_backend(|open| {
+        let s = open();
+        let enqueue = |handler: &str, n: usize| -> Vec<i64> {
+            (0..n)
+                .map(|_| s.enqueue(WorkRequest::one_off(handler, "t"), NOW).unwrap().0.id)
+                .collect()
+        };
+        // Older than everything else: a backlog of a saturated handler and
+        // one of a handler no host here knows.
+        let backlog = enqueue("a", 300);
+        let unknown = enqueue("gone", 300);
+        let b = s.enqueue(WorkRequest::one_off("b", "t"), NOW + 1).unwrap().0.id;
+        let mut may_run = slots(1);
+        may_run.insert("a".into(), 0);
+        let claim = |limit: usize, may_run: &HashMap<String, usize>| -> Vec<i64> {
+            s.claim(NOW + 1, limit, may_run, &DeviceState::default())
+                .unwrap()
+                .iter()
+                .map(|c| c.info.id)
+                .collect()
+        };
+        assert_eq!(claim(16, &may_run), [b], "a has no free slot, and nobody runs \"gone\"");
+        // With slots to spare everywhere but room for two runs in all, each
+        // handler gets its oldest due task before any gets a second.
+        let b2 = s.enqueue(WorkRequest::one_off("b", "t"), NOW + 1).unwrap().0.id;
+        assert_eq!(claim(2, &slots(5)), [backlog[0], b2]);
+        assert_eq!(s.next_due(&["b".to_string()], &DeviceState::default()).unwrap(), None);
+        assert_eq!(s.next_due(&handlers(), &DeviceState::default()).unwrap(), Some(NOW));
+        let waits = s.waiting_for_handler(&handlers(), NOW + 1).unwrap();
+        assert_eq!(
+            waits,
+            [HandlerWait {
+                handler: "gone".into(),
+                due: 300,
+                first: unknown[0]
+            }]
+        );
+        assert_eq!(
+            s.waiting_for_handler(&handlers(), NOW - 1).unwrap(),
+            [],
+            "nothing due yet"
+        );
+        assert_eq!(state(&*s, unknown[0]), TaskState::Enqueued);
     });
 }
 
@@ -238,7 +291,7 @@ fn pause_is_shared_prune_drops_only_old_finished_work_and_queries_filter() {
         waiting.initial_delay = Duration::from_secs(60);
         let waiting = s.enqueue(waiting, NOW).unwrap().0.id;
         s.make_due(waiting, NOW + 1).unwrap();
-        assert_eq!(s.next_due(&DeviceState::default()).unwrap(), Some(NOW + 1));
+        assert_eq!(s.next_due(&handlers(), &DeviceState::default()).unwrap(), Some(NOW + 1));
         let ids = |q: Query| s.query(&q).unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>();
         assert_eq!(
             ids(Query {
@@ -354,9 +407,13 @@ fn only_work_whose_constraints_hold_is_claimed() {
                 .map(|c| c.info.id)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(s.next_due(&nothing).unwrap(), Some(NOW));
+        assert_eq!(s.next_due(&handlers(), &nothing).unwrap(), Some(NOW));
         assert_eq!(claim(&nothing), [ids[5]], "only the unconstrained task");
-        assert_eq!(s.next_due(&nothing).unwrap(), None, "nothing left that may run");
+        assert_eq!(
+            s.next_due(&handlers(), &nothing).unwrap(),
+            None,
+            "nothing left that may run"
+        );
         for (i, fix) in [
             DeviceOverrides {
                 metered: Some(false),
