@@ -284,6 +284,19 @@ pub struct HostAlert {
     pub at: Millis,
 }
 
+/// What a host's dispatcher has done so far (see [`Host::stats`]): enough
+/// to see that an idle host takes no write lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HostStats {
+    /// Times the dispatcher woke up: at each poll interval, each change it
+    /// was told of, and each end of a run.
+    pub polls: u64,
+    /// Claim transactions it ran. Each takes the store's write lock, so
+    /// the dispatcher runs one only when work of one of its handlers with a
+    /// free slot is due.
+    pub claims: u64,
+}
+
 /// The shared part of a host that needs no handlers: enqueue, cancel,
 /// query, pause, prune. CLI commands open one on the data directory while a
 /// daemon may be running on it.
@@ -527,6 +540,10 @@ struct Inner {
     /// store (see [`Inner::follow_clock`]).
     clock_reading: Mutex<Option<Millis>>,
     alerts: broadcast::Sender<HostAlert>,
+    /// [`HostStats::polls`].
+    polls: AtomicU64,
+    /// [`HostStats::claims`].
+    claims: AtomicU64,
     _lock: std::fs::File,
 }
 
@@ -650,6 +667,8 @@ impl Host {
             data_dir: config.data_dir.clone(),
             clock_reading: Mutex::new(None),
             alerts: broadcast::channel(256).0,
+            polls: AtomicU64::new(0),
+            claims: AtomicU64::new(0),
             _lock: lock,
         });
         // Before recovery, so work recovered as due now is not moved by a
@@ -684,6 +703,14 @@ impl Host {
     /// alert to stderr.
     pub fn alerts(&self) -> broadcast::Receiver<HostAlert> {
         self.inner.alerts.subscribe()
+    }
+
+    /// What the dispatcher has done so far.
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            polls: self.inner.polls.load(Ordering::Relaxed),
+            claims: self.inner.claims.load(Ordering::Relaxed),
+        }
     }
 
     /// Cancels work; running work stops within about one epoch tick.
@@ -896,6 +923,22 @@ impl Inner {
         }
     }
 
+    /// When work of the handlers with a free slot in `per` is next due;
+    /// `None` if none is or the store is paused. A failed read says "now",
+    /// so the claim tries and reports what the store says.
+    async fn next_due(&self, per: &HashMap<String, usize>) -> Option<Millis> {
+        let store = self.queue.store.clone();
+        let device = self.device.borrow().clone();
+        let handlers: Vec<String> = per.iter().filter(|(_, n)| **n > 0).map(|(h, _)| h.clone()).collect();
+        let now = self.queue.now();
+        let (paused, due) = blocking(move || (store.paused(), store.next_due(&handlers, &device))).await;
+        match (paused, due) {
+            (Ok(true), _) => None,
+            (Ok(false), Ok(due)) => due,
+            _ => Some(now),
+        }
+    }
+
     /// Whether nothing runs and nothing is due now whose constraints hold
     /// (or the host is paused).
     async fn idle(&self) -> bool {
@@ -949,12 +992,20 @@ impl Drop for Claiming<'_> {
     }
 }
 
-/// How often, at least, the dispatcher looks for due work of handlers it
-/// lacks.
+/// How often the dispatcher looks for due work of handlers it lacks.
 const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
 
 /// The dispatcher: claims due work when slots are free, starts runs, and
 /// notices other processes' cancels and pauses by polling the store.
+///
+/// It takes the write lock only to claim, and claims only when work is due:
+/// at each wake it reads `PRAGMA data_version` (a read, no lock), and only
+/// after a change (another process's commit or this one's), a wake (an
+/// enqueue, a run's end, a new device state, a resume) or its due time
+/// does it read again, from the reader connection, when the next work of
+/// its handlers with a free slot is due and whether the store is paused.
+/// Between those it sleeps until that due time or the poll interval,
+/// whichever is first.
 async fn dispatch(inner: Arc<Inner>) {
     let mut shutting_down = inner.shutting_down.subscribe();
     let mut runs = tokio::task::JoinSet::new();
@@ -962,20 +1013,42 @@ async fn dispatch(inner: Arc<Inner>) {
     let mut last_seen: Option<TaskId> = None;
     let mut claims_refused = Refusals::default();
     // Handlers named by due work that this host lacks, already alerted,
-    // and when that was last looked at.
+    // and when that was last looked at: first a second after the start, so
+    // whoever subscribes to the alerts as the host starts hears of them.
     let mut alerted: Vec<String> = Vec::new();
-    let mut handlers_checked: Option<tokio::time::Instant> = None;
+    let mut handlers_checked = tokio::time::Instant::now();
+    // When work of this host's handlers with a free slot is next due (None:
+    // none, or paused), as last read; `look` asks for a new read.
+    let mut due: Option<Millis> = None;
+    let mut look = true;
+    let mut looked_at = u64::MAX;
     loop {
         if *shutting_down.borrow() {
             break;
         }
+        inner.polls.fetch_add(1, Ordering::Relaxed);
         let now = inner.follow_clock().await;
         let store = inner.queue.store.clone();
+        // A read of SQLite's in-memory change counter: microseconds, so it
+        // runs inline rather than on the blocking pool.
+        let counter = store.change_counter().unwrap_or(0);
         let (free, per) = inner.free_slots();
+        if counter != looked_at || due.is_some_and(|d| d <= now) {
+            look = true;
+        }
+        if look && free > 0 {
+            looked_at = counter;
+            look = false;
+            due = inner.next_due(&per).await;
+        }
         let claiming = Claiming::begin(&inner.claim_epoch);
-        let claimed = if free > 0 {
+        let claimed = if free > 0 && due.is_some_and(|d| d <= now) {
+            inner.claims.fetch_add(1, Ordering::Relaxed);
             let device = inner.device.borrow().clone();
-            store.claim_async(now, free, per, device).await
+            let claimed = store.claim_async(now, free, per, device).await;
+            // Look again at once: what this claim left may be due too.
+            look = true;
+            claimed
         } else {
             Ok(Vec::new())
         };
@@ -1003,9 +1076,6 @@ async fn dispatch(inner: Arc<Inner>) {
                 }
             }
         }
-        // A read of SQLite's in-memory change counter: microseconds, so it
-        // runs inline rather than on the blocking pool.
-        let counter = store.change_counter().unwrap_or(0);
         // Report tasks other processes enqueued before any of them is
         // reported started.
         if inner.queue.events.receiver_count() > 0
@@ -1038,10 +1108,10 @@ async fn dispatch(inner: Arc<Inner>) {
             runs.spawn(run_task(inner.clone(), c, stop));
         }
         drop(claiming);
-        // A look at due work of unknown handlers after a change, and at
-        // least every second (work with a delay becomes due on its own).
-        if counter != last_change || handlers_checked.is_none_or(|t| t.elapsed() >= UNKNOWN_HANDLER_CHECK) {
-            handlers_checked = Some(tokio::time::Instant::now());
+        // A look at due work of unknown handlers every second: one read of
+        // an index seek per handler of enqueued work.
+        if handlers_checked.elapsed() >= UNKNOWN_HANDLER_CHECK {
+            handlers_checked = tokio::time::Instant::now();
             inner.alert_waiting_for_handler(now, &mut alerted).await;
         }
         if counter != last_change {
@@ -1049,11 +1119,15 @@ async fn dispatch(inner: Arc<Inner>) {
             notice_foreign_cancels(&inner).await;
         }
         while runs.try_join_next().is_some() {}
+        let nap = match due {
+            Some(d) if d > now && !look => inner.poll.min(Duration::from_millis((d - now) as u64)),
+            _ => inner.poll,
+        };
         tokio::select! {
-            () = inner.queue.wake.notified() => {}
-            () = tokio::time::sleep(inner.poll) => {}
+            () = inner.queue.wake.notified() => look = true,
+            () = tokio::time::sleep(nap) => {}
             _ = shutting_down.changed() => {}
-            Some(_) = runs.join_next(), if !runs.is_empty() => {}
+            Some(_) = runs.join_next(), if !runs.is_empty() => look = true,
         }
     }
     while runs.join_next().await.is_some() {}

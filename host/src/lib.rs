@@ -84,7 +84,7 @@ pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, ManualClock, Queue,
+    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, HostStats, ManualClock, Queue,
     SteadyReading, SystemClock, TaskEvent, TestDriver,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};

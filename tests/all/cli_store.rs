@@ -425,6 +425,12 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     let _daemon = Daemon::start_debug(&m);
     let id = ok(&m, &["enqueue", "brief", "--task", "t"]).stdout.trim().to_string();
     wait_for(&m, &id, |t| t["state"] == "running");
+    // Work that becomes due while the lock is held: the dispatcher claims
+    // only then (an idle one takes no write lock).
+    let due = ok(&m, &["enqueue", "echo", "--task", "due", "--delay", "2s"])
+        .stdout
+        .trim()
+        .to_string();
 
     let mut lock = rusqlite::Connection::open(dir.path().join("data/workhost.db")).unwrap();
     let held = lock
@@ -459,6 +465,7 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
 
     let t = wait_for(&m, &id, |t| t["state"] != "running");
     assert_eq!(t["attempts"][0]["stop_reason"], "timeout", "the kept outcome: {t}");
+    wait_for(&m, &due, |t| t["state"] == "succeeded");
     assert_eq!(t["run_attempt_count"], 1);
     // And told when it is over.
     log_when(&m, "serve.log", Duration::from_secs(60), |log| {

@@ -623,3 +623,61 @@ async fn a_saturated_handlers_backlog_and_unknown_handlers_work_hold_up_no_other
         assert!(!a.message.contains("\"gone\""), "a second alert: {a:?}");
     }
 }
+
+/// Waits until the host's dispatcher has woken `n` more times.
+async fn polls(d: &TestDriver, n: u64) {
+    let target = d.host().stats().polls + n;
+    let start = std::time::Instant::now();
+    while d.host().stats().polls < target {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the dispatcher stopped polling"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_takes_no_write_lock_and_claims_only_when_work_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.poll_interval = Duration::from_millis(1);
+    let d = TestDriver::start(config).await.unwrap();
+    let mut later = WorkRequest::one_off("echo", "later");
+    later.initial_delay = secs(3600);
+    let id = d.queue().enqueue(later).await.unwrap().id;
+    d.run_until_idle().await;
+    let before = d.host().stats();
+    // Another process holds the store's write lock all along: a host that
+    // tried to take it would wait on it.
+    let holder = rusqlite::Connection::open(dir.path().join("workhost.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    polls(&d, 200).await;
+    assert_eq!(
+        d.host().stats().claims,
+        before.claims,
+        "nothing was due, so nothing was claimed"
+    );
+    assert_eq!(
+        task(&d, id).await.state,
+        TaskState::Enqueued,
+        "reads go on beside the lock"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    // Once the work is due, one claim takes it.
+    d.advance(secs(3600));
+    d.run_until_idle().await;
+    assert_eq!(task(&d, id).await.state, TaskState::Succeeded);
+    polls(&d, 50).await;
+    assert_eq!(d.host().stats().claims, before.claims + 1);
+    // A paused host with due work claims nothing either.
+    d.queue().pause().await.unwrap();
+    let paused = d.queue().enqueue(WorkRequest::one_off("echo", "p")).await.unwrap().id;
+    let before = d.host().stats();
+    polls(&d, 100).await;
+    assert_eq!(d.host().stats().claims, before.claims);
+    d.queue().resume().await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(task(&d, paused).await.state, TaskState::Succeeded);
+    d.shutdown().await;
+}
