@@ -46,6 +46,18 @@ pub enum StoreError {
         /// What SQLite said.
         detail: String,
     },
+    /// A task's row holds what no workhost writes (text that is not task
+    /// data, an unknown state or kind): the row was damaged. The task is
+    /// named; nothing is read in its place.
+    #[error(
+        "task {id} is damaged in the store ({detail}); cancel it (`workhost cancel {id}`) and enqueue it again, or restore the database from a backup"
+    )]
+    DamagedTask {
+        /// The task.
+        id: TaskId,
+        /// What is wrong, naming the column.
+        detail: String,
+    },
     /// SQLite reported an error.
     #[error("task store error: {0}")]
     Sqlite(String),
@@ -71,9 +83,41 @@ pub enum StoreError {
     },
 }
 
+/// A damaged column of task `id`'s row, carried through rusqlite's error
+/// type out of a row mapper and turned into [`StoreError::DamagedTask`].
+#[derive(Debug)]
+struct Damaged {
+    id: TaskId,
+    detail: String,
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task {} is damaged ({})", self.id, self.detail)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// The error of a damaged `column` of task `id`.
+fn damaged(id: TaskId, column: &str, what: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(Damaged {
+        id,
+        detail: format!("its {column} {what}"),
+    }))
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ffi;
+        if let rusqlite::Error::ToSqlConversionFailure(inner) = &e
+            && let Some(d) = inner.downcast_ref::<Damaged>()
+        {
+            return StoreError::DamagedTask {
+                id: d.id,
+                detail: d.detail.clone(),
+            };
+        }
         let detail = e.to_string();
         let Some(code) = e.sqlite_error() else {
             return StoreError::Sqlite(detail);
@@ -261,7 +305,7 @@ pub trait TaskStore: Send + Sync {
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -273,7 +317,11 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE tasks ADD COLUMN req_idle INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE tasks ADD COLUMN req_storage INTEGER NOT NULL DEFAULT 0;",
     // 2 -> 3: claims look per handler.
-    "CREATE INDEX tasks_handler_due ON tasks(state, handler, next_run_at);",
+    "CREATE INDEX IF NOT EXISTS tasks_handler_due ON tasks(state, handler, next_run_at);",
+    // 3 -> 4: task data is written in its typed form (Data::to_typed_json),
+    // which an older workhost would misread; rows written before stay in
+    // the plain form, which is still read.
+    "",
 ];
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -515,7 +563,7 @@ impl SqliteStore {
     /// (the run's finish among them). A failed write loses only an
     /// observation.
     pub fn set_progress_nowait(&self, id: TaskId, progress: &Data) {
-        let json = progress.to_json();
+        let json = progress.to_typed_json();
         self.submit(move |conn| progress_in(conn, id, &json), None, ReplyTo::Nobody);
     }
 
@@ -763,25 +811,32 @@ const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, 
      next_run_at, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, stop_reason, error, \
      created_at, finished_at, period_start, req_network, req_charging, req_battery, req_idle, req_storage";
 
-fn data_column(text: Option<String>) -> Option<Data> {
-    text.and_then(|t| Data::from_json(&t).ok())
+/// Task `id`'s data `column`; damaged text is an error naming the task.
+fn data_column(id: TaskId, column: &str, text: Option<String>) -> rusqlite::Result<Option<Data>> {
+    text.map(|t| Data::from_typed_json(&t).map_err(|e| damaged(id, column, format_args!("is not task data: {e}"))))
+        .transpose()
 }
 
 fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, Millis)> {
     let frequency: Option<i64> = r.get(12)?;
     let flex: Option<i64> = r.get(13)?;
     let ms = |v: i64| std::time::Duration::from_millis(v.max(0) as u64);
+    let id: TaskId = r.get(0)?;
+    let named = |column: &str, text: String| damaged(id, column, format_args!("is {text:?}, which no workhost writes"));
+    let kind: String = r.get(3)?;
+    let state: String = r.get(4)?;
+    let backoff: String = r.get(14)?;
     let info = TaskInfo {
-        id: r.get(0)?,
+        id,
         handler: r.get(1)?,
         task: r.get(2)?,
-        kind: TaskKind::parse(&r.get::<_, String>(3)?).unwrap_or(TaskKind::OneOff),
-        state: TaskState::parse(&r.get::<_, String>(4)?).unwrap_or(TaskState::Failed),
+        kind: TaskKind::parse(&kind).ok_or_else(|| named("kind", kind.clone()))?,
+        state: TaskState::parse(&state).ok_or_else(|| named("state", state.clone()))?,
         unique_name: r.get(5)?,
         tags: Vec::new(),
-        input: data_column(r.get(6)?).unwrap_or_default(),
-        output: data_column(r.get(7)?),
-        progress: data_column(r.get(8)?),
+        input: data_column(id, "input", r.get(6)?)?.unwrap_or_default(),
+        output: data_column(id, "output", r.get(7)?)?,
+        progress: data_column(id, "progress", r.get(8)?)?,
         run_attempt_count: r.get(9)?,
         max_attempts: r.get(10)?,
         next_run_at: r.get(11)?,
@@ -789,10 +844,10 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, Millis)> {
             frequency: ms(f),
             flex: ms(flex.unwrap_or(f)),
         }),
-        backoff: if r.get::<_, String>(14)? == "linear" {
-            BackoffPolicy::Linear
-        } else {
-            BackoffPolicy::Exponential
+        backoff: match backoff.as_str() {
+            "linear" => BackoffPolicy::Linear,
+            "exponential" => BackoffPolicy::Exponential,
+            _ => return Err(named("backoff", backoff)),
         },
         backoff_delay: ms(r.get(15)?),
         budget: BudgetOverride {
@@ -920,9 +975,9 @@ fn try_release(
         [child],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut merged = Data::from_json(&input).unwrap_or_default();
-    for (_, _, output) in &parents {
-        if let Some(out) = data_column(output.clone()) {
+    let mut merged = data_column(child, "input", Some(input))?.unwrap_or_default();
+    for (parent, _, output) in &parents {
+        if let Some(out) = data_column(*parent, "output", output.clone())? {
             merged.merge(&out);
         }
     }
@@ -942,7 +997,7 @@ fn try_release(
         return Ok(TaskState::Failed);
     }
     conn.prepare_cached("UPDATE tasks SET state = 'enqueued', input = ?2, next_run_at = ?3 WHERE id = ?1")?
-        .execute(params![child, merged.to_json(), now + delay])?;
+        .execute(params![child, merged.to_typed_json(), now + delay])?;
     changes.push(Change {
         id: child,
         state: TaskState::Enqueued,
@@ -1008,7 +1063,7 @@ fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 11] {
     [
         Value::Text(r.handler.clone()),
         Value::Text(r.task.clone()),
-        Value::Text(r.input.to_json()),
+        Value::Text(r.input.to_typed_json()),
         Value::Integer(i64::from(r.max_attempts)),
         int(r.periodic.map(|p| p.frequency.as_millis() as i64)),
         int(r.periodic.map(|p| p.flex.as_millis() as i64)),
@@ -1301,7 +1356,7 @@ fn finish_in(
             t.next_run_at,
             t.period_start,
             t.attempts,
-            t.output.as_ref().map(Data::to_json),
+            t.output.as_ref().map(Data::to_typed_json),
             t.stop_reason,
             t.error,
             finished,
@@ -1371,7 +1426,7 @@ impl TaskStore for SqliteStore {
     }
 
     fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError> {
-        let json = progress.to_json();
+        let json = progress.to_typed_json();
         self.write(move |conn| progress_in(conn, id, &json))
     }
 
@@ -1419,7 +1474,11 @@ impl TaskStore for SqliteStore {
                         error: r.get(5)?,
                         fuel_consumed: r.get::<_, Option<i64>>(6)?.map(|f| f as u64),
                         peak_memory_bytes: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
-                        log: log.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
+                        log: match log {
+                            Some(l) => serde_json::from_str(&l)
+                                .map_err(|e| damaged(id, "attempt log", format_args!("is not a log: {e}")))?,
+                            None => Vec::new(),
+                        },
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -1821,6 +1880,9 @@ mod tests {
             conn.execute_batch(&format!("ALTER TABLE tasks DROP COLUMN {column}"))
                 .unwrap();
         }
+        // Task data as stores before version 4 wrote it: plain JSON.
+        conn.execute("UPDATE tasks SET input = '{\"l\":[1,2]}' WHERE id = ?1", [id])
+            .unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         drop(conn);
         let store = SqliteStore::open(&dir).unwrap();
@@ -1828,6 +1890,10 @@ mod tests {
         assert_eq!(
             (task.task.as_str(), task.constraints),
             ("kept", crate::device::Constraints::default())
+        );
+        assert_eq!(
+            task.input,
+            Data::new().with("l", crate::data::Value::S64List(vec![1, 2]))
         );
         let version: i64 = store
             .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))

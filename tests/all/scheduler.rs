@@ -681,3 +681,36 @@ async fn an_idle_host_takes_no_write_lock_and_claims_only_when_work_is_due() {
     assert_eq!(task(&d, paused).await.state, TaskState::Succeeded);
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_data_keeps_its_types_through_the_store_empty_lists_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let input = Data::new()
+        .with("s64s", Value::S64List(vec![]))
+        .with("bools", Value::BoolList(vec![]))
+        .with("f64s", Value::F64List(vec![]))
+        .with("strings", Value::StringList(vec![]))
+        .with("whole", 2.0f64);
+    let mut parent = WorkRequest::one_off("echo", "parent");
+    parent.input = input.clone();
+    let parent = d.queue().enqueue(parent).await.unwrap().id;
+    let mut child = WorkRequest::one_off("echo", "child");
+    child.after = vec![parent];
+    child.input = Data::new().with("own", Value::S64List(vec![]));
+    let child = d.queue().enqueue(child).await.unwrap().id;
+    assert_eq!(task(&d, parent).await.input, input, "input as stored");
+    d.run_until_idle().await;
+    let p = task(&d, parent).await;
+    assert_eq!(
+        (p.state, p.output),
+        (TaskState::Succeeded, Some(input.clone())),
+        "output"
+    );
+    let mut merged = input.clone();
+    merged.insert("own", Value::S64List(vec![]));
+    let c = task(&d, child).await;
+    assert_eq!(c.input, merged, "chained input");
+    assert_eq!(c.output, Some(merged), "what the child's handler got");
+    d.shutdown().await;
+}

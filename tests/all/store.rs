@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use workhost::{
     Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, HandlerWait, NetworkType, Query, RunOutcome,
-    RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore, WorkRequest, decide,
+    RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore, Value, WorkRequest, decide,
 };
 
 type Open = fn(&Path) -> Arc<dyn TaskStore>;
@@ -159,6 +159,51 @@ fn a_backlog_of_one_handler_or_of_an_unknown_one_never_holds_up_another_handlers
         );
         assert_eq!(state(&*s, unknown[0]), TaskState::Enqueued);
     });
+}
+
+#[test]
+fn task_data_reads_back_with_its_types_and_a_damaged_row_is_an_error_naming_the_task() {
+    each_backend(|open| {
+        let s = open();
+        let empty = Data::new()
+            .with("s64s", Value::S64List(vec![]))
+            .with("f64s", Value::F64List(vec![]))
+            .with("bools", Value::BoolList(vec![]));
+        let mut r = WorkRequest::one_off("a", "t");
+        r.input = empty.clone();
+        let id = s.enqueue(r, NOW).unwrap().0.id;
+        let claimed = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap();
+        assert_eq!(claimed[0].info.input, empty, "input");
+        s.set_progress(id, &empty).unwrap();
+        assert_eq!(s.get(id).unwrap().unwrap().progress, Some(empty.clone()), "progress");
+        let done = RunResult::Succeeded(empty.clone());
+        let t = decide(&claimed[0].retry_facts(), &done, NOW);
+        s.finish(id, 1, t, &outcome(done), NOW).unwrap();
+        assert_eq!(s.get(id).unwrap().unwrap().output, Some(empty.clone()), "output");
+    });
+    // Damage is SQLite's own business; the backend here is SQLite.
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    let ids: Vec<i64> = (0..4)
+        .map(|_| s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id)
+        .collect();
+    let raw = rusqlite::Connection::open(s.path()).unwrap();
+    for (id, set) in ids.iter().zip([
+        "input = 'not json'",
+        "output = '{\"k\":{\"s64\":\"x\"}}'",
+        "state = 'lost'",
+        "kind = 'weekly'",
+    ]) {
+        raw.execute(&format!("UPDATE tasks SET {set} WHERE id = {id}"), [])
+            .unwrap();
+        let e = s.get(*id).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("task {id} is damaged in the store (its ")),
+            "{set}: {e}"
+        );
+    }
+    let e = s.query(&Query::default()).unwrap_err().to_string();
+    assert!(e.contains(&format!("task {} is damaged", ids[0])), "{e}");
 }
 
 #[test]
