@@ -167,7 +167,8 @@ pub struct HostConfig {
     pub max_concurrency: usize,
     /// Floors for periodic work.
     pub periodic_floor: PeriodicFloor,
-    /// How long finished work is kept before `prune` removes it.
+    /// How long finished work is kept: a host prunes what finished longer
+    /// ago (every [`PRUNE_EVERY`]), and so does `prune`.
     pub retention: Duration,
     /// How long running work may go on after shutdown is asked for.
     pub shutdown_grace: Duration,
@@ -540,6 +541,9 @@ struct Inner {
     /// store (see [`Inner::follow_clock`]).
     clock_reading: Mutex<Option<Millis>>,
     alerts: broadcast::Sender<HostAlert>,
+    /// When the dispatcher next looks for finished work past the retention
+    /// period (clock ms).
+    next_prune_at: AtomicI64,
     /// [`HostStats::polls`].
     polls: AtomicU64,
     /// [`HostStats::claims`].
@@ -667,6 +671,7 @@ impl Host {
             data_dir: config.data_dir.clone(),
             clock_reading: Mutex::new(None),
             alerts: broadcast::channel(256).0,
+            next_prune_at: AtomicI64::new(Millis::MIN),
             polls: AtomicU64::new(0),
             claims: AtomicU64::new(0),
             _lock: lock,
@@ -923,6 +928,21 @@ impl Inner {
         }
     }
 
+    /// Deletes finished work past the retention period (SPEC section 5),
+    /// if a read finds any, so an idle store takes no write for it; then
+    /// sets when to look next ([`PRUNE_EVERY`] later).
+    async fn prune_finished(&self, now: Millis) {
+        let before = now.saturating_sub(self.queue.retention.as_millis() as Millis);
+        let store = self.queue.store.clone();
+        let _ = blocking(move || match store.oldest_finished() {
+            Ok(Some(oldest)) if oldest < before => store.prune(before).map(|_| ()),
+            other => other.map(|_| ()),
+        })
+        .await;
+        self.next_prune_at
+            .store(now.saturating_add(PRUNE_EVERY.as_millis() as Millis), Ordering::Release);
+    }
+
     /// When work of the handlers with a free slot in `per` is next due;
     /// `None` if none is or the store is paused. A failed read says "now",
     /// so the claim tries and reports what the store says.
@@ -946,6 +966,9 @@ impl Inner {
         // a claimed task is in neither while its claim is under way.
         let epoch = self.claim_epoch.load(Ordering::Acquire);
         if epoch % 2 == 1 || !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return false;
+        }
+        if self.queue.now() >= self.next_prune_at.load(Ordering::Acquire) {
             return false;
         }
         let store = self.queue.store.clone();
@@ -991,6 +1014,10 @@ impl Drop for Claiming<'_> {
         self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
+
+/// How often, by the host's clock, the dispatcher prunes finished work
+/// past the retention period.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// How often the dispatcher looks for due work of handlers it lacks.
 const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
@@ -1108,6 +1135,9 @@ async fn dispatch(inner: Arc<Inner>) {
             runs.spawn(run_task(inner.clone(), c, stop));
         }
         drop(claiming);
+        if now >= inner.next_prune_at.load(Ordering::Acquire) {
+            inner.prune_finished(now).await;
+        }
         // A look at due work of unknown handlers every second: one read of
         // an index seek per handler of enqueued work.
         if handlers_checked.elapsed() >= UNKNOWN_HANDLER_CHECK {

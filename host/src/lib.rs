@@ -84,8 +84,8 @@ pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, HostStats, ManualClock, Queue,
-    SteadyReading, SystemClock, TaskEvent, TestDriver,
+    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, HostStats, ManualClock,
+    PRUNE_EVERY, Queue, SteadyReading, SystemClock, TaskEvent, TestDriver,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, load_manifest, parse_manifest};

@@ -293,8 +293,14 @@ pub trait TaskStore: Send + Sync {
     /// so processes sharing the store move each task once. Returns the jump
     /// and the tasks waiting to run that it moved.
     fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError>;
-    /// Deletes finished tasks that finished before `before`; returns how many.
+    /// Deletes finished tasks that finished before `before`, with their
+    /// attempts, tags and dependencies; returns how many. A finished task
+    /// that an unfinished task runs after is kept, so a waiting child keeps
+    /// its parents' outputs.
     fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+    /// The earliest time a task kept in the store finished (a read: it
+    /// tells whether a [`Self::prune`] may have something to do).
+    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError>;
     /// A number that changes whenever another connection commits (cheap;
     /// polled to notice other processes' work).
     fn change_counter(&self) -> Result<u64, StoreError>;
@@ -1677,7 +1683,8 @@ impl TaskStore for SqliteStore {
 
     fn prune(&self, before: Millis) -> Result<usize, StoreError> {
         self.write(move |conn| {
-            let where_ = "finished_at IS NOT NULL AND finished_at < ?1";
+            let where_ = "finished_at IS NOT NULL AND finished_at < ?1 AND NOT EXISTS (SELECT 1 FROM deps d \
+                 JOIN tasks c ON c.id = d.child WHERE d.parent = tasks.id AND c.state IN ('enqueued', 'blocked', 'running'))";
             conn.execute(&format!("DELETE FROM tags WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"), [before])?;
             conn.execute(&format!("DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"), [before])?;
             conn.execute(
@@ -1686,6 +1693,10 @@ impl TaskStore for SqliteStore {
             )?;
             Ok::<_, StoreError>(conn.execute(&format!("DELETE FROM tasks WHERE {where_}"), [before])?)
         })
+    }
+
+    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|conn| conn.query_row("SELECT min(finished_at) FROM tasks", [], |r| r.get(0)))
     }
 
     fn change_counter(&self) -> Result<u64, StoreError> {

@@ -714,3 +714,51 @@ async fn task_data_keeps_its_types_through_the_store_empty_lists_too() {
     assert_eq!(c.output, Some(merged), "what the child's handler got");
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_prunes_finished_work_after_its_retention_and_keeps_a_waiting_childs_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let done = d
+        .queue()
+        .enqueue(WorkRequest::one_off("echo", "done"))
+        .await
+        .unwrap()
+        .id;
+    let mut p1 = WorkRequest::one_off("echo", "p1");
+    p1.input = Data::new().with("from_p1", 1i64);
+    let p1 = d.queue().enqueue(p1).await.unwrap().id;
+    let mut p2 = WorkRequest::one_off("echo", "p2");
+    p2.initial_delay = secs(2 * 86_400);
+    let p2 = d.queue().enqueue(p2).await.unwrap().id;
+    let mut child = WorkRequest::one_off("echo", "child");
+    child.after = vec![p1, p2];
+    let child = d.queue().enqueue(child).await.unwrap().id;
+    d.run_until_idle().await;
+    assert_eq!(task(&d, done).await.state, TaskState::Succeeded);
+    // Within the retention (1 day by default) everything is kept.
+    d.advance(secs(86_400 - 60));
+    d.run_until_idle().await;
+    assert!(d.queue().get(done).await.unwrap().is_some());
+    // Past it, the host prunes on its own, but not a parent whose child
+    // still waits.
+    d.advance(secs(60 + workhost::PRUNE_EVERY.as_secs()));
+    d.run_until_idle().await;
+    assert!(
+        d.queue().get(done).await.unwrap().is_none(),
+        "pruned after the retention"
+    );
+    let c = task(&d, child).await;
+    assert_eq!((c.state, c.after), (TaskState::Blocked, vec![p1, p2]));
+    assert_eq!(task(&d, p1).await.state, TaskState::Succeeded, "kept for its child");
+    d.set_initial_delay_met(p2).await.unwrap();
+    d.run_until_idle().await;
+    let c = task(&d, child).await;
+    assert_eq!(c.state, TaskState::Succeeded);
+    assert_eq!(
+        c.output.unwrap().get("from_p1"),
+        Some(&Value::S64(1)),
+        "the pruned-around parent's output"
+    );
+    d.shutdown().await;
+}

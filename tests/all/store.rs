@@ -207,6 +207,32 @@ fn task_data_reads_back_with_its_types_and_a_damaged_row_is_an_error_naming_the_
 }
 
 #[test]
+fn prune_keeps_a_finished_parent_while_its_child_waits() {
+    each_backend(|open| {
+        let s = open();
+        let p1 = s.enqueue(WorkRequest::one_off("a", "p1"), NOW).unwrap().0.id;
+        run(&*s, 1, RunResult::Succeeded(Data::new().with("x", 1i64)), NOW);
+        let mut p2 = WorkRequest::one_off("a", "p2");
+        p2.initial_delay = Duration::from_secs(3600);
+        let p2 = s.enqueue(p2, NOW).unwrap().0.id;
+        let mut child = WorkRequest::one_off("b", "c");
+        child.after = vec![p1, p2];
+        let child = s.enqueue(child, NOW).unwrap().0.id;
+        assert_eq!(s.oldest_finished().unwrap(), Some(NOW));
+        assert_eq!(s.prune(NOW + 1).unwrap(), 0, "p1's child waits");
+        assert_eq!(s.get(child).unwrap().unwrap().after, [p1, p2]);
+        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
+        assert_eq!(state(&*s, p2), TaskState::Succeeded);
+        let c = s.get(child).unwrap().unwrap();
+        assert_eq!((c.state, c.input.get("x")), (TaskState::Enqueued, Some(&Value::S64(1))));
+        assert_eq!(s.prune(NOW + 1).unwrap(), 0, "its child is still unfinished");
+        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
+        assert_eq!(s.prune(i64::MAX).unwrap(), 3);
+        assert_eq!(s.oldest_finished().unwrap(), None);
+    });
+}
+
+#[test]
 fn a_finish_applies_its_transition_only_to_the_attempt_still_running() {
     each_backend(|open| {
         let s = open();
