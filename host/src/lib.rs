@@ -93,7 +93,10 @@ pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
 pub use retry::{RetryFacts, Transition, decide};
 pub use runlog::{LogLevel, LogLine, LogSource};
-pub use store::{Change, Claimed, ClockJump, HandlerWait, Query, Selector, SqliteStore, StoreError, TaskStore};
+pub use store::{
+    Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, StoreError,
+    TaskStore,
+};
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
     ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,

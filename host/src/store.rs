@@ -311,7 +311,11 @@ pub trait TaskStore: Send + Sync {
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
+
+/// How many attempts a periodic task keeps: its latest runs, over every
+/// period (older ones are deleted as each run is recorded).
+pub const PERIODIC_ATTEMPTS_KEPT: u32 = 10;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -328,6 +332,10 @@ const MIGRATIONS: &[&str] = &[
     // which an older workhost would misread; rows written before stay in
     // the plain form, which is still read.
     "",
+    // 4 -> 5: an attempt row's key is the task's run number, so a periodic
+    // task's runs no longer overwrite each other; `run_attempt` is the
+    // attempt count the run saw (NULL in older rows: the key).
+    "ALTER TABLE attempts ADD COLUMN run_attempt INTEGER;",
 ];
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -384,6 +392,7 @@ CREATE TABLE attempts (
     fuel INTEGER,
     peak_memory INTEGER,
     log TEXT,
+    run_attempt INTEGER,
     PRIMARY KEY (task_id, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
@@ -1264,8 +1273,11 @@ fn claim_in(
             continue;
         };
         load_tags_and_deps(conn, &mut info)?;
-        conn.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, attempt, started_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![id, info.run_attempt_count, now])?;
+        conn.prepare_cached(
+            "INSERT INTO attempts (task_id, attempt, run_attempt, started_at) \
+             VALUES (?1, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE task_id = ?1), ?2, ?3)",
+        )?
+        .execute(params![id, info.run_attempt_count, now])?;
         claimed.push(Claimed { info, period_start });
     }
     Ok(claimed)
@@ -1335,7 +1347,8 @@ fn finish_in(
 ) -> Result<Vec<Change>, StoreError> {
     conn.prepare_cached(
         "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, \
-         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = ?2",
+         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = \
+         (SELECT max(attempt) FROM attempts WHERE task_id = ?1 AND coalesce(run_attempt, attempt) = ?2)",
     )?
     .execute(params![
         id,
@@ -1367,6 +1380,13 @@ fn finish_in(
             t.error,
             finished,
         ])?;
+    // A periodic task keeps its latest runs only.
+    conn.prepare_cached(
+        "DELETE FROM attempts WHERE task_id = ?1 \
+         AND attempt <= (SELECT max(attempt) FROM attempts WHERE task_id = ?1) - ?2 \
+         AND EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND kind = 'periodic')",
+    )?
+    .execute(params![id, PERIODIC_ATTEMPTS_KEPT])?;
     let mut changes = Vec::new();
     if updated == 1 {
         changes.push(Change { id, state: t.state });
@@ -1465,8 +1485,8 @@ impl TaskStore for SqliteStore {
                 return Ok(None);
             };
             let mut s = conn.prepare_cached(
-                "SELECT attempt, started_at, ended_at, outcome, stop_reason, error, fuel, peak_memory, log \
-                 FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+                "SELECT coalesce(run_attempt, attempt), started_at, ended_at, outcome, stop_reason, error, fuel, \
+                 peak_memory, log FROM attempts WHERE task_id = ?1 ORDER BY attempt",
             )?;
             info.attempts = s
                 .query_map([id], |r| {
@@ -1891,6 +1911,8 @@ mod tests {
             conn.execute_batch(&format!("ALTER TABLE tasks DROP COLUMN {column}"))
                 .unwrap();
         }
+        conn.execute_batch("ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due")
+            .unwrap();
         // Task data as stores before version 4 wrote it: plain JSON.
         conn.execute("UPDATE tasks SET input = '{\"l\":[1,2]}' WHERE id = ?1", [id])
             .unwrap();

@@ -762,3 +762,40 @@ async fn a_host_prunes_finished_work_after_its_retention_and_keeps_a_waiting_chi
     );
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_task_keeps_its_latest_attempts_over_every_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let kept = workhost::PERIODIC_ATTEMPTS_KEPT as usize;
+    let id = d
+        .queue()
+        .enqueue(WorkRequest::periodic("counter", "count", secs(900)))
+        .await
+        .unwrap()
+        .id;
+    let mut starts = Vec::new();
+    for _ in 0..kept + 5 {
+        d.set_period_delay_met(id).await.unwrap();
+        d.run_until_idle().await;
+        starts.push(d.now());
+        d.advance(secs(1));
+    }
+    let t = task(&d, id).await;
+    assert_eq!(
+        t.output.unwrap().get("total_executions"),
+        Some(&Value::S64(kept as i64 + 5))
+    );
+    assert_eq!(t.attempts.len(), kept, "{:?}", t.attempts);
+    assert_eq!(
+        t.attempts.iter().map(|a| a.started_at).collect::<Vec<_>>(),
+        starts[5..],
+        "the latest runs, oldest first"
+    );
+    assert!(
+        t.attempts
+            .iter()
+            .all(|a| a.attempt == 1 && a.outcome.as_deref() == Some("success"))
+    );
+    d.shutdown().await;
+}
