@@ -8,15 +8,19 @@ default:
     @just --list
 
 # Install every toolchain the guests need: the wasm32-wasip2 target (rustup),
-# and componentize-js from guest-examples/js/package-lock.json (npm install of the locked versions).
-# scripts/just itself installs the Python tools (componentize-py) pinned in
-# scripts/requirements-tools.txt into .tools/venv.
+# and componentize-js, esbuild and the JavaScript examples' npm packages from
+# guest-examples/js/package-lock.json (npm install of the locked versions).
+# scripts/just itself installs the Python tools (componentize-py, zig,
+# wasm-tools) pinned in scripts/requirements-tools.txt into .tools/venv; the
+# Python examples' PyPI packages (guest-examples/py/requirements.txt) are
+# installed by tests/build.rs into target/py-deps.
 setup:
     rustup target add wasm32-wasip2
     scripts/npm-ci guest-examples/js
 
 # Build every guest example: target/guests/<name>.wasm (Rust) and
-# target/guests/<name>-<lang>.wasm (py, js).
+# target/guests/<name>-<lang>.wasm (py, js, c); and target/c-sdk (the C
+# bindings and WASI adapter the README's C guide uses).
 guests: setup
     cargo build --quiet -p workhost-tests
     @ls target/guests/*.wasm
@@ -44,7 +48,8 @@ lint: setup
 chaos SEED="1" KILLS="20" TASKS="20": guests
     cargo run --quiet -p workhost-tests --example chaos -- {{SEED}} {{KILLS}} {{TASKS}}
 
-# Fuzz the parsers of untrusted text (task input JSON, CLI values, manifests)
+# Fuzz the parsers of untrusted text (task input JSON, CLI values, manifests,
+# enqueue requests with every duration and count)
 # for SECONDS each, then print each target's executions. Stable Rust with
 # `--sanitizer none` (see tests/fuzz/Cargo.toml); installs the pinned
 # cargo-fuzz into .tools/cargo on first use. Crashes land in
@@ -56,7 +61,7 @@ fuzz SECONDS="60":
         cargo install --quiet --locked cargo-fuzz --version 0.13.2 --root .tools/cargo
     fi
     export PATH="$PWD/.tools/cargo/bin:$PATH" CARGO_TARGET_DIR="$PWD/target/fuzz"
-    for t in input_json cli_values manifest; do
+    for t in input_json cli_values manifest enqueue_request; do
         mkdir -p "target/fuzz-corpus/$t"
         cargo fuzz run --fuzz-dir tests/fuzz --sanitizer none "$t" "target/fuzz-corpus/$t" "tests/fuzz/seeds/$t" \
             -- -max_total_time={{SECONDS}} -timeout=10 -rss_limit_mb=4096 2>&1 | tee "target/fuzz-$t.log" | grep -E '^(#[0-9]+ +DONE|==|SUMMARY|Done)' || true

@@ -2,8 +2,12 @@
 //! examples (wasm32-wasip2, release) as `<name>.wasm`, and the examples in
 //! other languages as `<name>-<lang>.wasm` (`py` with componentize-py, `js`
 //! with componentize-js, `c` with wit-bindgen's C generator, zig's clang
-//! and wit-component). Generates one path constant per guest and the
-//! table `LANGUAGE_EXAMPLES`. No `.wasm` file is committed.
+//! and wit-component). JavaScript handlers are bundled with their npm
+//! packages by esbuild first (`guest-examples/js/build.mjs`); Python
+//! handlers get the PyPI packages of `guest-examples/py/requirements.txt`,
+//! installed into `target/py-deps`. Generates one path constant per guest
+//! and the tables `LANGUAGE_EXAMPLES` and `SOME_LANGUAGES`. No `.wasm`
+//! file is committed.
 //!
 //! The other languages' tools are installed by `scripts/just setup` (which
 //! `scripts/just test` runs) into `.tools/venv` and
@@ -31,6 +35,7 @@ const RUST_GUESTS: &[&str] = &[
     "hog",
     "recurse",
     "chatty",
+    "clock",
 ];
 
 /// The examples every language has, and the world each is built against.
@@ -40,6 +45,18 @@ const LANGUAGE_EXAMPLES: &[(&str, &str)] = &[
     ("fetch", "http-task-handler"),
     ("fail", "task-handler"),
     ("spin", "task-handler"),
+    ("clock", "task-handler"),
+];
+
+/// The examples in some languages only: (example, language, world). `slug`
+/// uses a third-party package (Python's pinned in
+/// `guest-examples/py/requirements.txt`, JavaScript's in
+/// `guest-examples/js/package-lock.json`); `fetch-async` is an async
+/// JavaScript handler awaiting fetch().
+const SOME_LANGUAGES: &[(&str, &str, &str)] = &[
+    ("slug", "py", "task-handler"),
+    ("slug", "js", "task-handler"),
+    ("fetch-async", "js", "http-task-handler"),
 ];
 
 /// The languages besides Rust, by file suffix.
@@ -92,6 +109,17 @@ fn main() {
                 path.display().to_string()
             ));
         }
+    }
+    consts.push_str("];\n");
+    consts.push_str(
+        "/// The examples in some languages only: (example, language, path).\npub const SOME_LANGUAGES: &[(&str, &str, &str)] = &[\n",
+    );
+    for (name, lang, _) in SOME_LANGUAGES {
+        let path = guests.join(format!("{name}-{lang}.wasm"));
+        consts.push_str(&format!(
+            "    ({name:?}, {lang:?}, {:?}),\n",
+            path.display().to_string()
+        ));
     }
     consts.push_str("];\n");
     std::fs::write(
@@ -175,6 +203,53 @@ fn run(mut cmd: Command, what: &str) {
     );
 }
 
+/// The examples of `lang` (a language besides Rust): every example of
+/// `LANGUAGE_EXAMPLES`, then its examples of `SOME_LANGUAGES`, as (name,
+/// world).
+fn examples_in(lang: &str) -> Vec<(&'static str, &'static str)> {
+    let deps = SOME_LANGUAGES
+        .iter()
+        .filter(|(_, l, _)| *l == lang)
+        .map(|(name, _, world)| (*name, *world));
+    LANGUAGE_EXAMPLES.iter().copied().chain(deps).collect()
+}
+
+/// Installs the pure-Python packages pinned in `requirements` into `dir`
+/// (pip `--target`, hashes required, no unlisted dependency), only when the
+/// file changed since the last install; returns `dir` for componentize-py's
+/// `-p`.
+fn install_py_deps(python: &Path, requirements: &Path, dir: &Path) -> PathBuf {
+    let stamp = dir.join(".requirements-installed");
+    let wanted = std::fs::read(requirements).unwrap_or_else(|e| panic!("reading {}: {e}", requirements.display()));
+    if std::fs::read(&stamp).ok().as_deref() == Some(&wanted[..]) {
+        return dir.to_path_buf();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        "--require-hashes",
+        "--target",
+    ])
+    .arg(dir)
+    .arg("-r")
+    .arg(requirements);
+    run(
+        cmd,
+        &format!(
+            "installing the Python examples' packages from {}",
+            requirements.display()
+        ),
+    );
+    std::fs::write(&stamp, wanted).unwrap();
+    dir.to_path_buf()
+}
+
 /// Builds the Python and JavaScript examples, the two languages in
 /// parallel, each example only when its sources or the WIT changed.
 fn build_language_guests(root: &Path, out: &Path) {
@@ -205,7 +280,7 @@ fn build_language_guests(root: &Path, out: &Path) {
     ] {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
-    for (name, _) in LANGUAGE_EXAMPLES {
+    for (name, _) in examples_in("js") {
         println!("cargo:rerun-if-changed={}", js_dir.join(format!("{name}.js")).display());
     }
     println!("cargo:rerun-if-changed={}", js_dir.join("workhost.js").display());
@@ -219,12 +294,18 @@ fn build_language_guests(root: &Path, out: &Path) {
     };
     std::thread::scope(|scope| {
         scope.spawn(|| {
-            for (name, world) in LANGUAGE_EXAMPLES {
+            let py_deps = install_py_deps(
+                &python,
+                &py_dir.join("requirements.txt"),
+                &out.parent().unwrap().join("py-deps"),
+            );
+            for (name, world) in examples_in("py") {
                 let dest = out.join(format!("{name}-py.wasm"));
                 let inputs = wit_inputs(vec![
                     py_dir.join(format!("{name}.py")),
                     py_dir.join("workhost.py"),
                     py_dir.join("workhost_http.py"),
+                    py_dir.join("requirements.txt"),
                     componentize_py.clone(),
                 ]);
                 if fresh(&dest, &inputs) {
@@ -235,6 +316,8 @@ fn build_language_guests(root: &Path, out: &Path) {
                     .arg(&wit)
                     .args(["-w", world, "componentize", name, "-p"])
                     .arg(&py_dir)
+                    .arg("-p")
+                    .arg(&py_deps)
                     .arg("-o")
                     .arg(&dest);
                 run(
@@ -245,7 +328,7 @@ fn build_language_guests(root: &Path, out: &Path) {
         });
         scope.spawn(|| build_c_guests(root, out, &python, &wit_inputs));
         scope.spawn(|| {
-            for (name, world) in LANGUAGE_EXAMPLES {
+            for (name, world) in examples_in("js") {
                 let dest = out.join(format!("{name}-js.wasm"));
                 let inputs = wit_inputs(vec![
                     js_dir.join(format!("{name}.js")),
@@ -279,6 +362,7 @@ fn build_c_guests(root: &Path, out: &Path, python: &Path, wit_inputs: &dyn Fn(Ve
     println!("cargo:rerun-if-changed={}", c_dir.display());
     let work = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("c");
     let target = out.parent().unwrap();
+    write_c_sdk(&root.join("wit"), &target.join("c-sdk"));
     for (name, world) in LANGUAGE_EXAMPLES {
         let dest = out.join(format!("{name}-c.wasm"));
         let inputs = wit_inputs(vec![c_dir.join(format!("{name}.c")), c_dir.join("workhost.h")]);
@@ -332,6 +416,21 @@ fn build_c_guests(root: &Path, out: &Path, python: &Path, wit_inputs: &dyn Fn(Ve
     }
 }
 
+/// What a C handler author needs besides zig and wasm-tools, in `dir`
+/// (`target/c-sdk`, the README's C guide): the bindings of each world
+/// (`<world>/`) and the WASI preview1 reactor adapter that matches the
+/// host's wasmtime (`wasi_snapshot_preview1.reactor.wasm`).
+fn write_c_sdk(wit: &Path, dir: &Path) {
+    for world in ["task-handler", "http-task-handler"] {
+        c_bindings(wit, world, &dir.join(world));
+    }
+    let adapter = dir.join("wasi_snapshot_preview1.reactor.wasm");
+    let bytes = wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER;
+    if std::fs::read(&adapter).ok().as_deref() != Some(bytes) {
+        std::fs::write(&adapter, bytes).unwrap();
+    }
+}
+
 /// Writes the C bindings of `world` (`<world>.h`, `.c`, `_component_type.o`).
 fn c_bindings(wit: &Path, world: &str, dir: &Path) {
     let mut resolve = wit_bindgen_core::wit_parser::Resolve::default();
@@ -344,6 +443,9 @@ fn c_bindings(wit: &Path, world: &str, dir: &Path) {
         .expect("generating C bindings");
     std::fs::create_dir_all(dir).unwrap();
     for (name, bytes) in files.iter() {
-        std::fs::write(dir.join(name), bytes).unwrap();
+        let path = dir.join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes) {
+            std::fs::write(path, bytes).unwrap();
+        }
     }
 }

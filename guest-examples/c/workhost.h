@@ -136,6 +136,24 @@ static inline void wh_put_string(wh_output_t *o, const char *key, const char *v)
   wh_string_dup(&val->val.string, v);
 }
 
+/* Copies `n` values into a list value of `field` (s64_list, f64_list). */
+#define WH_PUT_LIST(o, key, TAG, field, v, n)                                \
+  do {                                                                       \
+    wh_value_t *val_ = wh_put(o, key);                                       \
+    val_->tag = TAG;                                                         \
+    val_->val.field.ptr = malloc((n) ? (n) * sizeof *(v) : 1);               \
+    if (n) memcpy(val_->val.field.ptr, v, (n) * sizeof *(v));                \
+    val_->val.field.len = (n);                                               \
+  } while (0)
+
+static inline void wh_put_s64_list(wh_output_t *o, const char *key, const int64_t *v, size_t n) {
+  WH_PUT_LIST(o, key, WORKHOST_TASK_TYPES_VALUE_S64_LIST, s64_list, v, n);
+}
+
+static inline void wh_put_f64_list(wh_output_t *o, const char *key, const double *v, size_t n) {
+  WH_PUT_LIST(o, key, WORKHOST_TASK_TYPES_VALUE_F64_LIST, f64_list, v, n);
+}
+
 /* Succeeds with `out` as output (which the host then owns). */
 static inline bool wh_success(wh_outcome_t *ret, wh_output_t *out) {
   ret->tag = WORKHOST_TASK_TYPES_OUTCOME_SUCCESS;

@@ -75,19 +75,38 @@ export function fromData(pairs) {
   return Object.fromEntries(pairs.map(([k, v]) => [k, fromValue(v)]));
 }
 
-/** Makes `fn(name, data) -> object | RETRY` the component's handler export. */
+// `f()`, with a thrown error as a thrown string: the err(string) of
+// execute-task.
+function failing(f) {
+  try {
+    return f();
+  } catch (e) {
+    throw e instanceof Error ? e.message : String(e);
+  }
+}
+
+function outcome(result) {
+  return result === RETRY ? { tag: 'retry' } : { tag: 'success', val: toData(result) };
+}
+
+/**
+ * Makes `fn(name, data) -> object | RETRY` the component's handler export.
+ * `fn` may be async (return a Promise, e.g. to await fetch()):
+ * componentize-js then runs the event loop until the Promise settles.
+ */
 export function defineHandler(fn) {
   return {
     executeTask(name, inputData) {
-      let result;
-      try {
-        result = fn(name, fromData(inputData));
-        if (result === RETRY) return { tag: 'retry' };
-        return { tag: 'success', val: toData(result) };
-      } catch (e) {
-        // A thrown string becomes the err(string) of execute-task.
-        throw e instanceof Error ? e.message : String(e);
+      const result = failing(() => fn(name, fromData(inputData)));
+      if (typeof result?.then === 'function') {
+        return result.then(
+          (value) => failing(() => outcome(value)),
+          (e) => failing(() => {
+            throw e;
+          }),
+        );
       }
+      return failing(() => outcome(result));
     },
   };
 }

@@ -12,6 +12,11 @@ wasmtime::component::bindgen!({
         "workhost:task/kv.set": async,
         "workhost:task/kv.delete": async,
         "workhost:task/kv.increment": async,
+        // Calls a guest can make in a tight loop yield to the runtime, so a
+        // storm of them shares the threads with other runs and the
+        // dispatcher instead of holding one until the next epoch tick.
+        "workhost:task/context.set-progress": async,
+        "workhost:task/log.write": async,
     },
 });
 

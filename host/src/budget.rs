@@ -18,26 +18,11 @@ pub enum TaskKind {
     Processing,
 }
 
-impl TaskKind {
-    /// `one-off`, `periodic` or `processing`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::OneOff => "one-off",
-            TaskKind::Periodic => "periodic",
-            TaskKind::Processing => "processing",
-        }
-    }
-
-    /// Reads `one-off`, `periodic` or `processing`.
-    pub fn parse(text: &str) -> Option<TaskKind> {
-        match text {
-            "one-off" => Some(TaskKind::OneOff),
-            "periodic" => Some(TaskKind::Periodic),
-            "processing" => Some(TaskKind::Processing),
-            _ => None,
-        }
-    }
-}
+crate::names::named_enum!(TaskKind {
+    OneOff => "one-off",
+    Periodic => "periodic",
+    Processing => "processing",
+});
 
 /// The limits of one run. Defaults come from [`Budget::for_kind`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +43,13 @@ pub struct Budget {
     pub max_tables: usize,
     /// Most memories.
     pub max_memories: usize,
-    /// Most bytes of log lines kept; the rest is counted and dropped.
+    /// Most bytes of log kept, counted as stored: each line's message
+    /// (JSON-escaped) plus [`LOG_LINE_OVERHEAD`](crate::LOG_LINE_OVERHEAD).
+    /// The rest is counted and dropped.
     pub max_log_bytes: usize,
+    /// Most log lines kept (an empty line counts as any line); the rest is
+    /// counted and dropped.
+    pub max_log_lines: usize,
 }
 
 /// Default fuel for one-off and periodic runs: measured here, a tight Rust
@@ -70,7 +60,7 @@ pub const DEFAULT_FUEL: u64 = 100_000_000_000;
 impl Budget {
     /// The defaults for a kind: 30 s (one-off, periodic) or 10 min
     /// (processing); fuel 10^11 (20x that for processing); 256 MiB of
-    /// memory; 100,000 table elements; 64 KiB of log.
+    /// memory; 100,000 table elements; 64 KiB and 1,000 lines of log.
     pub fn for_kind(kind: TaskKind) -> Budget {
         let (timeout, fuel) = match kind {
             TaskKind::OneOff | TaskKind::Periodic => (Duration::from_secs(30), DEFAULT_FUEL),
@@ -85,6 +75,7 @@ impl Budget {
             max_tables: 64,
             max_memories: 16,
             max_log_bytes: 64 << 10,
+            max_log_lines: 1000,
         }
     }
 }

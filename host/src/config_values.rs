@@ -12,6 +12,10 @@ use crate::data::{Data, Value};
 pub const MAX_CONFIG_KEY_BYTES: usize = 128;
 /// Largest configuration value, in bytes.
 pub const MAX_CONFIG_VALUE_BYTES: usize = 64 << 10;
+/// Largest secret, in bytes: well under the 4 KiB at which a run's stdout
+/// is cut into lines, so the bytes held back while a secret may still be
+/// completing stay small.
+pub const MAX_SECRET_BYTES: usize = 1024;
 /// What a secret is replaced with wherever the host removes it.
 pub const REDACTED: &str = "[redacted]";
 
@@ -70,6 +74,16 @@ pub enum ConfigError {
         /// The value's length.
         len: usize,
     },
+    /// A secret is over [`MAX_SECRET_BYTES`].
+    #[error(
+        "secret {key:?} is {len} bytes; the limit for a secret is 1024 (keep large material in a granted file and the secret that unlocks it here)"
+    )]
+    SecretTooLarge {
+        /// The key.
+        key: String,
+        /// The secret's length.
+        len: usize,
+    },
     /// A secret is empty (an empty secret cannot be redacted).
     #[error("secret {0:?} is empty")]
     EmptySecret(String),
@@ -88,10 +102,27 @@ pub fn check_config(key: &str, value: &ConfigValue) -> Result<(), ConfigError> {
             len: value.value.len(),
         });
     }
+    if value.secret && value.value.len() > MAX_SECRET_BYTES {
+        return Err(ConfigError::SecretTooLarge {
+            key: key.to_string(),
+            len: value.value.len(),
+        });
+    }
     if value.secret && value.value.is_empty() {
         return Err(ConfigError::EmptySecret(key.to_string()));
     }
     Ok(())
+}
+
+/// What [`Redactor::at`] found at the start of a byte stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Match {
+    /// A whole secret of this many bytes.
+    Secret(usize),
+    /// The bytes end inside a possible secret: wait for more.
+    Maybe,
+    /// No secret starts here.
+    No,
 }
 
 /// Replaces every secret of a handler with [`REDACTED`] in text and data.
@@ -121,6 +152,24 @@ impl Redactor {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
         Redactor(Some(Arc::new(secrets)))
+    }
+
+    /// Whether a secret starts at the beginning of `bytes`: `Secret(len)`
+    /// for a whole one (the longest), `Maybe` when `bytes` ends inside what
+    /// could still become one (never when `last`), else `No`.
+    pub(crate) fn at(&self, bytes: &[u8], last: bool) -> Match {
+        let Some(secrets) = &self.0 else { return Match::No };
+        let mut maybe = false;
+        for s in secrets.iter() {
+            let s = s.as_bytes();
+            if bytes.starts_with(s) {
+                return Match::Secret(s.len());
+            }
+            if !last && bytes.len() < s.len() && s.starts_with(bytes) {
+                maybe = true;
+            }
+        }
+        if maybe { Match::Maybe } else { Match::No }
     }
 
     /// `text` with every secret replaced.

@@ -27,34 +27,17 @@ pub enum NetworkType {
     TemporarilyUnmetered,
 }
 
+// `ALL` is in code order: the store keeps a type as its index there.
+crate::names::named_enum!(NetworkType {
+    NotRequired => "not-required",
+    Connected => "connected",
+    Unmetered => "unmetered",
+    NotRoaming => "not-roaming",
+    Metered => "metered",
+    TemporarilyUnmetered => "temporarily-unmetered",
+});
+
 impl NetworkType {
-    /// All types, in code order.
-    pub const ALL: [NetworkType; 6] = [
-        NetworkType::NotRequired,
-        NetworkType::Connected,
-        NetworkType::Unmetered,
-        NetworkType::NotRoaming,
-        NetworkType::Metered,
-        NetworkType::TemporarilyUnmetered,
-    ];
-
-    /// The kebab-case name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkType::NotRequired => "not-required",
-            NetworkType::Connected => "connected",
-            NetworkType::Unmetered => "unmetered",
-            NetworkType::NotRoaming => "not-roaming",
-            NetworkType::Metered => "metered",
-            NetworkType::TemporarilyUnmetered => "temporarily-unmetered",
-        }
-    }
-
-    /// Reads a kebab-case name.
-    pub fn parse(text: &str) -> Option<NetworkType> {
-        Self::ALL.into_iter().find(|t| t.as_str() == text)
-    }
-
     /// The store's integer code.
     pub fn code(self) -> i64 {
         Self::ALL.iter().position(|t| *t == self).unwrap_or(0) as i64
@@ -62,7 +45,11 @@ impl NetworkType {
 
     /// From the store's integer code.
     pub fn from_code(code: i64) -> NetworkType {
-        Self::ALL.get(code as usize).copied().unwrap_or_default()
+        usize::try_from(code)
+            .ok()
+            .and_then(|c| Self::ALL.get(c))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Whether `network` satisfies this requirement.
@@ -451,7 +438,8 @@ mod tests {
 
     #[test]
     fn linux_readings_from_fixture_files() {
-        let dir = tempfile_dir();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let ps = dir.join("power_supply");
         for (name, kind, extra) in [
             ("AC", "Mains", ("online", "0")),
@@ -490,17 +478,5 @@ mod tests {
         let s = DeviceState::read_linux(&paths, &dir, &Thresholds::default());
         assert!(!s.network.connected, "a route on a down interface is no connection");
         assert!(s.charging && !s.battery_low);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "workhost-device-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }

@@ -37,9 +37,20 @@ pub struct EngineConfig {
     /// reservation, the engine falls back to on-demand allocation.
     pub pooling: bool,
     /// Where compiled components are cached, keyed by content hash and
-    /// engine compatibility. `None` compiles every load.
+    /// engine compatibility. `None` compiles every load. The folder is
+    /// created private (0700); an existing one that another user owns, or
+    /// that its group or others may write, is refused (loading code from it
+    /// would run whatever another user put there).
     pub cache_dir: Option<PathBuf>,
+    /// Most bytes of compiled code the cache folder keeps, over every engine
+    /// version (default 1 GiB, [`DEFAULT_CACHE_MAX_BYTES`]). After each
+    /// write the least recently used entries are removed until the total is
+    /// within it; the entry just written always stays.
+    pub cache_max_bytes: u64,
 }
+
+/// Default size cap of the compile cache: 1 GiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -50,6 +61,7 @@ impl Default for EngineConfig {
             max_memory_ceiling: 4 << 30,
             pooling: true,
             cache_dir: None,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }
@@ -73,6 +85,17 @@ pub enum EngineError {
     /// wasmtime refused the configuration.
     #[error("cannot build the wasmtime engine: {0}")]
     Wasmtime(String),
+    /// The compile cache folder is not private to this user, so code loaded
+    /// from it could be another user's.
+    #[error(
+        "the compile cache {path:?} {why}; code loaded from it could be another user's, so it is not used: make it yours and private (chown, then chmod 700) or choose another cache directory"
+    )]
+    UnsafeCache {
+        /// The folder.
+        path: PathBuf,
+        /// What is wrong, in words.
+        why: String,
+    },
 }
 
 /// A component could not be loaded as a task handler.
@@ -196,6 +219,9 @@ impl Engine {
             std::hash::Hash::hash(&wasmtime.precompile_compatibility_hash(), &mut hasher);
             hex(&hasher.0.finalize()[..16])
         };
+        if let Some(dir) = &config.cache_dir {
+            prepare_cache_dir(dir, &dir.join(&compat))?;
+        }
         spawn_ticker(wasmtime.weak());
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -318,23 +344,32 @@ impl Engine {
             // writer that somehow renamed) is recompiled and replaced.
             if let Ok(component) = self.deserialize_file(&path) {
                 self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+                touch(&path);
                 return Ok((component, CacheStatus::Hit));
             }
         }
         let compiled = self.inner.wasmtime.precompile_component(bytes).map_err(invalid)?;
         self.inner.compiled.fetch_add(1, Ordering::Relaxed);
         // Write to a unique temporary name and rename, so a concurrent
-        // reader never sees a partial file.
+        // reader never sees a partial file. Unique in the process, not per
+        // engine: two engines on one cache folder (a fuel and a no-fuel
+        // engine, two executors) writing the same name would each rename
+        // the other's code to their own key, and the cache would serve one
+        // component's code for another's bytes from then on.
+        static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
         let tmp = dir.join(format!(
             ".{}.{}.tmp",
             std::process::id(),
-            self.inner.compiled.load(Ordering::Relaxed)
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
-        let stored = std::fs::create_dir_all(&dir)
+        let stored = create_private_dir(&dir)
             .and_then(|()| std::fs::write(&tmp, &compiled))
             .and_then(|()| std::fs::rename(&tmp, &path));
         let component = match stored {
-            Ok(()) => self.deserialize_file(&path),
+            Ok(()) => {
+                evict_least_recently_used(cache_dir, &path, self.inner.config.cache_max_bytes);
+                self.deserialize_file(&path)
+            }
             Err(_) => {
                 let _ = std::fs::remove_file(&tmp);
                 self.deserialize_bytes(&compiled)
@@ -377,6 +412,99 @@ impl Engine {
             store
                 .set_fuel(fuel.unwrap_or(u64::MAX))
                 .expect("fuel is enabled on this engine");
+        }
+    }
+}
+
+/// Creates `dir` (and missing parents) private to this user (0700).
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Creates the cache folder and this engine's subfolder private (0700) and
+/// checks both: another user's folder, or one its group or others may
+/// write, is refused; one of ours that others may only read (as older
+/// versions made them) is made private. A folder that cannot be created is
+/// left to `load_component`, which then compiles without caching.
+fn prepare_cache_dir(root: &Path, engine_dir: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _ = create_private_dir(engine_dir);
+    let me = rustix::process::geteuid().as_raw();
+    for dir in [root, engine_dir] {
+        let Ok(meta) = std::fs::metadata(dir) else { continue };
+        let unsafe_cache = |why: String| EngineError::UnsafeCache {
+            path: dir.to_path_buf(),
+            why,
+        };
+        if !meta.is_dir() {
+            return Err(unsafe_cache("is not a folder".into()));
+        }
+        if meta.uid() != me {
+            return Err(unsafe_cache(format!(
+                "is owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            )));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(unsafe_cache(format!(
+                "may be written by its group or others (mode {mode:o})"
+            )));
+        }
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                unsafe_cache(format!(
+                    "is readable by others (mode {mode:o}) and cannot be made private: {e}"
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks a cache entry as just used: its modification time is its last use
+/// (access times are unreliable under `relatime` and `noatime`).
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.set_modified(std::time::SystemTime::now());
+    }
+}
+
+/// Removes the least recently used `.cwasm` entries under `root` (every
+/// engine's subfolder) until they hold at most `max_bytes`, never `keep`
+/// (the entry just written). Errors are ignored: another process may be
+/// evicting the same files.
+fn evict_least_recently_used(root: &Path, keep: &Path, max_bytes: u64) {
+    let mut entries = Vec::new();
+    let mut total: u64 = 0;
+    let Ok(subdirs) = std::fs::read_dir(root) else { return };
+    for sub in subdirs.flatten() {
+        let Ok(files) = std::fs::read_dir(sub.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "cwasm") {
+                continue;
+            }
+            let Ok(meta) = file.metadata() else { continue };
+            total = total.saturating_add(meta.len());
+            if path != keep {
+                entries.push((meta.modified().ok(), meta.len(), path));
+            }
+        }
+    }
+    if total <= max_bytes {
+        return;
+    }
+    entries.sort();
+    for (_, len, path) in entries {
+        if total <= max_bytes {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total = total.saturating_sub(len);
         }
     }
 }

@@ -213,6 +213,9 @@ pub struct RunRequest {
     /// What the handler may touch: outbound HTTP, a data directory,
     /// configuration values and secrets.
     pub grants: Arc<crate::grants::Grants>,
+    /// Resolves the host names of outbound HTTP requests, once per request
+    /// (default: [`SystemResolver`](crate::SystemResolver)).
+    pub resolver: Arc<dyn crate::outbound::Resolver>,
 }
 
 impl RunRequest {
@@ -235,6 +238,7 @@ impl RunRequest {
             progress: None,
             stop: StopHandle::new(),
             grants: Arc::default(),
+            resolver: Arc::new(crate::outbound::SystemResolver),
         }
     }
 }
@@ -256,11 +260,12 @@ impl Handler {
             progress,
             stop,
             grants,
+            resolver,
         } = request;
         let started = Instant::now();
         let deadline = started + budget.timeout;
         let redactor = Redactor::new(&grants.config);
-        let log = SharedLog::new(started, budget.max_log_bytes, redactor.clone());
+        let log = SharedLog::new(started, budget.max_log_bytes, budget.max_log_lines, redactor.clone());
         let engine = &self.inner.engine;
         let fuel = engine.meters_fuel().then(|| budget.fuel.unwrap_or(u64::MAX));
         let task = Arc::new(task);
@@ -272,15 +277,30 @@ impl Handler {
             kv,
             progress,
             grants,
+            resolver,
         );
         let mut store = wasmtime::Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
         engine.prepare_store(&mut store, fuel);
         let input = data_to_wit(&input);
 
+        let quota = store.data().data_quota();
         let ended = {
             let call = async {
-                let instance = self.inner.pre.instantiate_async(&mut store).await?;
+                // Inside the race, so a slow walk of a big directory still
+                // ends at the deadline or a stop.
+                if let Some(q) = quota {
+                    q.measure().await;
+                }
+                let instance = match self.inner.pre.instantiate_async(&mut store).await {
+                    Ok(instance) => instance,
+                    // No slot or memory for an instance: the host's
+                    // shortage, not the handler's failure.
+                    Err(e) if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() => {
+                        return Err(e.context(HostBusy));
+                    }
+                    Err(e) => return Err(e),
+                };
                 instance
                     .workhost_task_handler()
                     .call_execute_task(&mut store, &task.name, &input)
@@ -314,12 +334,21 @@ impl Handler {
             Ok(Ok(Ok(Outcome::Retry))) => RunResult::Retry,
             Ok(Ok(Err(message))) => RunResult::Failed(Failure::Error(redactor.text(message))),
             Ok(Err(error)) => {
-                log.push(LogLevel::Error, LogSource::Host, format!("run trapped: {error:#}"));
+                let what = if error.downcast_ref::<HostBusy>().is_some() {
+                    "run not started"
+                } else {
+                    "run trapped"
+                };
+                log.push(LogLevel::Error, LogSource::Host, format!("{what}: {error:#}"));
                 match classify_trap(&error, limiter.memory_refused) {
                     RunResult::Failed(Failure::Trap(m)) => RunResult::Failed(Failure::Trap(redactor.text(m))),
                     other => other,
                 }
             }
+        };
+        let result = match result {
+            RunResult::Failed(f) => RunResult::Failed(f.capped()),
+            other => other,
         };
         RunOutcome {
             result,
@@ -331,12 +360,26 @@ impl Handler {
     }
 }
 
+/// Marks an instantiation the host had no room for.
+#[derive(Debug, thiserror::Error)]
+#[error("the host has no instance slot free for this run; it is retried")]
+struct HostBusy;
+
 /// Names what stopped a trapped run. A refused memory grow decides
 /// `memory-exceeded` whatever trap followed (a Rust guest aborts with
 /// `unreachable` when its allocator fails).
 fn classify_trap(error: &wasmtime::Error, memory_refused: bool) -> RunResult {
+    if error.downcast_ref::<HostBusy>().is_some() {
+        return RunResult::Stopped(StopReason::HostBusy);
+    }
     if memory_refused {
         return RunResult::Stopped(StopReason::MemoryExceeded);
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return RunResult::Failed(Failure::Trap(format!(
+            "the handler called exit({}) instead of returning a result; return from execute-task (err for a failure)",
+            exit.0
+        )));
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => RunResult::Stopped(StopReason::FuelExhausted),

@@ -6,7 +6,7 @@
 //! values and secrets (`config_values`).
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -18,6 +18,7 @@ use http_body::{Body, Frame};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use crate::config_values::ConfigValue;
+use crate::outbound::{Resolver, Timeouts, send_to};
 use crate::runlog::{LogLevel, LogSource, SharedLog};
 
 /// An origin a handler may send HTTP requests to: a scheme, a host (exact,
@@ -163,39 +164,117 @@ impl Default for Grants {
     }
 }
 
-/// Whether an address is loopback, private, link-local, unspecified or
-/// unique-local: reachable only from inside, so a name resolving there is a
-/// way into the host's network.
+/// IPv4 ranges reachable only from inside a host or its network, or not
+/// routable on the internet at all: a name resolving into one is a way into
+/// the host's network.
+const INTERNAL_V4: &[(Ipv4Addr, u8, &str)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8, "\"this network\" 0.0.0.0/8"),
+    (Ipv4Addr::new(10, 0, 0, 0), 8, "private 10.0.0.0/8"),
+    (Ipv4Addr::new(100, 64, 0, 0), 10, "shared address space 100.64.0.0/10"),
+    (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback 127.0.0.0/8"),
+    (Ipv4Addr::new(169, 254, 0, 0), 16, "link-local 169.254.0.0/16"),
+    (Ipv4Addr::new(172, 16, 0, 0), 12, "private 172.16.0.0/12"),
+    (
+        Ipv4Addr::new(192, 0, 0, 0),
+        24,
+        "IETF protocol assignments 192.0.0.0/24",
+    ),
+    (Ipv4Addr::new(192, 168, 0, 0), 16, "private 192.168.0.0/16"),
+    (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking 198.18.0.0/15"),
+    (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast 224.0.0.0/4"),
+    (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved 240.0.0.0/4 (with broadcast)"),
+];
+
+/// IPv6 ranges that are internal whatever follows the prefix. Addresses
+/// that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged
+/// by that address instead, in [`internal_range`].
+const INTERNAL_V6: &[(Ipv6Addr, u8, &str)] = &[
+    (Ipv6Addr::UNSPECIFIED, 128, "unspecified ::"),
+    (Ipv6Addr::LOCALHOST, 128, "loopback ::1"),
+    (
+        Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0),
+        48,
+        "local-use NAT64 64:ff9b:1::/48",
+    ),
+    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "unique-local fc00::/7"),
+    (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link-local fe80::/10"),
+    (Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0), 10, "site-local fec0::/10"),
+    (Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0), 8, "multicast ff00::/8"),
+];
+
+/// Whether an address is internal: loopback, private, link-local, shared
+/// (carrier-grade NAT), reserved, benchmarking, multicast, broadcast,
+/// unspecified or unique-local, or an IPv6 address that embeds an internal
+/// IPv4 address (IPv4-mapped `::ffff:0:0/96`, IPv4-compatible `::/96`, NAT64
+/// `64:ff9b::/96`, 6to4 `2002::/16`). The full table is in the README's
+/// Grants section. A name resolving to one is refused unless listed exactly.
 pub fn is_internal(ip: IpAddr) -> bool {
+    internal_range(ip).is_some()
+}
+
+/// The internal range `ip` lies in, in words (for log lines), or `None` for
+/// an address outside them all.
+pub(crate) fn internal_range(ip: IpAddr) -> Option<&'static str> {
+    let in_v4 = |v4: Ipv4Addr| {
+        INTERNAL_V4
+            .iter()
+            .find(|(net, len, _)| prefix_matches(u32::from(v4).into(), u32::from(*net).into(), 32, *len))
+            .map(|(_, _, name)| *name)
+    };
     match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast()
-        }
+        IpAddr::V4(v4) => in_v4(v4),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal(IpAddr::V4(v4));
+            let bits = u128::from(v6);
+            if let Some((_, _, name)) = INTERNAL_V6
+                .iter()
+                .find(|(net, len, _)| prefix_matches(bits, u128::from(*net), 128, *len))
+            {
+                return Some(name);
             }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (v6.segments()[0] & 0xfe00) == 0xfc00
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
+            let low32 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
+            // IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96 and NAT64
+            // 64:ff9b::/96 carry the IPv4 address in their last 32 bits.
+            let embeds_low = [
+                Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0),
+                Ipv6Addr::UNSPECIFIED,
+                Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0),
+            ];
+            if embeds_low
+                .iter()
+                .any(|net| prefix_matches(bits, u128::from(*net), 128, 96))
+            {
+                return in_v4(low32);
+            }
+            // 6to4 2002::/16 carries it in bits 16..48.
+            if v6.segments()[0] == 0x2002 {
+                return in_v4(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32));
+            }
+            None
         }
     }
+}
+
+/// Whether the first `len` of `width` bits of `addr` and `net` agree.
+fn prefix_matches(addr: u128, net: u128, width: u32, len: u8) -> bool {
+    let shift = width - u32::from(len);
+    shift >= width || (addr >> shift) == (net >> shift)
 }
 
 /// Checks every outbound request of one run against its grants, counts
 /// requests and response bytes, and logs each refusal in the run's log.
 pub(crate) struct HttpGate {
     grants: Arc<Grants>,
+    resolver: Arc<dyn Resolver>,
     log: SharedLog,
     requests: Arc<AtomicU32>,
     response_bytes: Arc<AtomicU64>,
 }
 
 impl HttpGate {
-    pub(crate) fn new(grants: Arc<Grants>, log: SharedLog) -> Self {
+    pub(crate) fn new(grants: Arc<Grants>, resolver: Arc<dyn Resolver>, log: SharedLog) -> Self {
         HttpGate {
             grants,
+            resolver,
             log,
             requests: Arc::default(),
             response_bytes: Arc::default(),
@@ -217,6 +296,7 @@ impl WasiHttpHooks for HttpGate {
     ) -> Box<dyn std::future::Future<Output = SendResult> + Send> {
         drop(fut);
         let grants = self.grants.clone();
+        let resolver = self.resolver.clone();
         let log = self.log.clone();
         let requests = self.requests.clone();
         let used = self.response_bytes.clone();
@@ -247,11 +327,14 @@ impl WasiHttpHooks for HttpGate {
                     grants.http.max_requests
                 ));
             }
+            // Resolved once: the connection goes to these very addresses,
+            // so a name that answers differently the next time (DNS
+            // rebinding) cannot lead the request inside.
             let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
                 Ok(ip) => vec![ip],
-                Err(_) => match tokio::net::lookup_host((host.as_str(), port)).await {
-                    Ok(addrs) => addrs.map(|a| a.ip()).collect(),
-                    Err(_) => {
+                Err(_) => match resolver.resolve(&host).await {
+                    Ok(addrs) if !addrs.is_empty() => addrs,
+                    _ => {
                         return Err(HttpError::DnsError {
                             rcode: None,
                             info_code: None,
@@ -259,21 +342,24 @@ impl WasiHttpHooks for HttpGate {
                     }
                 },
             };
-            if let Some(ip) = addresses.iter().find(|ip| is_internal(**ip))
-                && !entry.names_exactly(&host)
+            if !entry.names_exactly(&host)
+                && let Some((ip, range)) = addresses
+                    .iter()
+                    .find_map(|ip| internal_range(*ip).map(|range| (ip, range)))
             {
                 return refuse(format!(
-                    "{host} resolves to the internal address {ip}; list the host exactly to allow it"
+                    "{host} resolves to the internal address {ip} ({range}); list the host exactly to allow it"
                 ));
             }
             let t = grants.http.request_timeout;
-            let pick = |o: Option<Duration>| Some(o.map_or(t, |o| o.min(t)));
-            let options = RequestOptions {
-                connect_timeout: pick(options.and_then(|o| o.connect_timeout)),
-                first_byte_timeout: pick(options.and_then(|o| o.first_byte_timeout)),
-                between_bytes_timeout: pick(options.and_then(|o| o.between_bytes_timeout)),
+            let pick = |o: Option<Duration>| o.map_or(t, |o| o.min(t));
+            let timeouts = Timeouts {
+                connect: pick(options.and_then(|o| o.connect_timeout)),
+                first_byte: pick(options.and_then(|o| o.first_byte_timeout)),
+                between_bytes: pick(options.and_then(|o| o.between_bytes_timeout)),
             };
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, Some(options)).await?;
+            let checked: Vec<SocketAddr> = addresses.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+            let (response, io) = send_to(request, &host, &checked, timeouts).await?;
             let limit = grants.http.max_response_bytes;
             let response = response.map(|body| {
                 http_body_util::BodyExt::boxed_unsync(Capped {
@@ -282,10 +368,7 @@ impl WasiHttpHooks for HttpGate {
                     limit,
                 })
             });
-            Ok((
-                response,
-                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-            ))
+            Ok((response, io))
         })
     }
 }
@@ -346,24 +429,130 @@ mod tests {
         assert_eq!(p.to_string(), "http://127.0.0.1:8080");
     }
 
+    /// Every range of the table, with addresses at both of its edges
+    /// (inside) and just past them (outside).
     #[test]
-    fn internal_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
+    fn internal_addresses_are_recognised_at_the_edges_of_every_range() {
+        let inside = [
+            // 0.0.0.0/8
             "0.0.0.0",
+            "0.255.255.255",
+            // 10.0.0.0/8
+            "10.0.0.0",
+            "10.255.255.255",
+            // 100.64.0.0/10
+            "100.64.0.0",
+            "100.127.255.255",
+            // 127.0.0.0/8
+            "127.0.0.0",
+            "127.255.255.255",
+            // 169.254.0.0/16
+            "169.254.0.0",
+            "169.254.255.255",
+            // 172.16.0.0/12
+            "172.16.0.0",
+            "172.31.255.255",
+            // 192.0.0.0/24
+            "192.0.0.0",
+            "192.0.0.255",
+            // 192.168.0.0/16
+            "192.168.0.0",
+            "192.168.255.255",
+            // 198.18.0.0/15
+            "198.18.0.0",
+            "198.19.255.255",
+            // 224.0.0.0/4
+            "224.0.0.0",
+            "239.255.255.255",
+            // 240.0.0.0/4, broadcast included
+            "240.0.0.0",
+            "255.255.255.255",
+            // ::, ::1
+            "::",
             "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:10.0.0.1",
-        ] {
-            assert!(is_internal(ip.parse().unwrap()), "{ip}");
+            // IPv4-mapped ::ffff:0:0/96, judged by the IPv4 table
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.0",
+            "::ffff:100.64.0.0",
+            "::ffff:169.254.169.254",
+            "::ffff:255.255.255.255",
+            // IPv4-compatible ::/96
+            "::127.0.0.1",
+            "::10.255.255.255",
+            "::192.168.0.1",
+            // NAT64 64:ff9b::/96
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::10.0.0.0",
+            "64:ff9b::198.19.255.255",
+            // local-use NAT64 64:ff9b:1::/48
+            "64:ff9b:1::",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+            // 6to4 2002::/16, the IPv4 address in bits 16..48
+            "2002:7f00:1::",
+            "2002:a00:1::",
+            "2002:c0a8:101:ffff:ffff:ffff:ffff:ffff",
+            "2002:6440::",
+            // fc00::/7
+            "fc00::",
+            "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            // fe80::/10
+            "fe80::",
+            "febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            // fec0::/10
+            "fec0::",
+            "feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            // ff00::/8
+            "ff00::",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ];
+        let outside = [
+            "1.0.0.0",
+            "9.255.255.255",
+            "11.0.0.0",
+            "100.63.255.255",
+            "100.128.0.0",
+            "126.255.255.255",
+            "128.0.0.0",
+            "169.253.255.255",
+            "169.255.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "191.255.255.255",
+            "192.0.1.0",
+            "192.167.255.255",
+            "192.169.0.0",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "93.184.216.34",
+            // embedded public IPv4 addresses
+            "::ffff:8.8.8.8",
+            "::ffff:100.63.255.255",
+            "::8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "64:ff9b::198.20.0.0",
+            "2002:808:808::",
+            "2002:6480::",
+            // just past the prefixes that embed an address
+            "::1:0:0:7f00:1",
+            "0:0:0:0:1:ffff:7f00:1",
+            "64:ff9b:0:0:0:1:7f00:1",
+            "64:ff9a:ffff:ffff:ffff:ffff:7f00:1",
+            "64:ff9b:2::",
+            "2001:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2003:7f00:1::",
+            // just past fc00::/7 and fe80::/10
+            "fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "fe00::",
+            "fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "2606:4700::1111",
+            "2001:4860:4860::8888",
+        ];
+        for ip in inside {
+            assert!(is_internal(ip.parse().unwrap()), "{ip} should be internal");
         }
-        for ip in ["93.184.216.34", "1.1.1.1", "2606:4700::1111"] {
-            assert!(!is_internal(ip.parse().unwrap()), "{ip}");
+        for ip in outside {
+            assert!(!is_internal(ip.parse().unwrap()), "{ip} should be outside");
         }
     }
 }

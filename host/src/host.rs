@@ -66,7 +66,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Millis {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as Millis)
+            .map_or(0, crate::work::millis)
     }
 
     /// On Linux, `CLOCK_BOOTTIME` within the boot named by
@@ -109,7 +109,7 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.now.fetch_add(by.as_millis() as Millis, Ordering::SeqCst);
+        self.now.fetch_add(crate::work::millis(by), Ordering::SeqCst);
     }
 }
 
@@ -119,10 +119,43 @@ impl Clock for ManualClock {
     }
 }
 
+/// The pattern every handler name matches: lowercase ASCII letters, digits,
+/// `-` and `_`, starting with a letter or digit, 1 to 64 bytes. A name is a
+/// single path component (a handler's data directory is
+/// `<data_dir>/handlers/<name>`), so it can never be `.`, `..`, hidden,
+/// absolute or contain a separator.
+pub const HANDLER_NAME_PATTERN: &str = "[a-z0-9][a-z0-9_-]{0,63}";
+
+/// Longest handler name, in bytes.
+pub const MAX_HANDLER_NAME_BYTES: usize = 64;
+
+/// A handler name that does not match [`HANDLER_NAME_PATTERN`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "handler name {0:?} is not allowed; a handler name matches {HANDLER_NAME_PATTERN} (lowercase letters, digits, `-` and `_`, starting with a letter or digit, at most 64 bytes), for example \"fetch-feed\""
+)]
+pub struct HandlerNameError(pub String);
+
+/// Checks that `name` matches [`HANDLER_NAME_PATTERN`]. The manifest and
+/// [`Host::start`] call it for every handler.
+pub fn check_handler_name(name: &str) -> Result<(), HandlerNameError> {
+    let body = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+    match name.as_bytes() {
+        [first, rest @ ..]
+            if (first.is_ascii_lowercase() || first.is_ascii_digit())
+                && name.len() <= MAX_HANDLER_NAME_BYTES
+                && rest.iter().all(|b| body(*b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(HandlerNameError(name.to_string())),
+    }
+}
+
 /// One handler of a host.
 #[derive(Debug, Clone)]
 pub struct HandlerConfig {
-    /// The name work requests use.
+    /// The name work requests use; it matches [`HANDLER_NAME_PATTERN`].
     pub name: String,
     /// The component file.
     pub component: PathBuf,
@@ -178,6 +211,24 @@ pub struct HostConfig {
     pub engine: EngineConfig,
     /// Where the device state for constraints comes from.
     pub device: DeviceConfig,
+    /// Most bytes of linear memory the runs going at once may be granted
+    /// together (default: half the machine's physical memory,
+    /// [`default_memory_budget`]). Work that does not fit waits for memory:
+    /// handlers that all allocate their limit cannot get the host killed by
+    /// the kernel.
+    pub memory_budget: u64,
+}
+
+/// Half the machine's physical memory (Linux `/proc/meminfo`), or 4 GiB
+/// where it cannot be read: the default [`HostConfig::memory_budget`].
+pub fn default_memory_budget() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib.saturating_mul(1024))
+    });
+    total.map_or(4 << 30, |t| t / 2)
 }
 
 /// Where a host's device state comes from.
@@ -207,8 +258,8 @@ impl Default for DeviceConfig {
 
 impl HostConfig {
     /// Defaults: 16 runs at once, WorkManager's periodic floors, 1 day of
-    /// retention, a 10 s shutdown grace, a 25 ms poll, and the compile cache
-    /// in `<data_dir>/cache`.
+    /// retention, a 10 s shutdown grace, a 25 ms poll, the compile cache
+    /// in `<data_dir>/cache`, and half the physical memory for runs.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let data_dir = data_dir.into();
         HostConfig {
@@ -224,6 +275,7 @@ impl HostConfig {
             shutdown_grace: Duration::from_secs(10),
             poll_interval: Duration::from_millis(25),
             device: DeviceConfig::default(),
+            memory_budget: default_memory_budget(),
         }
     }
 }
@@ -248,9 +300,25 @@ pub enum HostError {
         /// Why.
         source: LoadError,
     },
+    /// A handler's name does not match [`HANDLER_NAME_PATTERN`].
+    #[error(transparent)]
+    HandlerName(#[from] HandlerNameError),
     /// Another process already runs a host on this data directory.
     #[error("another `workhost serve` is already running on {0:?}; stop it first, or use another data directory")]
     AlreadyServing(PathBuf),
+    /// A handler's memory limit is more than the host's whole memory
+    /// budget: none of its runs could ever start.
+    #[error(
+        "handler {name:?} may use {limit} bytes of memory per run, more than the host's memory budget of {budget} bytes; lower its max_memory or raise memory_budget"
+    )]
+    MemoryBudget {
+        /// The handler.
+        name: String,
+        /// Its memory limit.
+        limit: u64,
+        /// The host's memory budget.
+        budget: u64,
+    },
 }
 
 /// What happened to a task, as observers see it.
@@ -452,7 +520,7 @@ impl Queue {
         let before = if all {
             Millis::MAX
         } else {
-            self.now() - self.retention.as_millis() as Millis
+            self.now().saturating_sub(crate::work::millis(self.retention))
         };
         let store = self.store.clone();
         blocking(move || store.prune(before)).await
@@ -501,6 +569,27 @@ struct Running {
     handler: String,
     stop: StopHandle,
     constraints: Constraints,
+    /// The memory limit of the run, reserved from the host's budget.
+    memory: u64,
+}
+
+/// A run's place in `Inner::running`: given back when dropped, so a run
+/// whose task panics still frees its slot and its memory.
+struct Slot {
+    inner: Arc<Inner>,
+    id: TaskId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        // A freed slot may let waiting work start.
+        self.inner.queue.wake.notify_one();
+    }
 }
 
 /// Reads the device state a host starts from.
@@ -517,8 +606,29 @@ struct LoadedHandler {
     config: HandlerConfig,
 }
 
+impl LoadedHandler {
+    /// The largest memory limit a run of this handler may have.
+    fn memory_limit(&self) -> u64 {
+        self.config.memory_limit()
+    }
+}
+
+impl HandlerConfig {
+    /// The largest memory limit a run of this handler may have, whatever
+    /// its kind: what the host reserves of its memory budget per run.
+    pub fn memory_limit(&self) -> u64 {
+        self.budget
+            .max_memory_bytes
+            .max(self.processing_budget.max_memory_bytes)
+    }
+}
+
 struct Inner {
     queue: Queue,
+    /// Every run task of the host: shutdown waits on it instead of polling.
+    runs: tokio_util::task::TaskTracker,
+    /// See [`HostConfig::memory_budget`].
+    memory_budget: u64,
     handlers: HashMap<String, LoadedHandler>,
     /// The handlers' names, sorted: the work this host may claim.
     handler_names: Vec<String>,
@@ -599,6 +709,16 @@ impl Host {
     /// handler, re-enqueues work a dead host left running, and starts
     /// dispatching.
     pub async fn start_with_clock(config: HostConfig, clock: Arc<dyn Clock>) -> Result<Host, HostError> {
+        for h in &config.handlers {
+            check_handler_name(&h.name)?;
+            if h.memory_limit() > config.memory_budget {
+                return Err(HostError::MemoryBudget {
+                    name: h.name.clone(),
+                    limit: h.memory_limit(),
+                    budget: config.memory_budget,
+                });
+            }
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| StoreError::DataDir {
             path: config.data_dir.clone(),
             detail: e.to_string(),
@@ -621,7 +741,12 @@ impl Host {
         queue.clock = clock;
 
         let handler_configs = config.handlers.clone();
-        let engine = config.engine.clone();
+        // The instance pool holds what the host may run at once, no more:
+        // the dispatcher never starts more runs than `max_concurrency`.
+        let engine = EngineConfig {
+            max_concurrent_runs: u32::try_from(config.max_concurrency.max(1)).unwrap_or(u32::MAX),
+            ..config.engine.clone()
+        };
         let handlers = blocking(move || -> Result<HashMap<String, LoadedHandler>, HostError> {
             let metered = Executor::new(EngineConfig {
                 fuel: true,
@@ -661,6 +786,8 @@ impl Host {
             handlers,
             handler_names,
             max_concurrency: config.max_concurrency.max(1),
+            memory_budget: config.memory_budget,
+            runs: tokio_util::task::TaskTracker::new(),
             poll: config.poll_interval,
             running: Mutex::new(HashMap::new()),
             claim_epoch: AtomicU64::new(0),
@@ -768,10 +895,12 @@ impl Host {
         // a shutdown that early would then wait on it forever.
         self.inner.shutting_down.send_replace(true);
         self.inner.queue.wake.notify_one();
-        let deadline = tokio::time::Instant::now() + self.grace;
-        while !self.running().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // Running work gets the grace period to end on its own. The
+        // tracker's `wait` ends once it is closed and every run has ended;
+        // the dispatcher, which alone starts runs, starts none after seeing
+        // the flag, and a run it was starting is stopped below.
+        self.inner.runs.close();
+        let _ = tokio::time::timeout(self.grace, self.inner.runs.wait()).await;
         let ids = self.running();
         self.inner.stop_running(&ids, StopReason::HostShutdown);
         if let Some(dispatcher) = self.dispatcher.take() {
@@ -809,7 +938,7 @@ impl Inner {
             return now;
         };
         let reading = now - steady.elapsed;
-        let threshold = CLOCK_JUMP_THRESHOLD.as_millis() as Millis;
+        let threshold = crate::work::millis(CLOCK_JUMP_THRESHOLD);
         let last = *self.clock_reading.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|l| (reading - l).abs() < threshold) {
             return now;
@@ -882,6 +1011,10 @@ impl Inner {
         }
     }
 
+    /// Runs that may start now: over all handlers, and per handler. Memory
+    /// counts too: no more runs start than fit in what is left of the
+    /// memory budget at the largest memory limit among the handlers with a
+    /// free slot.
     fn free_slots(&self) -> (usize, HashMap<String, usize>) {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut per: HashMap<String, usize> = self
@@ -889,12 +1022,23 @@ impl Inner {
             .iter()
             .map(|(n, h)| (n.clone(), h.config.concurrency))
             .collect();
+        let mut reserved = 0u64;
         for r in running.values() {
+            reserved = reserved.saturating_add(r.memory);
             if let Some(n) = per.get_mut(&r.handler) {
                 *n = n.saturating_sub(1);
             }
         }
-        (self.max_concurrency.saturating_sub(running.len()), per)
+        let largest = per
+            .iter()
+            .filter(|(_, free)| **free > 0)
+            .filter_map(|(n, _)| self.handlers.get(n))
+            .map(|h| h.memory_limit())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let fit = usize::try_from(self.memory_budget.saturating_sub(reserved) / largest).unwrap_or(usize::MAX);
+        (self.max_concurrency.saturating_sub(running.len()).min(fit), per)
     }
 
     /// Raises one alert per handler name for due work that names a handler
@@ -1035,7 +1179,7 @@ const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
 /// whichever is first.
 async fn dispatch(inner: Arc<Inner>) {
     let mut shutting_down = inner.shutting_down.subscribe();
-    let mut runs = tokio::task::JoinSet::new();
+    let runs = inner.runs.clone();
     let mut last_change = u64::MAX;
     let mut last_seen: Option<TaskId> = None;
     let mut claims_refused = Refusals::default();
@@ -1112,10 +1256,22 @@ async fn dispatch(inner: Arc<Inner>) {
         }
         for c in claimed.unwrap_or_default() {
             let stop = StopHandle::new();
+            let memory = inner.handlers.get(&c.info.handler).map_or(0, |h| {
+                let kind = if c.info.kind == TaskKind::Processing {
+                    &h.config.processing_budget
+                } else {
+                    &h.config.budget
+                };
+                c.info
+                    .budget
+                    .max_memory_bytes
+                    .map_or(kind.max_memory_bytes, |m| m.min(kind.max_memory_bytes))
+            });
             let running = Running {
                 handler: c.info.handler.clone(),
                 stop: stop.clone(),
                 constraints: c.info.constraints,
+                memory,
             };
             {
                 // The claim used a snapshot of the device state; if it changed
@@ -1148,7 +1304,7 @@ async fn dispatch(inner: Arc<Inner>) {
             last_change = counter;
             notice_foreign_cancels(&inner).await;
         }
-        while runs.try_join_next().is_some() {}
+        // A run that ends wakes the dispatcher through its `Slot`.
         let nap = match due {
             Some(d) if d > now && !look => inner.poll.min(Duration::from_millis((d - now) as u64)),
             _ => inner.poll,
@@ -1157,10 +1313,10 @@ async fn dispatch(inner: Arc<Inner>) {
             () = inner.queue.wake.notified() => look = true,
             () = tokio::time::sleep(nap) => {}
             _ = shutting_down.changed() => {}
-            Some(_) = runs.join_next(), if !runs.is_empty() => look = true,
         }
     }
-    while runs.join_next().await.is_some() {}
+    runs.close();
+    runs.wait().await;
 }
 
 /// Reports tasks another process enqueued since `last_seen`; the first call
@@ -1245,6 +1401,10 @@ async fn notice_foreign_cancels(inner: &Arc<Inner>) {
 }
 
 async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
+    let _slot = Slot {
+        inner: inner.clone(),
+        id: claimed.info.id,
+    };
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;
@@ -1255,6 +1415,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
         detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
         at: queue.now(),
     });
+    let mut progress = None;
     let outcome = match inner.handlers.get(&info.handler) {
         Some(loaded) => {
             let mut budget = if info.kind == TaskKind::Processing {
@@ -1274,6 +1435,12 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             }
             let store = queue.store.clone();
             let id = info.id;
+            progress = Some(crate::progress::ProgressWriter::new(Arc::new(move |d: Data| {
+                let store = store.clone();
+                Box::pin(async move {
+                    let _ = store.set_progress_async(id, attempt, &d).await;
+                })
+            })));
             let request = RunRequest {
                 task: TaskFacts {
                     id: info.id.to_string(),
@@ -1286,9 +1453,10 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
                 input: info.input.clone(),
                 budget,
                 kv: Kv::new(queue.store.kv(), info.handler.clone(), loaded.config.kv_limits),
-                progress: Some(Arc::new(move |d: &Data| store.set_progress_nowait(id, d))),
+                progress: progress.as_ref().map(|p| p.sink()),
                 stop,
                 grants: loaded.config.grants.clone(),
+                resolver: Arc::new(crate::outbound::SystemResolver),
             };
             loaded.handler.run(request).await
         }
@@ -1303,6 +1471,9 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
             log: Vec::new(),
         },
     };
+    if let Some(p) = &progress {
+        p.finish().await;
+    }
     let now = queue.now();
     let transition = decide(&claimed.retry_facts(), &outcome.result, now);
     let next = crate::units::format_rfc3339(transition.next_run_at);

@@ -20,7 +20,8 @@
 //! - [`decide`]: the retry policy, from a run's result to the next state.
 //! - [`TaskStore`], [`SqliteStore`]: the durable store (docs/store.md).
 //! - [`Constraints`], [`DeviceState`], [`DeviceOverrides`]: when work may run.
-//! - [`Grants`], [`AllowedOrigin`]: what a handler may touch.
+//! - [`Grants`], [`AllowedOrigin`]: what a handler may touch; [`Resolver`]:
+//!   how outbound HTTP names become the addresses checked and connected to.
 //!
 //! The executor:
 //!
@@ -61,8 +62,11 @@ mod grants;
 mod host;
 mod kv;
 mod manifest;
+mod names;
+mod outbound;
 mod outcome;
 mod platform;
+mod progress;
 mod quota;
 mod retry;
 mod runlog;
@@ -72,27 +76,30 @@ mod work;
 
 pub use budget::{Budget, DEFAULT_FUEL, TaskKind};
 pub use config_values::{
-    ConfigError, ConfigValue, MAX_CONFIG_KEY_BYTES, MAX_CONFIG_VALUE_BYTES, REDACTED, check_config,
+    ConfigError, ConfigValue, MAX_CONFIG_KEY_BYTES, MAX_CONFIG_VALUE_BYTES, MAX_SECRET_BYTES, REDACTED, check_config,
 };
 pub use data::{Data, DataError, MAX_DATA_BYTES, Value};
 pub use device::{
     Constraints, DeviceOverrides, DeviceState, LinuxPaths, NetworkState, NetworkType, Readings, Thresholds,
 };
-pub use engine::{CacheStatus, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
+pub use engine::{CacheStatus, DEFAULT_CACHE_MAX_BYTES, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
 pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
 pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    CLOCK_JUMP_THRESHOLD, Clock, HandlerConfig, Host, HostAlert, HostConfig, HostError, HostStats, ManualClock,
-    PRUNE_EVERY, Queue, SteadyReading, SystemClock, TaskEvent, TestDriver,
+    CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
+    HostError, HostStats, MAX_HANDLER_NAME_BYTES, ManualClock, PRUNE_EVERY, Queue, SteadyReading, SystemClock,
+    TaskEvent, TestDriver, check_handler_name, default_memory_budget,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
-pub use manifest::{ManifestError, load_manifest, parse_manifest};
-pub use outcome::{Failure, RunOutcome, RunResult, StopReason};
+pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};
+pub use outbound::{ResolveFuture, Resolver, SystemResolver};
+pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
+pub use progress::PROGRESS_INTERVAL;
 pub use retry::{RetryFacts, Transition, decide};
-pub use runlog::{LogLevel, LogLine, LogSource};
+pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
     Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, StoreError,
     TaskStore,
@@ -100,5 +107,5 @@ pub use store::{
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
     ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
-    backoff_delay,
+    backoff_delay, limits, millis,
 };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config_values::{ConfigValue, check_config};
-use crate::host::{HandlerConfig, HostConfig};
+use crate::host::{HandlerConfig, HostConfig, check_handler_name};
 use crate::units::{parse_duration, parse_size};
 
 /// The manifest could not be used.
@@ -17,7 +17,7 @@ use crate::units::{parse_duration, parse_size};
 #[non_exhaustive]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("cannot read the manifest {path:?}: {source}; pass --config PATH or create workhost.toml")]
+    #[error("cannot read the manifest {path:?}: {source}; create it, or load another manifest")]
     Io {
         /// The file.
         path: PathBuf,
@@ -49,7 +49,9 @@ pub enum ManifestError {
 struct File {
     data_dir: Option<String>,
     cache_dir: Option<String>,
+    cache_max_size: Option<String>,
     max_concurrency: Option<usize>,
+    memory_budget: Option<String>,
     min_periodic_interval: Option<String>,
     min_flex: Option<String>,
     retention: Option<String>,
@@ -129,16 +131,49 @@ enum Fuel {
 /// Reads the manifest at `path` into a host configuration; `data_dir`
 /// overrides the manifest's `data_dir`.
 pub fn load_manifest(path: &Path, data_dir: Option<&Path>) -> Result<HostConfig, ManifestError> {
+    load_manifest_for(path, data_dir, ManifestUse::Serve)
+}
+
+/// What a manifest is loaded for, and so what it must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManifestUse {
+    /// Running handlers: every component file must exist and every secret
+    /// read from the environment must be set.
+    Serve,
+    /// Working on the store only (`enqueue`, `list`, `inspect`, `status`,
+    /// `cancel`, `pause`, `resume`, `prune`): the handler names, the data
+    /// directory and the scheduling settings. A missing component file or
+    /// an unset secret variable does not stop it; secrets read from the
+    /// environment are left out of the result.
+    Store,
+}
+
+/// [`load_manifest`] for a use: see [`ManifestUse`].
+pub fn load_manifest_for(
+    path: &Path,
+    data_dir: Option<&Path>,
+    usage: ManifestUse,
+) -> Result<HostConfig, ManifestError> {
     let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    parse_manifest(&text, path, data_dir)
+    parse_manifest_for(&text, path, data_dir, usage)
 }
 
 /// Parses manifest text; `path` locates relative paths and names the file
 /// in errors.
 pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Result<HostConfig, ManifestError> {
+    parse_manifest_for(text, path, data_dir, ManifestUse::Serve)
+}
+
+/// [`parse_manifest`] for a use: see [`ManifestUse`].
+pub fn parse_manifest_for(
+    text: &str,
+    path: &Path,
+    data_dir: Option<&Path>,
+    usage: ManifestUse,
+) -> Result<HostConfig, ManifestError> {
     let file: File = toml::from_str(text).map_err(|e| ManifestError::Parse {
         path: path.to_path_buf(),
         message: e.to_string().trim().to_string(),
@@ -152,13 +187,37 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         key,
         message,
     };
-    let duration = |key: &str, value: &Option<String>| -> Result<Option<Duration>, ManifestError> {
-        value
+    // Every duration of the manifest has an upper bound (see README,
+    // "Budgets and defaults"), checked here so nothing inside wraps.
+    let duration = |key: &str, value: &Option<String>, max: Duration| -> Result<Option<Duration>, ManifestError> {
+        let d = value
             .as_deref()
             .map(parse_duration)
             .transpose()
-            .map_err(|e| invalid(key.to_string(), e.to_string()))
+            .map_err(|e| invalid(key.to_string(), e.to_string()))?;
+        match d {
+            Some(d) if d > max => Err(invalid(
+                key.to_string(),
+                format!(
+                    "{} is longer than the limit of {}",
+                    crate::units::format_duration(d),
+                    crate::units::format_duration(max)
+                ),
+            )),
+            d => Ok(d),
+        }
     };
+    let count = |key: &str, n: u64, max: u64| -> Result<(), ManifestError> {
+        if n > max {
+            Err(invalid(key.to_string(), format!("{n} is over the limit of {max}")))
+        } else {
+            Ok(())
+        }
+    };
+    use crate::work::limits::{MAX_DURATION, MAX_FUEL, MAX_MEMORY_BYTES, MAX_TIMEOUT};
+    const HOUR: Duration = Duration::from_secs(3600);
+    /// Most runs at once, of a host or of one handler.
+    const MAX_RUNS: u64 = 10_000;
     let data_dir = match data_dir {
         Some(d) => d.to_path_buf(),
         None => base.join(file.data_dir.as_deref().unwrap_or("workhost-data")),
@@ -167,22 +226,33 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
     if let Some(cache) = &file.cache_dir {
         config.engine.cache_dir = Some(base.join(cache));
     }
+    if let Some(size) = &file.cache_max_size {
+        config.engine.cache_max_bytes =
+            parse_size(size).map_err(|e| invalid("cache_max_size".into(), e.to_string()))?;
+    }
+    if let Some(b) = &file.memory_budget {
+        config.memory_budget = parse_size(b).map_err(|e| invalid("memory_budget".into(), e.to_string()))?;
+        if config.memory_budget == 0 {
+            return Err(invalid("memory_budget".into(), "must be more than 0".into()));
+        }
+    }
     if let Some(n) = file.max_concurrency {
         if n == 0 {
             return Err(invalid("max_concurrency".into(), "must be at least 1".into()));
         }
+        count("max_concurrency", n as u64, MAX_RUNS)?;
         config.max_concurrency = n;
     }
-    if let Some(d) = duration("min_periodic_interval", &file.min_periodic_interval)? {
+    if let Some(d) = duration("min_periodic_interval", &file.min_periodic_interval, MAX_DURATION)? {
         config.periodic_floor.min_frequency = d;
     }
-    if let Some(d) = duration("min_flex", &file.min_flex)? {
+    if let Some(d) = duration("min_flex", &file.min_flex, MAX_DURATION)? {
         config.periodic_floor.min_flex = d;
     }
-    if let Some(d) = duration("retention", &file.retention)? {
+    if let Some(d) = duration("retention", &file.retention, MAX_DURATION)? {
         config.retention = d;
     }
-    if let Some(d) = duration("shutdown_grace", &file.shutdown_grace)? {
+    if let Some(d) = duration("shutdown_grace", &file.shutdown_grace, HOUR)? {
         config.shutdown_grace = d;
     }
     if let Some(d) = &file.device {
@@ -190,7 +260,7 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         if let Some(v) = d.read_machine {
             c.read_machine = v;
         }
-        if let Some(r) = duration("device.refresh", &d.refresh)? {
+        if let Some(r) = duration("device.refresh", &d.refresh, HOUR)? {
             c.refresh = r;
         }
         c.overrides = crate::device::DeviceOverrides {
@@ -215,12 +285,13 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
         }
     }
     for (name, h) in file.handlers {
+        check_handler_name(&name).map_err(|e| invalid("handlers".into(), format!("{e}; rename the table")))?;
         let key = |k: &str| format!("handlers.{name}.{k}");
         let component = base.join(&h.component);
-        if !component.is_file() {
+        if usage == ManifestUse::Serve && !component.is_file() {
             return Err(invalid(
                 key("component"),
-                format!("{component:?} is not a file; build it first (scripts/just guests builds the examples)"),
+                format!("{component:?} is not a file; build the component, or correct the path"),
             ));
         }
         let mut hc = HandlerConfig::new(name.clone(), component);
@@ -228,12 +299,13 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
             if n == 0 {
                 return Err(invalid(key("concurrency"), "must be at least 1".into()));
             }
+            count(&key("concurrency"), n as u64, MAX_RUNS)?;
             hc.concurrency = n;
         }
-        if let Some(d) = duration(&key("timeout"), &h.timeout)? {
+        if let Some(d) = duration(&key("timeout"), &h.timeout, MAX_TIMEOUT)? {
             hc.budget.timeout = d;
         }
-        if let Some(d) = duration(&key("processing_timeout"), &h.processing_timeout)? {
+        if let Some(d) = duration(&key("processing_timeout"), &h.processing_timeout, MAX_TIMEOUT)? {
             hc.processing_budget.timeout = d;
         }
         match h.fuel {
@@ -244,12 +316,14 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
             }
             Some(Fuel::Metered(true)) | None => {}
             Some(Fuel::Budget(n)) => {
+                count(&key("fuel"), n, MAX_FUEL)?;
                 hc.budget.fuel = Some(n);
                 hc.processing_budget.fuel = Some(n);
             }
         }
         if let Some(m) = &h.max_memory {
             let bytes = parse_size(m).map_err(|e| invalid(key("max_memory"), e.to_string()))?;
+            count(&key("max_memory"), bytes, MAX_MEMORY_BYTES)?;
             hc.budget.max_memory_bytes = bytes;
             hc.processing_budget.max_memory_bytes = bytes;
         }
@@ -261,13 +335,14 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
             );
         }
         if let Some(n) = h.max_http_requests {
+            count(&key("max_http_requests"), u64::from(n), 100_000)?;
             grants.http.max_requests = n;
         }
         if let Some(b) = &h.max_http_response_bytes {
             grants.http.max_response_bytes =
                 parse_size(b).map_err(|e| invalid(key("max_http_response_bytes"), e.to_string()))?;
         }
-        if let Some(t) = duration(&key("http_timeout"), &h.http_timeout)? {
+        if let Some(t) = duration(&key("http_timeout"), &h.http_timeout, HOUR)? {
             grants.http.request_timeout = t;
         }
         if h.data_dir == Some(true) {
@@ -285,6 +360,8 @@ pub fn parse_manifest(text: &str, path: &Path, data_dir: Option<&Path>) -> Resul
             let at = key(&format!("secrets.{k}"));
             let value = match v {
                 SecretFile::Literal(v) => v,
+                // Store commands run no handler: the secret is not needed.
+                SecretFile::FromEnv(_) if usage == ManifestUse::Store => continue,
                 SecretFile::FromEnv(EnvRef { env }) => std::env::var(&env).map_err(|_| {
                     invalid(
                         at.clone(),

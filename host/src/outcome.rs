@@ -29,6 +29,10 @@ pub enum StopReason {
     ConstraintLost,
     /// The host shut down while the run was going on.
     HostShutdown,
+    /// The host had no instance slot or memory for the run when it was to
+    /// start (the pooling allocator's limit, or memory refused by the
+    /// system). Retried like any stop, never a failure of the handler.
+    HostBusy,
 }
 
 impl StopReason {
@@ -42,6 +46,7 @@ impl StopReason {
             StopReason::Cancelled => "cancelled",
             StopReason::ConstraintLost => "constraint-lost",
             StopReason::HostShutdown => "host-shutdown",
+            StopReason::HostBusy => "host-busy",
         }
     }
 }
@@ -78,13 +83,45 @@ pub enum Failure {
     BadOutput(String),
 }
 
+/// Longest failure message kept, in bytes. A longer one is cut at a
+/// character boundary and ends with a marker saying how many bytes were
+/// cut, before it reaches the log, the store or `--json`.
+pub const MAX_ERROR_BYTES: usize = 8 << 10;
+
 impl Failure {
+    /// The same failure with its message cut to [`MAX_ERROR_BYTES`].
+    pub fn capped(self) -> Failure {
+        match self {
+            Failure::Error(m) => Failure::Error(cap_message(m)),
+            Failure::Trap(m) => Failure::Trap(cap_message(m)),
+            Failure::BadOutput(m) => Failure::BadOutput(cap_message(m)),
+        }
+    }
+
     /// The message.
     pub fn message(&self) -> &str {
         match self {
             Failure::Error(m) | Failure::Trap(m) | Failure::BadOutput(m) => m,
         }
     }
+}
+
+/// `m` cut to [`MAX_ERROR_BYTES`] (marker included), at a character
+/// boundary.
+fn cap_message(m: String) -> String {
+    if m.len() <= MAX_ERROR_BYTES {
+        return m;
+    }
+    // The marker is at most 64 bytes; keep the rest for the message.
+    let mut keep = MAX_ERROR_BYTES - 64;
+    while !m.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let cut = m.len() - keep;
+    let mut out = m;
+    out.truncate(keep);
+    out.push_str(&format!("… [error message cut: {cut} more bytes]"));
+    out
 }
 
 /// Everything known about one finished run.

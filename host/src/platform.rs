@@ -59,6 +59,9 @@ pub(crate) struct RunState {
 }
 
 impl RunState {
+    // Each argument is one part of a run's state; only `Handler::run`
+    // builds a `RunState`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         limiter: RunLimiter,
         log: SharedLog,
@@ -67,14 +70,15 @@ impl RunState {
         kv: Kv,
         progress: Option<ProgressSink>,
         grants: Arc<crate::grants::Grants>,
+        resolver: Arc<dyn crate::outbound::Resolver>,
     ) -> Self {
         RunState {
             wasi: wasi_context(&log, &grants),
             data_quota: grants
                 .data_dir
                 .as_deref()
-                .map(|dir| Arc::new(DataQuota::measure(dir, grants.data_quota_bytes, Some(log.clone())))),
-            http_gate: crate::grants::HttpGate::new(grants.clone(), log.clone()),
+                .map(|dir| Arc::new(DataQuota::new(dir, grants.data_quota_bytes, Some(log.clone())))),
+            http_gate: crate::grants::HttpGate::new(grants.clone(), resolver, log.clone()),
             redactor: log.redactor(),
             grants,
             table: ResourceTable::new(),
@@ -137,6 +141,11 @@ fn wasi_context(log: &SharedLog, grants: &crate::grants::Grants) -> WasiCtx {
 }
 
 impl RunState {
+    /// The run's data-directory quota, if it was granted a directory.
+    pub(crate) fn data_quota(&self) -> Option<Arc<DataQuota>> {
+        self.data_quota.clone()
+    }
+
     /// `wasi:filesystem/types` under the data directory's quota.
     pub(crate) fn quota_fs(&mut self) -> QuotaFs<'_> {
         let quota = self.data_quota.clone();
@@ -197,7 +206,7 @@ impl context::Host for RunState {
         self.deadline.saturating_duration_since(Instant::now()).as_millis() as u64
     }
 
-    fn set_progress(&mut self, progress: Vec<(String, types::Value)>) -> Result<(), String> {
+    async fn set_progress(&mut self, progress: Vec<(String, types::Value)>) -> Result<(), String> {
         let data = data_from_wit(progress).map_err(|e| {
             let message = format!("progress refused: {e}");
             self.log.push(LogLevel::Warn, LogSource::Host, message.clone());
@@ -206,12 +215,15 @@ impl context::Host for RunState {
         if let Some(sink) = &self.progress {
             sink(&self.redactor.data(data));
         }
+        // A storm of reports gives the runtime's thread to other work
+        // between calls (the write itself is coalesced, see `progress.rs`).
+        tokio::task::yield_now().await;
         Ok(())
     }
 }
 
 impl log::Host for RunState {
-    fn write(&mut self, level: log::Level, message: String) {
+    async fn write(&mut self, level: log::Level, message: String) {
         let level = match level {
             log::Level::Trace => LogLevel::Trace,
             log::Level::Debug => LogLevel::Debug,
@@ -220,6 +232,8 @@ impl log::Host for RunState {
             log::Level::Error => LogLevel::Error,
         };
         self.log.push(level, LogSource::Handler, message);
+        // As `set-progress`: a flood of log calls shares the thread.
+        tokio::task::yield_now().await;
     }
 }
 

@@ -13,14 +13,18 @@
 //! first refusal of a run puts a host line in the run's log.
 //!
 //! What is counted: the bytes the directory's files hold (their sizes, so a
-//! sparse file counts at its full length), measured at the run's first write
-//! that could grow a file, plus every byte a write adds past the end of a
-//! file during the run. Removing
-//! or truncating files frees room for the next run, not the current one.
+//! sparse file counts at its full length), measured on the blocking pool
+//! before a run starts (never on a runtime thread), plus every byte a write
+//! adds past the end of a file. One count per directory is shared by every
+//! run using it at the same time, so concurrent runs of a handler together
+//! stay under its quota. Removing or truncating files frees room for the
+//! next measurement (a run starting when no other run holds the
+//! directory), not for the runs going on.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 
@@ -30,34 +34,82 @@ use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{self, ErrorCode, HostDescriptor, HostDirectoryEntryStream};
 use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, FsError, FsResult, OutputStream, StreamError, StreamResult};
 
+/// What one data directory holds, shared by every run that uses it at
+/// once: concurrent runs of a handler charge one counter, so together they
+/// never pass the directory's quota. The entry lives while a run holds it;
+/// the next run after all have ended measures the directory afresh (so
+/// files removed in between free their room).
+#[derive(Debug, Default)]
+struct DirUsage {
+    used: tokio::sync::OnceCell<AtomicU64>,
+}
+
+/// The shared usage of each data directory in use, by path.
+fn dir_usage(dir: &Path) -> Arc<DirUsage> {
+    static DIRS: OnceLock<Mutex<HashMap<PathBuf, Weak<DirUsage>>>> = OnceLock::new();
+    let mut dirs = DIRS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(u) = dirs.get(dir).and_then(Weak::upgrade) {
+        return u;
+    }
+    dirs.retain(|_, u| u.strong_count() > 0);
+    let u = Arc::new(DirUsage::default());
+    dirs.insert(dir.to_path_buf(), Arc::downgrade(&u));
+    u
+}
+
 /// The bytes a run's data directory may still grow by.
 #[derive(Debug)]
 pub(crate) struct DataQuota {
     dir: PathBuf,
     limit: u64,
-    /// What the directory holds, measured at the first write that could
-    /// grow it (a run that writes nothing never walks the directory).
-    used: OnceLock<AtomicU64>,
+    /// What the directory holds, shared with the other runs using it now,
+    /// measured off the runtime's threads by [`DataQuota::measure`].
+    usage: Arc<DirUsage>,
     /// The run's log, told once when a write is refused.
     log: Option<SharedLog>,
     told: AtomicBool,
 }
 
 impl DataQuota {
-    /// A quota of `limit` bytes for the directory `dir`, charged with what
-    /// its files hold when the run first writes.
-    pub(crate) fn measure(dir: &Path, limit: u64, log: Option<SharedLog>) -> DataQuota {
+    /// A quota of `limit` bytes for the directory `dir`, shared with every
+    /// other run using `dir` at the same time. Call [`DataQuota::measure`]
+    /// before the run starts.
+    pub(crate) fn new(dir: &Path, limit: u64, log: Option<SharedLog>) -> DataQuota {
         DataQuota {
             dir: dir.to_path_buf(),
             limit,
-            used: OnceLock::new(),
+            usage: dir_usage(dir),
             log,
             told: AtomicBool::new(false),
         }
     }
 
+    /// Measures what the directory holds, on the blocking pool, unless a
+    /// run using it at the same time already has.
+    pub(crate) async fn measure(&self) {
+        let dir = self.dir.clone();
+        self.usage
+            .used
+            .get_or_init(|| async move {
+                let held = tokio::task::spawn_blocking(move || usage(&dir)).await.unwrap_or(0);
+                AtomicU64::new(held)
+            })
+            .await;
+    }
+
     fn used(&self) -> &AtomicU64 {
-        self.used.get_or_init(|| AtomicU64::new(usage(&self.dir)))
+        match self.usage.used.get() {
+            Some(used) => used,
+            // `measure` runs before every run; should a caller skip it, the
+            // quota still holds (measured here, on this thread).
+            None => {
+                let _ = self.usage.used.set(AtomicU64::new(usage(&self.dir)));
+                self.usage.used.get().expect("just set")
+            }
+        }
     }
 
     /// Takes `n` bytes if they fit; otherwise says so in the run's log
@@ -470,18 +522,28 @@ impl OutputStream for QuotaStream {
 mod tests {
     use super::*;
 
-    #[test]
-    fn usage_sums_file_sizes_below_the_directory() {
-        let dir = std::env::temp_dir().join(format!("workhost-quota-{}", std::process::id()));
+    #[tokio::test]
+    async fn usage_sums_file_sizes_below_the_directory_and_runs_at_once_share_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(dir.join("a/b")).unwrap();
         std::fs::write(dir.join("x"), [0; 10]).unwrap();
         std::fs::write(dir.join("a/b/y"), [0; 32]).unwrap();
-        let q = DataQuota::measure(&dir, 50, None);
+        let q = DataQuota::new(&dir, 50, None);
+        q.measure().await;
         assert_eq!(q.used().load(Ordering::Relaxed), 42);
         assert!(q.charge(8));
-        assert!(!q.charge(1), "50 of 50 used");
+        // A second run at the same time shares the count.
+        let other = DataQuota::new(&dir, 50, None);
+        other.measure().await;
+        assert!(!other.charge(1), "50 of 50 used by the two runs");
         q.refund(8);
-        assert!(q.charge(8));
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(other.charge(8));
+        // Once no run holds the directory, the next measures it afresh.
+        drop((q, other));
+        std::fs::remove_file(dir.join("x")).unwrap();
+        let next = DataQuota::new(&dir, 50, None);
+        next.measure().await;
+        assert_eq!(next.used().load(Ordering::Relaxed), 32);
     }
 }

@@ -66,9 +66,9 @@ pub fn decide(t: &RetryFacts, result: &RunResult, now: Millis) -> Transition {
     };
     let next_period = |base: Transition| {
         let p = t.periodic.expect("periodic work has a schedule");
-        let frequency = p.frequency.as_millis() as Millis;
-        let mut start = t.period_start + frequency;
-        if start + frequency <= now {
+        let frequency = crate::work::millis(p.frequency);
+        let mut start = t.period_start.saturating_add(frequency);
+        if start.saturating_add(frequency) <= now {
             // The host was away for whole periods: start afresh now.
             start = now;
         }
@@ -137,7 +137,7 @@ pub fn decide(t: &RetryFacts, result: &RunResult, now: Millis) -> Transition {
                     t.attempts,
                 );
                 Transition {
-                    next_run_at: now + delay.as_millis() as Millis,
+                    next_run_at: now.saturating_add(crate::work::millis(delay)),
                     ..base
                 }
             }

@@ -28,7 +28,7 @@ pub enum StoreError {
     /// The file exists but is not a workhost database (another program's
     /// SQLite file, or not SQLite at all). Nothing was changed.
     #[error(
-        "{path:?} is not a workhost database ({detail}); move it away or point --data-dir at another folder. Nothing was changed"
+        "{path:?} is not a workhost database ({detail}); move it away or use another data directory. Nothing was changed"
     )]
     Foreign {
         /// The database file.
@@ -70,9 +70,13 @@ pub enum StoreError {
     Full(String),
     /// The store's files or directory are read-only to this process.
     #[error(
-        "the task store is read-only to this process ({0}): make the data directory and the files in it writable for this user, or point --data-dir at another folder. Nothing was changed"
+        "the task store is read-only to this process ({0}): make the data directory and the files in it writable for this user, or use another data directory. Nothing was changed"
     )]
     ReadOnly(String),
+    /// Another process held the store's write lock past the wait (10 s).
+    /// Nothing was changed; try again.
+    #[error("the task store is busy: another process held its lock too long ({0}). Nothing was changed; try again")]
+    Busy(String),
     /// The data directory could not be used.
     #[error("cannot use the data directory {path:?}: {detail}")]
     DataDir {
@@ -130,6 +134,7 @@ impl From<rusqlite::Error> for StoreError {
                 StoreError::Full(detail)
             }
             c if c & 0xff == ffi::SQLITE_READONLY => StoreError::ReadOnly(detail),
+            c if c & 0xff == ffi::SQLITE_BUSY || c & 0xff == ffi::SQLITE_LOCKED => StoreError::Busy(detail),
             _ => StoreError::Sqlite(detail),
         }
     }
@@ -191,7 +196,7 @@ impl Claimed {
             attempts: self.info.run_attempt_count,
             max_attempts: self.info.max_attempts,
             backoff: self.info.backoff,
-            backoff_delay_ms: self.info.backoff_delay.as_millis() as i64,
+            backoff_delay_ms: crate::work::millis(self.info.backoff_delay),
         }
     }
 }
@@ -405,12 +410,10 @@ type Reply = Box<dyn FnOnce(Option<StoreError>) + Send>;
 /// durable, before any later write.
 pub type CommitHook<T> = Box<dyn FnOnce(&T) + Send>;
 
-/// Where a write's result goes: a blocked thread, an awaiting task, or
-/// nowhere (a write nobody waits for).
+/// Where a write's result goes: a blocked thread or an awaiting task.
 enum ReplyTo<T> {
     Blocking(mpsc::SyncSender<T>),
     Async(tokio::sync::oneshot::Sender<T>),
-    Nobody,
 }
 
 impl<T> ReplyTo<T> {
@@ -422,7 +425,6 @@ impl<T> ReplyTo<T> {
             ReplyTo::Async(tx) => {
                 let _ = tx.send(value);
             }
-            ReplyTo::Nobody => {}
         }
     }
 }
@@ -433,6 +435,10 @@ fn writer_stopped() -> StoreError {
 
 type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
+/// Most async writes queued for the writer at once; further async callers
+/// wait for a place (backpressure) rather than grow the queue.
+pub const WRITE_QUEUE_CAP: usize = 1024;
+
 /// The embedded store: `<data_dir>/workhost.db`, SQLite in WAL mode with
 /// `synchronous=FULL`. Writes go through one writer thread that commits
 /// whatever is queued in one transaction (group commit) and acknowledges
@@ -440,6 +446,11 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 pub struct SqliteStore {
     path: PathBuf,
     jobs: Mutex<mpsc::Sender<Job>>,
+    /// Places in the writer's queue for async callers ([`WRITE_QUEUE_CAP`]):
+    /// an async write waits for one before it joins the queue, so a burst
+    /// of writers waits instead of growing the queue. Blocking callers wait
+    /// for their own commit, one write per thread, so they need none.
+    queue_places: Arc<tokio::sync::Semaphore>,
     reader: Mutex<Connection>,
     kv: Arc<SqliteKv>,
 }
@@ -476,6 +487,7 @@ impl SqliteStore {
         Ok(Arc::new_cyclic(|weak: &std::sync::Weak<SqliteStore>| SqliteStore {
             path,
             jobs: Mutex::new(tx),
+            queue_places: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_CAP)),
             reader: Mutex::new(reader),
             kv: Arc::new(SqliteKv { store: weak.clone() }),
         }))
@@ -534,8 +546,19 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         hook: Option<CommitHook<T>>,
     ) -> Result<T, E> {
+        let Ok(place) = self.queue_places.clone().acquire_owned().await else {
+            return Err(writer_stopped().into());
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.submit(f, hook, ReplyTo::Async(tx));
+        // The place is given back when the writer has run the job.
+        self.submit(
+            move |conn| {
+                drop(place);
+                f(conn)
+            },
+            hook,
+            ReplyTo::Async(tx),
+        );
         rx.await.unwrap_or_else(|_| Err(writer_stopped().into()))
     }
 
@@ -573,13 +596,14 @@ impl SqliteStore {
             .await
     }
 
-    /// [`TaskStore::set_progress`] without waiting: the write joins the
-    /// writer's queue, so it lands before any later write of this process
-    /// (the run's finish among them). A failed write loses only an
-    /// observation.
-    pub fn set_progress_nowait(&self, id: TaskId, progress: &Data) {
+    /// [`TaskStore::set_progress`] without blocking a thread, fenced by the
+    /// attempt: a report of an attempt that is no longer the task's current
+    /// run changes nothing. The host calls it at most every 250 ms per run
+    /// (see `host::progress`).
+    pub async fn set_progress_async(&self, id: TaskId, attempt: u32, progress: &Data) -> Result<(), StoreError> {
         let json = progress.to_typed_json();
-        self.submit(move |conn| progress_in(conn, id, &json), None, ReplyTo::Nobody);
+        self.write_async(move |conn| progress_in(conn, id, Some(attempt), &json), None)
+            .await
     }
 
     /// [`TaskStore::finish`] without blocking a thread.
@@ -816,10 +840,7 @@ fn kind_str(kind: TaskKind) -> &'static str {
 }
 
 fn backoff_str(b: BackoffPolicy) -> &'static str {
-    match b {
-        BackoffPolicy::Exponential => "exponential",
-        BackoffPolicy::Linear => "linear",
-    }
+    b.as_str()
 }
 
 const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, output, progress, attempts, max_attempts, \
@@ -1080,13 +1101,13 @@ fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 11] {
         Value::Text(r.task.clone()),
         Value::Text(r.input.to_typed_json()),
         Value::Integer(i64::from(r.max_attempts)),
-        int(r.periodic.map(|p| p.frequency.as_millis() as i64)),
-        int(r.periodic.map(|p| p.flex.as_millis() as i64)),
+        int(r.periodic.map(|p| crate::work::millis(p.frequency))),
+        int(r.periodic.map(|p| crate::work::millis(p.flex))),
         Value::Text(backoff_str(r.backoff).into()),
-        Value::Integer(r.backoff_delay.as_millis() as i64),
-        int(r.budget.timeout.map(|t| t.as_millis() as i64)),
-        int(r.budget.fuel.map(|f| f as i64)),
-        int(r.budget.max_memory_bytes.map(|m| m as i64)),
+        Value::Integer(crate::work::millis(r.backoff_delay)),
+        int(r.budget.timeout.map(crate::work::millis)),
+        int(r.budget.fuel.map(|f| i64::try_from(f).unwrap_or(i64::MAX))),
+        int(r.budget.max_memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX))),
     ]
 }
 
@@ -1105,10 +1126,10 @@ fn insert_task(
     now: Millis,
     changes: &mut Vec<Change>,
 ) -> Result<TaskId, WorkError> {
-    let delay = r.initial_delay.as_millis() as i64;
+    let delay = crate::work::millis(r.initial_delay);
     let (period_start, next_run_at) = match r.periodic {
-        Some(p) => (now + delay, p.due_in_period(now + delay)),
-        None => (0, now + delay),
+        Some(p) => (now.saturating_add(delay), p.due_in_period(now.saturating_add(delay))),
+        None => (0, now.saturating_add(delay)),
     };
     let state = if after.is_empty() {
         TaskState::Enqueued
@@ -1306,9 +1327,11 @@ fn constraint_filter(device: &DeviceState) -> String {
     sql
 }
 
-fn progress_in(conn: &Connection, id: TaskId, json: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running'")?
-        .execute(params![id, json])?;
+fn progress_in(conn: &Connection, id: TaskId, attempt: Option<u32>, json: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running' AND (?3 IS NULL OR attempts = ?3)",
+    )?
+    .execute(params![id, json, attempt])?;
     Ok(())
 }
 
@@ -1328,8 +1351,8 @@ impl AttemptEnd {
             outcome: outcome.kind().to_string(),
             stop_reason: outcome.stop_reason().map(str::to_string),
             error: outcome.error().map(str::to_string),
-            fuel: outcome.fuel_consumed.map(|f| f as i64),
-            peak_memory: outcome.peak_memory_bytes as i64,
+            fuel: outcome.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
+            peak_memory: i64::try_from(outcome.peak_memory_bytes).unwrap_or(i64::MAX),
             log: serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()),
         }
     }
@@ -1453,7 +1476,7 @@ impl TaskStore for SqliteStore {
 
     fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError> {
         let json = progress.to_typed_json();
-        self.write(move |conn| progress_in(conn, id, &json))
+        self.write(move |conn| progress_in(conn, id, None, &json))
     }
 
     fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError> {

@@ -17,6 +17,39 @@ pub type TaskId = i64;
 /// time.
 pub type Millis = i64;
 
+/// `d` in milliseconds, saturating at [`Millis::MAX`] (never wrapping).
+/// Every duration that reaches the store was bounded at enqueue (see
+/// [`limits`]), so the saturation is a second line of defence.
+pub fn millis(d: Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+/// The upper bounds of every duration and count a [`WorkRequest`] carries,
+/// checked at enqueue (and for the manifest's values, at load). A request
+/// past one is refused with a message naming the field and the bound.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Longest initial delay, period, flex or backoff delay: 3,650 days
+    /// (about ten years).
+    pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
+    /// Longest per-task wall-clock budget: 24 hours.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+    /// Largest per-task fuel budget: 10^15 units (hours of busy CPU).
+    pub const MAX_FUEL: u64 = 1_000_000_000_000_000;
+    /// Largest per-task memory budget: 4 GiB, all a 32-bit wasm memory can
+    /// address.
+    pub const MAX_MEMORY_BYTES: u64 = 4 << 30;
+    /// Most attempts a task may be given.
+    pub const MAX_ATTEMPTS: u32 = 10_000;
+    /// Most tags on one task.
+    pub const MAX_TAGS: usize = 64;
+    /// Most tasks one task may run after.
+    pub const MAX_AFTER: usize = 100;
+    /// Longest task name, unique name or tag, in bytes.
+    pub const MAX_NAME_BYTES: usize = 256;
+}
+
 /// The states of a task (see docs/task-states.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,33 +68,16 @@ pub enum TaskState {
     Cancelled,
 }
 
+crate::names::named_enum!(TaskState {
+    Enqueued => "enqueued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+    Blocked => "blocked",
+    Cancelled => "cancelled",
+});
+
 impl TaskState {
-    /// The lowercase name used in JSON, SQL and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Enqueued => "enqueued",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Blocked => "blocked",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    /// Reads a lowercase state name.
-    pub fn parse(text: &str) -> Option<TaskState> {
-        [
-            TaskState::Enqueued,
-            TaskState::Running,
-            TaskState::Succeeded,
-            TaskState::Failed,
-            TaskState::Blocked,
-            TaskState::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-
     /// Whether the task can never run again.
     pub fn is_finished(self) -> bool {
         matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled)
@@ -99,21 +115,16 @@ pub enum ExistingWorkPolicy {
     CancelAndReenqueue,
 }
 
-impl ExistingWorkPolicy {
-    /// Reads `keep`, `replace`, `append`, `append-or-replace`, `update` or
-    /// `cancel-and-reenqueue`.
-    pub fn parse(text: &str) -> Option<ExistingWorkPolicy> {
-        Some(match text {
-            "keep" => ExistingWorkPolicy::Keep,
-            "replace" => ExistingWorkPolicy::Replace,
-            "append" => ExistingWorkPolicy::Append,
-            "append-or-replace" => ExistingWorkPolicy::AppendOrReplace,
-            "update" => ExistingWorkPolicy::Update,
-            "cancel-and-reenqueue" => ExistingWorkPolicy::CancelAndReenqueue,
-            _ => return None,
-        })
-    }
+crate::names::named_enum!(ExistingWorkPolicy {
+    Keep => "keep",
+    Replace => "replace",
+    Append => "append",
+    AppendOrReplace => "append-or-replace",
+    Update => "update",
+    CancelAndReenqueue => "cancel-and-reenqueue",
+});
 
+impl ExistingWorkPolicy {
     fn fits(self, periodic: bool) -> bool {
         use ExistingWorkPolicy::*;
         if periodic {
@@ -133,6 +144,11 @@ pub enum BackoffPolicy {
     /// `delay × attempt`.
     Linear,
 }
+
+crate::names::named_enum!(BackoffPolicy {
+    Exponential => "exponential",
+    Linear => "linear",
+});
 
 /// Shortest backoff delay (WorkManager's MIN_BACKOFF_MILLIS).
 pub const MIN_BACKOFF: Duration = Duration::from_secs(10);
@@ -175,7 +191,7 @@ pub struct Periodic {
 impl Periodic {
     /// When the run of the period starting at `period_start` is due.
     pub fn due_in_period(&self, period_start: Millis) -> Millis {
-        period_start + (self.frequency.saturating_sub(self.flex)).as_millis() as Millis
+        period_start.saturating_add(millis(self.frequency.saturating_sub(self.flex)))
     }
 }
 
@@ -200,8 +216,13 @@ impl Default for PeriodicFloor {
 impl PeriodicFloor {
     /// Clamps a period and flex to the floors (and flex to the period),
     /// returning a warning for each change, as WorkManager does.
+    ///
+    /// A flex equal to the period means the whole period (WorkManager's
+    /// default): it follows the clamped period and is never warned about,
+    /// so a warning names only values the user gave.
     pub fn clamp(&self, mut p: Periodic) -> (Periodic, Vec<String>) {
         let mut warnings = Vec::new();
+        let whole_period = p.flex >= p.frequency;
         if p.frequency < self.min_frequency {
             warnings.push(format!(
                 "frequency {} is below the minimum {}; using {}",
@@ -211,7 +232,9 @@ impl PeriodicFloor {
             ));
             p.frequency = self.min_frequency;
         }
-        if p.flex < self.min_flex {
+        if whole_period {
+            p.flex = p.frequency;
+        } else if p.flex < self.min_flex {
             warnings.push(format!(
                 "flex {} is below the minimum {}; using {}",
                 crate::units::format_duration(p.flex),
@@ -327,6 +350,7 @@ impl WorkRequest {
         if self.tags.iter().any(String::is_empty) {
             return Err(WorkError::Invalid("tags must not be empty".into()));
         }
+        self.check_bounds()?;
         let periodic = self.kind == TaskKind::Periodic;
         if periodic != self.periodic.is_some() {
             return Err(WorkError::Invalid(
@@ -359,6 +383,72 @@ impl WorkRequest {
             warnings = w;
         }
         Ok((self, warnings))
+    }
+}
+
+impl WorkRequest {
+    /// Checks every duration and count against [`limits`].
+    fn check_bounds(&self) -> Result<(), WorkError> {
+        use limits::*;
+        let fmt = crate::units::format_duration;
+        let too_long = |what: &str, d: Duration, max: Duration| {
+            if d > max {
+                Err(WorkError::Invalid(format!(
+                    "{what} of {} is longer than the limit of {}",
+                    fmt(d),
+                    fmt(max)
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        too_long("the initial delay", self.initial_delay, MAX_DURATION)?;
+        too_long("the backoff delay", self.backoff_delay, MAX_DURATION)?;
+        if let Some(p) = self.periodic {
+            too_long("the period", p.frequency, MAX_DURATION)?;
+            too_long("the flex", p.flex, MAX_DURATION)?;
+        }
+        if let Some(t) = self.budget.timeout {
+            too_long("the timeout", t, MAX_TIMEOUT)?;
+        }
+        let over = |what: &str, n: u64, max: u64| {
+            if n > max {
+                Err(WorkError::Invalid(format!("{what} is {n}; the limit is {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        if let Some(f) = self.budget.fuel {
+            over("the fuel budget", f, MAX_FUEL)?;
+        }
+        if let Some(m) = self.budget.max_memory_bytes {
+            over("the memory budget", m, MAX_MEMORY_BYTES)?;
+        }
+        over("max attempts", u64::from(self.max_attempts), u64::from(MAX_ATTEMPTS))?;
+        over("the number of tags", self.tags.len() as u64, MAX_TAGS as u64)?;
+        over(
+            "the number of tasks to run after",
+            self.after.len() as u64,
+            MAX_AFTER as u64,
+        )?;
+        let long_name = |what: &str, name: &str| {
+            if name.len() > MAX_NAME_BYTES {
+                Err(WorkError::Invalid(format!(
+                    "{what} is {} bytes; the limit is {MAX_NAME_BYTES}",
+                    name.len()
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        long_name("the task name", &self.task)?;
+        for t in &self.tags {
+            long_name(&format!("tag {:?}", t.chars().take(32).collect::<String>()), t)?;
+        }
+        if let Some((u, _)) = &self.unique {
+            long_name("the unique name", u)?;
+        }
+        Ok(())
     }
 }
 
@@ -497,9 +587,24 @@ mod tests {
     fn periodic_floors_clamp_with_warnings() {
         let m = |n: u64| Duration::from_secs(n * 60);
         let floor = PeriodicFloor::default();
+        // A flex of the whole period follows the clamped period, unwarned.
         let (p, w) = floor.clamp(Periodic {
             frequency: m(1),
             flex: m(1),
+        });
+        assert_eq!(
+            p,
+            Periodic {
+                frequency: m(15),
+                flex: m(15)
+            }
+        );
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("1m") && w[0].contains("15m"), "{w:?}");
+        // A flex the user gave is clamped with its own warning.
+        let (p, w) = floor.clamp(Periodic {
+            frequency: m(1),
+            flex: Duration::from_secs(30),
         });
         assert_eq!(
             p,
@@ -509,7 +614,7 @@ mod tests {
             }
         );
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].contains("1m") && w[0].contains("15m"), "{w:?}");
+        assert!(w[1].contains("flex 30s"), "{w:?}");
         let (p, w) = floor.clamp(Periodic {
             frequency: m(60),
             flex: m(90),

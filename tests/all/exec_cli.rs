@@ -1,12 +1,9 @@
 //! `workhost exec`, driven the way a handler author drives it.
 
-use workhost_tests::{CliRun, guests, workhost};
+use workhost_tests::{CliRun, guests};
 
 fn exec(args: &[&str]) -> CliRun {
-    let cache = tempfile::tempdir().unwrap();
-    let mut all = vec!["exec"];
-    all.extend_from_slice(args);
-    workhost(&all, cache.path())
+    workhost_tests::workhost_exec(args)
 }
 
 #[test]

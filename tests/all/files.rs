@@ -67,6 +67,74 @@ fn the_manifest_grants_each_handler_its_own_directory_under_the_data_dir() {
     assert_eq!(grants("g"), None);
 }
 
+/// Names that would leave `handlers/`, or that are not one plain path
+/// component, with the names the examples and benches use beside them.
+const BAD_NAMES: &[&str] = &[
+    "..",
+    ".",
+    "../escape",
+    "a/b",
+    "/abs",
+    ".hidden",
+    "-dash",
+    "Upper",
+    "a b",
+    "é",
+    "",
+    "x\\y",
+    "a.b",
+];
+
+#[test]
+fn handler_names_follow_one_pattern() {
+    let long = "a".repeat(64);
+    for good in ["echo", "echo-py", "fetch_feed", "0", "9lives", long.as_str()] {
+        assert_eq!(workhost::check_handler_name(good), Ok(()), "{good:?}");
+    }
+    for bad in BAD_NAMES.iter().copied().chain([format!("{long}a").as_str()]) {
+        let error = workhost::check_handler_name(bad).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("{bad:?}")) && error.contains(workhost::HANDLER_NAME_PATTERN),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn a_handler_name_that_could_leave_handlers_is_refused_by_the_manifest_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in BAD_NAMES {
+        let text = format!(
+            "data_dir = \"store\"\n[handlers.{bad:?}]\ncomponent = {:?}\ndata_dir = true\n",
+            guests::FILES
+        );
+        let path = dir.path().join("workhost.toml");
+        std::fs::write(&path, &text).unwrap();
+        let error = workhost::load_manifest(&path, None).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("handler name {bad:?}")) && error.contains(workhost::HANDLER_NAME_PATTERN),
+            "{bad:?}: {error}"
+        );
+        let cache = dir.path().join("cache");
+        let run = workhost_tests::workhost(&["list", "--config", path.to_str().unwrap()], &cache);
+        assert_eq!(run.code, 2, "{bad:?}: {run:?}");
+        assert!(run.stderr.contains("is not allowed"), "{bad:?}: {}", run.stderr);
+    }
+    assert!(!dir.path().join("store/escape").exists());
+}
+
+#[tokio::test]
+async fn a_host_refuses_a_handler_name_that_could_leave_handlers() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["..", "../escape", "a/b"] {
+        let mut config = workhost::HostConfig::new(dir.path().join("store"));
+        config.handlers.push(workhost::HandlerConfig::new(bad, guests::ECHO));
+        let error = workhost::Host::start(config).await.unwrap_err();
+        assert!(matches!(error, workhost::HostError::HandlerName(_)), "{bad:?}: {error}");
+        assert!(error.to_string().contains(&format!("{bad:?}")), "{error}");
+    }
+}
+
 #[test]
 fn exec_dir_grants_a_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -262,4 +330,48 @@ fn the_manifest_and_exec_set_the_quota() {
     assert_eq!(run.code, 0, "{run:?}");
     let quota = run.json()["output"]["quota"].as_str().unwrap().to_string();
     assert!(quota.starts_with("denied: I/O error"), "{quota}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_runs_of_a_handler_share_one_quota_for_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let grants = Arc::new(Grants {
+        data_dir: Some(dir.path().to_path_buf()),
+        data_quota_bytes: 1 << 20,
+        ..Grants::default()
+    });
+    let handler = executor().load_file(guests::HOSTILE.as_ref()).unwrap();
+    // Each run writes first (so each measures a nearly empty directory),
+    // then, while the other is still going, 600 KiB: together past 1 MiB.
+    let run = |name: &str| {
+        let mut r = RunRequest::new("fill");
+        r.grants = grants.clone();
+        r.input = Data::new()
+            .with("mode", "fill")
+            .with("name", name)
+            .with("bytes", 600i64 << 10)
+            .with("wait_ms", 500i64);
+        handler.run(r)
+    };
+    let (a, b) = tokio::join!(run("a"), run("b"));
+    let outputs: Vec<Data> = [a, b]
+        .into_iter()
+        .map(|o| {
+            o.output()
+                .cloned()
+                .unwrap_or_else(|| panic!("fill succeeds: {:?}", o.result))
+        })
+        .collect();
+    let wrote = outputs.iter().filter(|o| o.get("wrote").is_some()).count();
+    let refused = outputs.iter().filter(|o| o.get("refused").is_some()).count();
+    assert_eq!(
+        (wrote, refused),
+        (1, 1),
+        "one fill fits, the other is refused: {outputs:?}"
+    );
+    let held: u64 = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(held <= 1 << 20, "the directory holds {held} bytes, past its quota");
 }

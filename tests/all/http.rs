@@ -2,9 +2,15 @@
 //! guest sees and lines in the run's log; per-run limits hold. The server is
 //! one the test starts on 127.0.0.1.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use workhost::{AllowedOrigin, Data, Grants, HttpLimits, LogSource, RunOutcome, RunRequest, RunResult, Value};
+use workhost::{
+    AllowedOrigin, Data, Grants, HttpLimits, LogSource, ResolveFuture, Resolver, RunOutcome, RunRequest, RunResult,
+    Value,
+};
 use workhost_tests::{TestServer, executor, guests};
 
 async fn fetch(url: &str, allowed: &[&str], limits: HttpLimits, times: i64) -> RunOutcome {
@@ -16,6 +22,46 @@ async fn fetch(url: &str, allowed: &[&str], limits: HttpLimits, times: i64) -> R
         http: limits,
         ..Grants::default()
     });
+    handler.run(r).await
+}
+
+/// Answers lookups from a table (names under `.test`, which no real
+/// resolver answers) and counts them.
+#[derive(Default)]
+struct TableResolver {
+    answers: HashMap<String, Vec<IpAddr>>,
+    lookups: AtomicUsize,
+}
+
+impl TableResolver {
+    fn new(answers: &[(&str, &[&str])]) -> Arc<TableResolver> {
+        Arc::new(TableResolver {
+            answers: answers
+                .iter()
+                .map(|(name, ips)| (name.to_string(), ips.iter().map(|ip| ip.parse().unwrap()).collect()))
+                .collect(),
+            lookups: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Resolver for TableResolver {
+    fn resolve(&self, host: &str) -> ResolveFuture {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let answer = self.answers.get(host).cloned();
+        Box::pin(async move { answer.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such name")) })
+    }
+}
+
+async fn fetch_resolving(url: &str, allowed: &str, resolver: Arc<TableResolver>) -> RunOutcome {
+    let handler = executor().load_file(guests::FETCH.as_ref()).unwrap();
+    let mut r = RunRequest::new("fetch");
+    r.input = Data::new().with("url", url);
+    r.grants = Arc::new(Grants {
+        allowed_hosts: vec![AllowedOrigin::parse(allowed).unwrap()],
+        ..Grants::default()
+    });
+    r.resolver = resolver;
     handler.run(r).await
 }
 
@@ -196,4 +242,57 @@ async fn fetch_gets_the_configured_url_when_its_input_has_none() {
     let outcome = handler.run(RunRequest::new("fetch")).await;
     let error = outcome.error().expect("no URL at all fails");
     assert!(error.contains("`url`") && error.contains("configuration"), "{error}");
+}
+
+#[tokio::test]
+async fn the_address_checked_is_the_address_connected_to_with_no_second_lookup() {
+    let server = TestServer::start();
+    let p = server.port;
+    // Only the run's resolver knows this name: a connection that looked it
+    // up again (the system's resolver) would not find it.
+    let resolver = TableResolver::new(&[("inside.test", &["127.0.0.1"])]);
+    let outcome = fetch_resolving(
+        &format!("http://inside.test:{p}/"),
+        &format!("http://inside.test:{p}"),
+        resolver.clone(),
+    )
+    .await;
+    assert_eq!(
+        outcome.result,
+        RunResult::Succeeded(Data::new().with("status", 200i64).with("bytes", 11i64)),
+        "{:?}",
+        outcome.log
+    );
+    assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1, "one lookup per request");
+}
+
+#[tokio::test]
+async fn a_name_resolving_into_any_internal_range_is_refused() {
+    let server = TestServer::start();
+    let p = server.port;
+    for (name, ips) in [
+        ("cgnat.test", &["100.64.0.1"][..]),
+        ("nat64.test", &["64:ff9b::7f00:1"]),
+        ("sixtofour.test", &["2002:7f00:1::1"]),
+        ("mapped.test", &["::ffff:169.254.169.254"]),
+        ("multicast.test", &["224.0.0.1"]),
+        ("benchmark.test", &["198.18.0.1"]),
+        // Every address is checked, not only the first.
+        ("mixed.test", &["93.184.216.34", "10.0.0.1"]),
+    ] {
+        let resolver = TableResolver::new(&[(name, ips)]);
+        let outcome = fetch_resolving(
+            &format!("http://{name}:{p}/"),
+            &format!("http://*.test:{p}"),
+            resolver.clone(),
+        )
+        .await;
+        assert!(
+            host_log(&outcome).contains("resolves to the internal address"),
+            "{name}: {}",
+            host_log(&outcome)
+        );
+        assert!(outcome.error().unwrap().contains("refused by the host"), "{name}");
+        assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1);
+    }
 }

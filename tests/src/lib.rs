@@ -116,10 +116,18 @@ impl From<Output> for CliRun {
 }
 
 /// `workhost <args>` with its compile cache in `cache`, not yet started.
-fn workhost_command(args: &[&str], cache: &Path) -> Command {
+pub fn workhost_command(args: &[&str], cache: &Path) -> Command {
     let mut command = Command::new(workhost_bin());
     command.args(args).env("XDG_CACHE_HOME", cache);
     command
+}
+
+/// Runs `workhost exec <args>` with a fresh compile cache, and waits.
+pub fn workhost_exec(args: &[&str]) -> CliRun {
+    let cache = tempfile::tempdir().expect("a temporary cache directory");
+    let mut all = vec!["exec"];
+    all.extend_from_slice(args);
+    workhost(&all, cache.path())
 }
 
 /// Runs `workhost <args>` with its compile cache in `cache`, and waits.

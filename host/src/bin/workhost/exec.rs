@@ -41,7 +41,7 @@ pub struct ExecArgs {
     #[arg(long, value_name = "SIZE")]
     max_memory: Option<String>,
     /// The task kind the handler sees; decides the default timeout.
-    #[arg(long, value_name = "KIND", default_value = "one-off", value_parser = ["one-off", "periodic", "processing"])]
+    #[arg(long, value_name = "KIND", default_value = "one-off", value_parser = clap::builder::PossibleValuesParser::new(workhost::TaskKind::NAMES))]
     kind: String,
     /// The run attempt count the handler sees.
     #[arg(long, value_name = "N", default_value_t = 1)]

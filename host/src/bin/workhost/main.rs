@@ -24,8 +24,51 @@ macro_rules! out {
 mod exec;
 mod store_cmds;
 
-/// Exit code for usage and load errors.
+/// Exit code for bad usage and bad input (arguments, manifest, request,
+/// component).
 const EXIT_USAGE: u8 = 2;
+/// Exit code for a store that is locked, busy, full, damaged or otherwise
+/// unavailable, a host already serving, or anything else that is not the
+/// user's input.
+const EXIT_FAILURE: u8 = 1;
+
+/// The command-line flag that fixes an error the library reports in its own
+/// words (library errors name no flags).
+fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        if let Some(workhost::ManifestError::Io { .. }) = cause.downcast_ref::<workhost::ManifestError>() {
+            return Some("`--config PATH` names the manifest (default ./workhost.toml)");
+        }
+        match cause.downcast_ref::<workhost::StoreError>() {
+            Some(workhost::StoreError::Foreign { .. } | workhost::StoreError::ReadOnly(_)) => {
+                Some("`--data-dir DIR` uses another data directory")
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The exit code of an error: [`EXIT_FAILURE`] when any cause is the store
+/// or the host's environment, [`EXIT_USAGE`] otherwise.
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    let environment = e.chain().any(|cause| {
+        cause.downcast_ref::<workhost::StoreError>().is_some()
+            || cause.downcast_ref::<workhost::EngineError>().is_some()
+            || matches!(
+                cause.downcast_ref::<workhost::HostError>(),
+                Some(
+                    workhost::HostError::AlreadyServing(_)
+                        | workhost::HostError::Store(_)
+                        | workhost::HostError::Engine(_)
+                )
+            )
+            || matches!(
+                cause.downcast_ref::<workhost::WorkError>(),
+                Some(workhost::WorkError::Store(_))
+            )
+    });
+    if environment { EXIT_FAILURE } else { EXIT_USAGE }
+}
 
 /// WorkManager for WebAssembly: durable background tasks run in sandboxed
 /// components.
@@ -91,7 +134,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_USAGE)
+            if let Some(hint) = flag_hint(&e) {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(exit_code_of(&e))
         }
     }
 }

@@ -29,13 +29,23 @@ impl StoreArgs {
         Ok(workhost::load_manifest(&self.config, self.data_dir.as_deref())?)
     }
 
+    /// The manifest as the commands that only work on the store need it: a
+    /// missing component file or an unset secret variable does not stop them.
+    fn store_config(&self) -> anyhow::Result<HostConfig> {
+        Ok(workhost::load_manifest_for(
+            &self.config,
+            self.data_dir.as_deref(),
+            workhost::ManifestUse::Store,
+        )?)
+    }
+
     fn queue(&self) -> anyhow::Result<Queue> {
         Ok(self.queue_and_handlers()?.0)
     }
 
     /// The queue, and the names of the manifest's handlers.
     fn queue_and_handlers(&self) -> anyhow::Result<(Queue, Vec<String>)> {
-        let c = self.host_config()?;
+        let c = self.store_config()?;
         let names: Vec<String> = c.handlers.iter().map(|h| h.name.clone()).collect();
         Ok((
             Queue::open(&c.data_dir, names.clone(), c.periodic_floor, c.retention)?,
@@ -87,13 +97,23 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let printer = args.debug.then(|| {
         let mut events = host.queue().subscribe();
         tokio::spawn(async move {
-            while let Ok(e) = events.recv().await {
-                let detail = if e.detail.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", e.detail)
-                };
-                out!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
+            loop {
+                match events.recv().await {
+                    Ok(e) => {
+                        let detail = if e.detail.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", e.detail)
+                        };
+                        out!("{} task {} {}{detail}", rfc3339(e.at), e.id, e.event);
+                    }
+                    // A burst outran the printer: say so and go on with
+                    // the newest events (never stop printing).
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        out!("workhost: {n} state changes skipped (too many at once to print)");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
             }
         })
     });
@@ -135,7 +155,7 @@ pub struct EnqueueArgs {
     /// What to do when the unique name is taken (default keep for one-off
     /// work, update for periodic work).
     #[arg(long, value_name = "POLICY", requires = "unique",
-          value_parser = ["keep", "replace", "append", "append-or-replace", "update", "cancel-and-reenqueue"])]
+          value_parser = clap::builder::PossibleValuesParser::new(ExistingWorkPolicy::NAMES))]
     policy: Option<String>,
     /// A tag. Repeatable.
     #[arg(long = "tag", value_name = "T")]
@@ -156,7 +176,7 @@ pub struct EnqueueArgs {
     #[arg(long = "after", value_name = "ID")]
     after: Vec<i64>,
     /// Backoff policy.
-    #[arg(long, value_name = "POLICY", value_parser = ["exponential", "linear"])]
+    #[arg(long, value_name = "POLICY", value_parser = clap::builder::PossibleValuesParser::new(BackoffPolicy::NAMES))]
     backoff: Option<String>,
     /// Backoff delay (clamped to 10s..5h).
     #[arg(long = "backoff-delay", value_name = "DUR")]
@@ -166,7 +186,7 @@ pub struct EnqueueArgs {
     max_attempts: Option<u32>,
     /// Run only with this network.
     #[arg(long = "requires-network", value_name = "TYPE",
-          value_parser = ["not-required", "connected", "unmetered", "not-roaming", "metered", "temporarily-unmetered"])]
+          value_parser = clap::builder::PossibleValuesParser::new(workhost::NetworkType::NAMES))]
     requires_network: Option<String>,
     /// Run only while charging.
     #[arg(long = "requires-charging")]
@@ -216,11 +236,7 @@ pub async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
     }
     r.after = a.after.clone();
     if let Some(b) = &a.backoff {
-        r.backoff = if b == "linear" {
-            BackoffPolicy::Linear
-        } else {
-            BackoffPolicy::Exponential
-        };
+        r.backoff = BackoffPolicy::parse(b).expect("clap checked the policy");
     }
     if let Some(d) = &a.backoff_delay {
         r.backoff_delay = parse_duration(d).context("--backoff-delay")?;
@@ -261,7 +277,7 @@ pub struct ListArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// Only tasks in this state.
-    #[arg(long, value_name = "S", value_parser = ["enqueued", "running", "succeeded", "failed", "blocked", "cancelled"])]
+    #[arg(long, value_name = "S", value_parser = clap::builder::PossibleValuesParser::new(TaskState::NAMES))]
     state: Option<String>,
     /// Only tasks with this tag.
     #[arg(long, value_name = "T")]
@@ -521,7 +537,7 @@ pub struct StatusArgs {
 /// overrides), whether the store is paused, and which enqueued tasks wait
 /// on which constraint.
 pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
-    let config = a.store.host_config()?;
+    let config = a.store.store_config()?;
     let (queue, handlers) = a.store.queue_and_handlers()?;
     let device = config.device.clone();
     let dir = config.data_dir.clone();
