@@ -14,7 +14,7 @@ pub const MAX_DATA_BYTES: usize = 10 * 1024;
 ///
 /// In JSON an integer is an `S64`, a number with a fraction or exponent an
 /// `F64`, and a list takes the type of its elements; an empty list is a
-/// `StringList`.
+/// `StringList`. The store keeps a typed form that loses no type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Value {
@@ -145,8 +145,8 @@ impl Data {
         Ok(data)
     }
 
-    /// The serialized size: the length of the canonical JSON form, which is
-    /// also how the store keeps the data.
+    /// The serialized size: the length of the canonical JSON form (the
+    /// store keeps a typed form of it, see docs/store.md).
     pub fn serialized_size(&self) -> usize {
         self.to_json().len()
     }
@@ -208,6 +208,44 @@ impl Data {
         Ok(data)
     }
 
+    /// The store's form: a JSON object whose every value names its type,
+    /// `{"key": {"s64-list": []}}`, so that every value, an empty list
+    /// too, reads back with the type it was written with.
+    pub(crate) fn to_typed_json(&self) -> String {
+        let object: serde_json::Map<String, serde_json::Value> = self
+            .0
+            .iter()
+            .map(|(k, v)| {
+                let (tag, value) = v.typed();
+                (k.clone(), serde_json::json!({ tag: value }))
+            })
+            .collect();
+        serde_json::Value::Object(object).to_string()
+    }
+
+    /// Reads the store's form ([`Self::to_typed_json`]); a value that is
+    /// not a one-key object is read as the plain JSON form of stores
+    /// written before it (typed from the JSON, an empty list a
+    /// `StringList`). Refuses anything else, naming the key.
+    pub(crate) fn from_typed_json(text: &str) -> Result<Data, DataError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| DataError::BadJson(e.to_string()))?;
+        let serde_json::Value::Object(object) = value else {
+            return Err(DataError::BadJson(format!(
+                "expected an object of KEY: VALUE pairs, found {}",
+                json_kind(&value)
+            )));
+        };
+        let mut map = BTreeMap::new();
+        for (k, v) in &object {
+            let value = match v {
+                serde_json::Value::Object(typed) => Value::from_typed(k, typed)?,
+                plain => Value::from_json(k, plain)?,
+            };
+            map.insert(k.clone(), value);
+        }
+        Ok(Data(map))
+    }
+
     /// Parses `KEY=VALUE`, typing the value from its text: an integer, then a
     /// float, then `true`/`false`, else a string.
     pub fn parse_key_value(arg: &str) -> Result<(String, Value), DataError> {
@@ -253,6 +291,52 @@ fn json_kind(value: &serde_json::Value) -> &'static str {
 }
 
 impl Value {
+    /// The type's name in the WIT (`s64-list`) and the value as JSON.
+    fn typed(&self) -> (&'static str, serde_json::Value) {
+        use serde_json::json;
+        match self {
+            Value::S64(v) => ("s64", json!(v)),
+            Value::Bool(v) => ("bool", json!(v)),
+            Value::F64(v) => ("f64", json!(v)),
+            Value::String(v) => ("string", json!(v)),
+            Value::S64List(v) => ("s64-list", json!(v)),
+            Value::BoolList(v) => ("bool-list", json!(v)),
+            Value::F64List(v) => ("f64-list", json!(v)),
+            Value::StringList(v) => ("string-list", json!(v)),
+        }
+    }
+
+    /// Reads `{"<type>": value}`, the value strictly of that type.
+    fn from_typed(key: &str, typed: &serde_json::Map<String, serde_json::Value>) -> Result<Value, DataError> {
+        fn list<T>(v: &serde_json::Value, item: impl Fn(&serde_json::Value) -> Option<T>) -> Option<Vec<T>> {
+            v.as_array()?.iter().map(item).collect()
+        }
+        let bad = || DataError::UnsupportedType {
+            key: key.to_string(),
+            found: format!(
+                "{:?}, which is not a typed value",
+                serde_json::Value::Object(typed.clone()).to_string()
+            ),
+        };
+        let mut pairs = typed.iter();
+        let (Some((tag, v)), None) = (pairs.next(), pairs.next()) else {
+            return Err(bad());
+        };
+        let f64_of = |v: &serde_json::Value| v.as_f64().filter(|f| f.is_finite());
+        let value = match tag.as_str() {
+            "s64" => v.as_i64().map(Value::S64),
+            "bool" => v.as_bool().map(Value::Bool),
+            "f64" => f64_of(v).map(Value::F64),
+            "string" => v.as_str().map(|s| Value::String(s.to_string())),
+            "s64-list" => list(v, |i| i.as_i64()).map(Value::S64List),
+            "bool-list" => list(v, |i| i.as_bool()).map(Value::BoolList),
+            "f64-list" => list(v, f64_of).map(Value::F64List),
+            "string-list" => list(v, |i| i.as_str().map(str::to_string)).map(Value::StringList),
+            _ => None,
+        };
+        value.ok_or_else(bad)
+    }
+
     fn from_json(key: &str, v: &serde_json::Value) -> Result<Value, DataError> {
         use serde_json::Value as J;
         let unsupported = |found: &str| DataError::UnsupportedType {
@@ -377,6 +461,32 @@ mod tests {
             Err(DataError::NotKeyValue("novalue".into()))
         );
         assert_eq!(Data::parse_key_value("=1"), Err(DataError::EmptyKey));
+    }
+
+    #[test]
+    fn the_typed_form_keeps_every_type_and_reads_the_plain_form() {
+        let data = Data::new()
+            .with("a", 1i64)
+            .with("b", true)
+            .with("c", 1.0f64)
+            .with("d", "x")
+            .with("e", Value::S64List(vec![]))
+            .with("f", Value::BoolList(vec![]))
+            .with("g", Value::F64List(vec![]))
+            .with("h", Value::StringList(vec![]))
+            .with("i", Value::F64List(vec![2.0, 0.5]));
+        assert_eq!(Data::from_typed_json(&data.to_typed_json()), Ok(data.clone()));
+        let plain = Data::new().with("a", 1i64).with("i", Value::F64List(vec![2.5]));
+        assert_eq!(Data::from_typed_json(&plain.to_json()), Ok(plain));
+        for bad in [
+            r#"{"a":{"s64":"1"}}"#,
+            r#"{"a":{"u8":1}}"#,
+            r#"{"a":{"s64":1,"bool":true}}"#,
+            "[]",
+            "{",
+        ] {
+            assert!(Data::from_typed_json(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

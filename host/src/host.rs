@@ -200,7 +200,8 @@ pub struct HostConfig {
     pub max_concurrency: usize,
     /// Floors for periodic work.
     pub periodic_floor: PeriodicFloor,
-    /// How long finished work is kept before `prune` removes it.
+    /// How long finished work is kept: a host prunes what finished longer
+    /// ago (every [`PRUNE_EVERY`]), and so does `prune`.
     pub retention: Duration,
     /// How long running work may go on after shutdown is asked for.
     pub shutdown_grace: Duration,
@@ -350,6 +351,19 @@ pub struct HostAlert {
     pub message: String,
     /// When, ms since the epoch.
     pub at: Millis,
+}
+
+/// What a host's dispatcher has done so far (see [`Host::stats`]): enough
+/// to see that an idle host takes no write lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HostStats {
+    /// Times the dispatcher woke up: at each poll interval, each change it
+    /// was told of, and each end of a run.
+    pub polls: u64,
+    /// Claim transactions it ran. Each takes the store's write lock, so
+    /// the dispatcher runs one only when work of one of its handlers with a
+    /// free slot is due.
+    pub claims: u64,
 }
 
 /// The shared part of a host that needs no handlers: enqueue, cancel,
@@ -616,6 +630,8 @@ struct Inner {
     /// See [`HostConfig::memory_budget`].
     memory_budget: u64,
     handlers: HashMap<String, LoadedHandler>,
+    /// The handlers' names, sorted: the work this host may claim.
+    handler_names: Vec<String>,
     max_concurrency: usize,
     poll: Duration,
     running: Mutex<HashMap<TaskId, Running>>,
@@ -635,6 +651,13 @@ struct Inner {
     /// store (see [`Inner::follow_clock`]).
     clock_reading: Mutex<Option<Millis>>,
     alerts: broadcast::Sender<HostAlert>,
+    /// When the dispatcher next looks for finished work past the retention
+    /// period (clock ms).
+    next_prune_at: AtomicI64,
+    /// [`HostStats::polls`].
+    polls: AtomicU64,
+    /// [`HostStats::claims`].
+    claims: AtomicU64,
     _lock: std::fs::File,
 }
 
@@ -756,9 +779,12 @@ impl Host {
 
         let (device_config, data_dir) = (config.device.clone(), config.data_dir.clone());
         let readings = blocking(move || read_device(&device_config, &data_dir)).await;
+        let mut handler_names: Vec<String> = handlers.keys().cloned().collect();
+        handler_names.sort();
         let inner = Arc::new(Inner {
             queue,
             handlers,
+            handler_names,
             max_concurrency: config.max_concurrency.max(1),
             memory_budget: config.memory_budget,
             runs: tokio_util::task::TaskTracker::new(),
@@ -772,6 +798,9 @@ impl Host {
             data_dir: config.data_dir.clone(),
             clock_reading: Mutex::new(None),
             alerts: broadcast::channel(256).0,
+            next_prune_at: AtomicI64::new(Millis::MIN),
+            polls: AtomicU64::new(0),
+            claims: AtomicU64::new(0),
             _lock: lock,
         });
         // Before recovery, so work recovered as due now is not moved by a
@@ -806,6 +835,14 @@ impl Host {
     /// alert to stderr.
     pub fn alerts(&self) -> broadcast::Receiver<HostAlert> {
         self.inner.alerts.subscribe()
+    }
+
+    /// What the dispatcher has done so far.
+    pub fn stats(&self) -> HostStats {
+        HostStats {
+            polls: self.inner.polls.load(Ordering::Relaxed),
+            claims: self.inner.claims.load(Ordering::Relaxed),
+        }
     }
 
     /// Cancels work; running work stops within about one epoch tick.
@@ -1004,6 +1041,68 @@ impl Inner {
         (self.max_concurrency.saturating_sub(running.len()).min(fit), per)
     }
 
+    /// Raises one alert per handler name for due work that names a handler
+    /// this host lacks (removed from the manifest, or enqueued under
+    /// another): the host never claims it, so it waits, holding up nothing,
+    /// until a host with that handler runs or it is cancelled. `alerted`
+    /// holds the names already reported.
+    async fn alert_waiting_for_handler(&self, now: Millis, alerted: &mut Vec<String>) {
+        let store = self.queue.store.clone();
+        let mut known = self.handler_names.clone();
+        known.extend(alerted.iter().cloned());
+        let Ok(waits) = blocking(move || store.waiting_for_handler(&known, now)).await else {
+            // Looked at again at the next check.
+            return;
+        };
+        for w in waits {
+            let tasks = if w.due == 1 {
+                format!("task {} is due", w.first)
+            } else {
+                format!("{} tasks are due (the oldest is task {})", w.due, w.first)
+            };
+            self.alert(
+                Some(w.first),
+                format!(
+                    "{tasks} for handler {:?}, which this host does not have; they wait until a host with that \
+                     handler serves this store: add it to the manifest, or cancel them",
+                    w.handler
+                ),
+            );
+            alerted.push(w.handler);
+        }
+    }
+
+    /// Deletes finished work past the retention period (SPEC section 5),
+    /// if a read finds any, so an idle store takes no write for it; then
+    /// sets when to look next ([`PRUNE_EVERY`] later).
+    async fn prune_finished(&self, now: Millis) {
+        let before = now.saturating_sub(self.queue.retention.as_millis() as Millis);
+        let store = self.queue.store.clone();
+        let _ = blocking(move || match store.oldest_finished() {
+            Ok(Some(oldest)) if oldest < before => store.prune(before).map(|_| ()),
+            other => other.map(|_| ()),
+        })
+        .await;
+        self.next_prune_at
+            .store(now.saturating_add(PRUNE_EVERY.as_millis() as Millis), Ordering::Release);
+    }
+
+    /// When work of the handlers with a free slot in `per` is next due;
+    /// `None` if none is or the store is paused. A failed read says "now",
+    /// so the claim tries and reports what the store says.
+    async fn next_due(&self, per: &HashMap<String, usize>) -> Option<Millis> {
+        let store = self.queue.store.clone();
+        let device = self.device.borrow().clone();
+        let handlers: Vec<String> = per.iter().filter(|(_, n)| **n > 0).map(|(h, _)| h.clone()).collect();
+        let now = self.queue.now();
+        let (paused, due) = blocking(move || (store.paused(), store.next_due(&handlers, &device))).await;
+        match (paused, due) {
+            (Ok(true), _) => None,
+            (Ok(false), Ok(due)) => due,
+            _ => Some(now),
+        }
+    }
+
     /// Whether nothing runs and nothing is due now whose constraints hold
     /// (or the host is paused).
     async fn idle(&self) -> bool {
@@ -1013,9 +1112,13 @@ impl Inner {
         if epoch % 2 == 1 || !self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
             return false;
         }
+        if self.queue.now() >= self.next_prune_at.load(Ordering::Acquire) {
+            return false;
+        }
         let store = self.queue.store.clone();
         let device = self.device.borrow().clone();
-        let (paused, due) = blocking(move || (store.paused(), store.next_due(&device))).await;
+        let handlers = self.handler_names.clone();
+        let (paused, due) = blocking(move || (store.paused(), store.next_due(&handlers, &device))).await;
         let idle = paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now());
         idle && self.claim_epoch.load(Ordering::Acquire) == epoch
     }
@@ -1056,25 +1159,67 @@ impl Drop for Claiming<'_> {
     }
 }
 
+/// How often, by the host's clock, the dispatcher prunes finished work
+/// past the retention period.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often the dispatcher looks for due work of handlers it lacks.
+const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
+
 /// The dispatcher: claims due work when slots are free, starts runs, and
 /// notices other processes' cancels and pauses by polling the store.
+///
+/// It takes the write lock only to claim, and claims only when work is due:
+/// at each wake it reads `PRAGMA data_version` (a read, no lock), and only
+/// after a change (another process's commit or this one's), a wake (an
+/// enqueue, a run's end, a new device state, a resume) or its due time
+/// does it read again, from the reader connection, when the next work of
+/// its handlers with a free slot is due and whether the store is paused.
+/// Between those it sleeps until that due time or the poll interval,
+/// whichever is first.
 async fn dispatch(inner: Arc<Inner>) {
     let mut shutting_down = inner.shutting_down.subscribe();
     let runs = inner.runs.clone();
     let mut last_change = u64::MAX;
     let mut last_seen: Option<TaskId> = None;
     let mut claims_refused = Refusals::default();
+    // Handlers named by due work that this host lacks, already alerted,
+    // and when that was last looked at: first a second after the start, so
+    // whoever subscribes to the alerts as the host starts hears of them.
+    let mut alerted: Vec<String> = Vec::new();
+    let mut handlers_checked = tokio::time::Instant::now();
+    // When work of this host's handlers with a free slot is next due (None:
+    // none, or paused), as last read; `look` asks for a new read.
+    let mut due: Option<Millis> = None;
+    let mut look = true;
+    let mut looked_at = u64::MAX;
     loop {
         if *shutting_down.borrow() {
             break;
         }
+        inner.polls.fetch_add(1, Ordering::Relaxed);
         let now = inner.follow_clock().await;
         let store = inner.queue.store.clone();
+        // A read of SQLite's in-memory change counter: microseconds, so it
+        // runs inline rather than on the blocking pool.
+        let counter = store.change_counter().unwrap_or(0);
         let (free, per) = inner.free_slots();
+        if counter != looked_at || due.is_some_and(|d| d <= now) {
+            look = true;
+        }
+        if look && free > 0 {
+            looked_at = counter;
+            look = false;
+            due = inner.next_due(&per).await;
+        }
         let claiming = Claiming::begin(&inner.claim_epoch);
-        let claimed = if free > 0 {
+        let claimed = if free > 0 && due.is_some_and(|d| d <= now) {
+            inner.claims.fetch_add(1, Ordering::Relaxed);
             let device = inner.device.borrow().clone();
-            store.claim_async(now, free, per, device).await
+            let claimed = store.claim_async(now, free, per, device).await;
+            // Look again at once: what this claim left may be due too.
+            look = true;
+            claimed
         } else {
             Ok(Vec::new())
         };
@@ -1102,9 +1247,6 @@ async fn dispatch(inner: Arc<Inner>) {
                 }
             }
         }
-        // A read of SQLite's in-memory change counter: microseconds, so it
-        // runs inline rather than on the blocking pool.
-        let counter = store.change_counter().unwrap_or(0);
         // Report tasks other processes enqueued before any of them is
         // reported started.
         if inner.queue.events.receiver_count() > 0
@@ -1149,14 +1291,27 @@ async fn dispatch(inner: Arc<Inner>) {
             runs.spawn(run_task(inner.clone(), c, stop));
         }
         drop(claiming);
+        if now >= inner.next_prune_at.load(Ordering::Acquire) {
+            inner.prune_finished(now).await;
+        }
+        // A look at due work of unknown handlers every second: one read of
+        // an index seek per handler of enqueued work.
+        if handlers_checked.elapsed() >= UNKNOWN_HANDLER_CHECK {
+            handlers_checked = tokio::time::Instant::now();
+            inner.alert_waiting_for_handler(now, &mut alerted).await;
+        }
         if counter != last_change {
             last_change = counter;
             notice_foreign_cancels(&inner).await;
         }
         // A run that ends wakes the dispatcher through its `Slot`.
+        let nap = match due {
+            Some(d) if d > now && !look => inner.poll.min(Duration::from_millis((d - now) as u64)),
+            _ => inner.poll,
+        };
         tokio::select! {
-            () = inner.queue.wake.notified() => {}
-            () = tokio::time::sleep(inner.poll) => {}
+            () = inner.queue.wake.notified() => look = true,
+            () = tokio::time::sleep(nap) => {}
             _ = shutting_down.changed() => {}
         }
     }

@@ -89,8 +89,8 @@ pub use grants::{
 };
 pub use host::{
     CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
-    HostError, MAX_HANDLER_NAME_BYTES, ManualClock, Queue, SteadyReading, SystemClock, TaskEvent, TestDriver,
-    check_handler_name, default_memory_budget,
+    HostError, HostStats, MAX_HANDLER_NAME_BYTES, ManualClock, PRUNE_EVERY, Queue, SteadyReading, SystemClock,
+    TaskEvent, TestDriver, check_handler_name, default_memory_budget,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};
@@ -100,7 +100,10 @@ pub use platform::{ProgressSink, TaskFacts};
 pub use progress::PROGRESS_INTERVAL;
 pub use retry::{RetryFacts, Transition, decide};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
-pub use store::{Change, Claimed, ClockJump, Query, Selector, SqliteStore, StoreError, TaskStore};
+pub use store::{
+    Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, StoreError,
+    TaskStore,
+};
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
     ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,

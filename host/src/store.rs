@@ -46,6 +46,18 @@ pub enum StoreError {
         /// What SQLite said.
         detail: String,
     },
+    /// A task's row holds what no workhost writes (text that is not task
+    /// data, an unknown state or kind): the row was damaged. The task is
+    /// named; nothing is read in its place.
+    #[error(
+        "task {id} is damaged in the store ({detail}); cancel it (`workhost cancel {id}`) and enqueue it again, or restore the database from a backup"
+    )]
+    DamagedTask {
+        /// The task.
+        id: TaskId,
+        /// What is wrong, naming the column.
+        detail: String,
+    },
     /// SQLite reported an error.
     #[error("task store error: {0}")]
     Sqlite(String),
@@ -75,9 +87,41 @@ pub enum StoreError {
     },
 }
 
+/// A damaged column of task `id`'s row, carried through rusqlite's error
+/// type out of a row mapper and turned into [`StoreError::DamagedTask`].
+#[derive(Debug)]
+struct Damaged {
+    id: TaskId,
+    detail: String,
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "task {} is damaged ({})", self.id, self.detail)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+/// The error of a damaged `column` of task `id`.
+fn damaged(id: TaskId, column: &str, what: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(Box::new(Damaged {
+        id,
+        detail: format!("its {column} {what}"),
+    }))
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ffi;
+        if let rusqlite::Error::ToSqlConversionFailure(inner) = &e
+            && let Some(d) = inner.downcast_ref::<Damaged>()
+        {
+            return StoreError::DamagedTask {
+                id: d.id,
+                detail: d.detail.clone(),
+            };
+        }
         let detail = e.to_string();
         let Some(code) = e.sqlite_error() else {
             return StoreError::Sqlite(detail);
@@ -175,15 +219,30 @@ pub struct ClockJump {
     pub moved: Vec<Change>,
 }
 
+/// Due work waiting for a handler (see [`TaskStore::waiting_for_handler`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerWait {
+    /// The handler the work names.
+    pub handler: String,
+    /// How many of its tasks are due.
+    pub due: usize,
+    /// The oldest of them, to name in a message.
+    pub first: TaskId,
+}
+
 /// A durable task store. Every method is atomic and durable when it returns.
 /// Backends pass the conformance suite in `tests/all/store.rs`.
 pub trait TaskStore: Send + Sync {
     /// Enqueues work (already checked by [`WorkRequest::checked`]), applying
     /// its unique-work policy atomically.
     fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError>;
-    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` and
-    /// whose constraints hold in `device`, oldest due first, marking them
-    /// RUNNING and counting the attempt.
+    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` (at
+    /// most that handler's count of free slots) and whose constraints hold
+    /// in `device`, marking them RUNNING and counting the attempt. Fair
+    /// across handlers: each handler with a free slot gets its oldest due
+    /// task before any handler gets a second (oldest due first within a
+    /// round), so one handler's backlog never holds up another's due task,
+    /// and work of a handler not in `may_run` holds up nothing.
     fn claim(
         &self,
         now: Millis,
@@ -217,9 +276,12 @@ pub trait TaskStore: Send + Sync {
     fn last_id(&self) -> Result<TaskId, StoreError>;
     /// How many tasks are in each state.
     fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
-    /// The earliest `next_run_at` of ENQUEUED work whose constraints hold in
-    /// `device`.
-    fn next_due(&self, device: &DeviceState) -> Result<Option<Millis>, StoreError>;
+    /// The earliest `next_run_at` of ENQUEUED work of `handlers` whose
+    /// constraints hold in `device`.
+    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError>;
+    /// ENQUEUED work due at `now` whose handler is not one of `known`, per
+    /// handler: work a host with only `known` handlers never claims.
+    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError>;
     /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError>;
     /// Sets the paused flag shared by every process on this store.
@@ -236,8 +298,14 @@ pub trait TaskStore: Send + Sync {
     /// so processes sharing the store move each task once. Returns the jump
     /// and the tasks waiting to run that it moved.
     fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError>;
-    /// Deletes finished tasks that finished before `before`; returns how many.
+    /// Deletes finished tasks that finished before `before`, with their
+    /// attempts, tags and dependencies; returns how many. A finished task
+    /// that an unfinished task runs after is kept, so a waiting child keeps
+    /// its parents' outputs.
     fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+    /// The earliest time a task kept in the store finished (a read: it
+    /// tells whether a [`Self::prune`] may have something to do).
+    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError>;
     /// A number that changes whenever another connection commits (cheap;
     /// polled to notice other processes' work).
     fn change_counter(&self) -> Result<u64, StoreError>;
@@ -248,7 +316,11 @@ pub trait TaskStore: Send + Sync {
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 5;
+
+/// How many attempts a periodic task keeps: its latest runs, over every
+/// period (older ones are deleted as each run is recorded).
+pub const PERIODIC_ATTEMPTS_KEPT: u32 = 10;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -259,6 +331,16 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE tasks ADD COLUMN req_battery INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE tasks ADD COLUMN req_idle INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE tasks ADD COLUMN req_storage INTEGER NOT NULL DEFAULT 0;",
+    // 2 -> 3: claims look per handler.
+    "CREATE INDEX IF NOT EXISTS tasks_handler_due ON tasks(state, handler, next_run_at);",
+    // 3 -> 4: task data is written in its typed form (Data::to_typed_json),
+    // which an older workhost would misread; rows written before stay in
+    // the plain form, which is still read.
+    "",
+    // 4 -> 5: an attempt row's key is the task's run number, so a periodic
+    // task's runs no longer overwrite each other; `run_attempt` is the
+    // attempt count the run saw (NULL in older rows: the key).
+    "ALTER TABLE attempts ADD COLUMN run_attempt INTEGER;",
 ];
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -297,6 +379,7 @@ CREATE TABLE tasks (
     req_storage INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX tasks_due ON tasks(state, next_run_at);
+CREATE INDEX tasks_handler_due ON tasks(state, handler, next_run_at);
 CREATE INDEX tasks_unique ON tasks(unique_name) WHERE unique_name IS NOT NULL;
 CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL;
 CREATE TABLE tags (tag TEXT NOT NULL, task_id INTEGER NOT NULL, PRIMARY KEY (tag, task_id)) WITHOUT ROWID;
@@ -314,6 +397,7 @@ CREATE TABLE attempts (
     fuel INTEGER,
     peak_memory INTEGER,
     log TEXT,
+    run_attempt INTEGER,
     PRIMARY KEY (task_id, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
@@ -517,7 +601,7 @@ impl SqliteStore {
     /// run changes nothing. The host calls it at most every 250 ms per run
     /// (see `host::progress`).
     pub async fn set_progress_async(&self, id: TaskId, attempt: u32, progress: &Data) -> Result<(), StoreError> {
-        let json = progress.to_json();
+        let json = progress.to_typed_json();
         self.write_async(move |conn| progress_in(conn, id, Some(attempt), &json), None)
             .await
     }
@@ -763,25 +847,32 @@ const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, 
      next_run_at, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, stop_reason, error, \
      created_at, finished_at, period_start, req_network, req_charging, req_battery, req_idle, req_storage";
 
-fn data_column(text: Option<String>) -> Option<Data> {
-    text.and_then(|t| Data::from_json(&t).ok())
+/// Task `id`'s data `column`; damaged text is an error naming the task.
+fn data_column(id: TaskId, column: &str, text: Option<String>) -> rusqlite::Result<Option<Data>> {
+    text.map(|t| Data::from_typed_json(&t).map_err(|e| damaged(id, column, format_args!("is not task data: {e}"))))
+        .transpose()
 }
 
 fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, Millis)> {
     let frequency: Option<i64> = r.get(12)?;
     let flex: Option<i64> = r.get(13)?;
     let ms = |v: i64| std::time::Duration::from_millis(v.max(0) as u64);
+    let id: TaskId = r.get(0)?;
+    let named = |column: &str, text: String| damaged(id, column, format_args!("is {text:?}, which no workhost writes"));
+    let kind: String = r.get(3)?;
+    let state: String = r.get(4)?;
+    let backoff: String = r.get(14)?;
     let info = TaskInfo {
-        id: r.get(0)?,
+        id,
         handler: r.get(1)?,
         task: r.get(2)?,
-        kind: TaskKind::parse(&r.get::<_, String>(3)?).unwrap_or(TaskKind::OneOff),
-        state: TaskState::parse(&r.get::<_, String>(4)?).unwrap_or(TaskState::Failed),
+        kind: TaskKind::parse(&kind).ok_or_else(|| named("kind", kind.clone()))?,
+        state: TaskState::parse(&state).ok_or_else(|| named("state", state.clone()))?,
         unique_name: r.get(5)?,
         tags: Vec::new(),
-        input: data_column(r.get(6)?).unwrap_or_default(),
-        output: data_column(r.get(7)?),
-        progress: data_column(r.get(8)?),
+        input: data_column(id, "input", r.get(6)?)?.unwrap_or_default(),
+        output: data_column(id, "output", r.get(7)?)?,
+        progress: data_column(id, "progress", r.get(8)?)?,
         run_attempt_count: r.get(9)?,
         max_attempts: r.get(10)?,
         next_run_at: r.get(11)?,
@@ -789,10 +880,10 @@ fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, Millis)> {
             frequency: ms(f),
             flex: ms(flex.unwrap_or(f)),
         }),
-        backoff: if r.get::<_, String>(14)? == "linear" {
-            BackoffPolicy::Linear
-        } else {
-            BackoffPolicy::Exponential
+        backoff: match backoff.as_str() {
+            "linear" => BackoffPolicy::Linear,
+            "exponential" => BackoffPolicy::Exponential,
+            _ => return Err(named("backoff", backoff)),
         },
         backoff_delay: ms(r.get(15)?),
         budget: BudgetOverride {
@@ -920,9 +1011,9 @@ fn try_release(
         [child],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let mut merged = Data::from_json(&input).unwrap_or_default();
-    for (_, _, output) in &parents {
-        if let Some(out) = data_column(output.clone()) {
+    let mut merged = data_column(child, "input", Some(input))?.unwrap_or_default();
+    for (parent, _, output) in &parents {
+        if let Some(out) = data_column(*parent, "output", output.clone())? {
             merged.merge(&out);
         }
     }
@@ -942,7 +1033,7 @@ fn try_release(
         return Ok(TaskState::Failed);
     }
     conn.prepare_cached("UPDATE tasks SET state = 'enqueued', input = ?2, next_run_at = ?3 WHERE id = ?1")?
-        .execute(params![child, merged.to_json(), now + delay])?;
+        .execute(params![child, merged.to_typed_json(), now + delay])?;
     changes.push(Change {
         id: child,
         state: TaskState::Enqueued,
@@ -1008,7 +1099,7 @@ fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 11] {
     [
         Value::Text(r.handler.clone()),
         Value::Text(r.task.clone()),
-        Value::Text(r.input.to_json()),
+        Value::Text(r.input.to_typed_json()),
         Value::Integer(i64::from(r.max_attempts)),
         int(r.periodic.map(|p| crate::work::millis(p.frequency))),
         int(r.periodic.map(|p| crate::work::millis(p.flex))),
@@ -1158,7 +1249,7 @@ fn claim_in(
     conn: &Connection,
     now: Millis,
     limit: usize,
-    mut free: HashMap<String, usize>,
+    free: HashMap<String, usize>,
     device: &DeviceState,
     unless_paused: bool,
 ) -> Result<Vec<Claimed>, StoreError> {
@@ -1168,24 +1259,33 @@ fn claim_in(
     if unless_paused && setting(conn, "paused")?.as_deref() == Some("1") {
         return Ok(Vec::new());
     }
+    // Each handler's oldest due tasks, as many as it has free slots, then
+    // round by round: every handler's first before anyone's second.
     let sql = format!(
-        "SELECT id, handler FROM tasks WHERE state = 'enqueued' AND next_run_at <= ?1{} ORDER BY next_run_at, id LIMIT ?2",
+        "SELECT id, next_run_at FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2{} \
+         ORDER BY next_run_at, id LIMIT ?3",
         constraint_filter(device)
     );
-    let candidates: Vec<(TaskId, String)> = conn
-        .prepare_cached(&sql)?
-        .query_map(params![now, (limit * 4) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+    let mut handlers: Vec<(&String, &usize)> = free.iter().filter(|(_, slots)| **slots > 0).collect();
+    handlers.sort();
+    let mut candidates: Vec<(usize, Millis, TaskId)> = Vec::new();
+    let mut stmt = conn.prepare_cached(&sql)?;
+    for (handler, slots) in handlers {
+        let due = stmt.query_map(params![handler, now, (*slots).min(limit) as i64], |r| {
+            Ok((r.get::<_, TaskId>(0)?, r.get::<_, Millis>(1)?))
+        })?;
+        for (round, row) in due.enumerate() {
+            let (id, due_at) = row?;
+            candidates.push((round, due_at, id));
+        }
+    }
+    drop(stmt);
+    candidates.sort_unstable();
     let mut claimed = Vec::new();
-    for (id, handler) in candidates {
+    for (_, _, id) in candidates {
         if claimed.len() >= limit {
             break;
         }
-        let Some(slots) = free.get_mut(&handler) else { continue };
-        if *slots == 0 {
-            continue;
-        }
-        *slots -= 1;
         let mut stmt = conn.prepare_cached(&format!(
             "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL \
              WHERE id = ?1 AND state = 'enqueued' RETURNING {TASK_COLUMNS}"
@@ -1194,8 +1294,11 @@ fn claim_in(
             continue;
         };
         load_tags_and_deps(conn, &mut info)?;
-        conn.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, attempt, started_at) VALUES (?1, ?2, ?3)")?
-            .execute(params![id, info.run_attempt_count, now])?;
+        conn.prepare_cached(
+            "INSERT INTO attempts (task_id, attempt, run_attempt, started_at) \
+             VALUES (?1, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE task_id = ?1), ?2, ?3)",
+        )?
+        .execute(params![id, info.run_attempt_count, now])?;
         claimed.push(Claimed { info, period_start });
     }
     Ok(claimed)
@@ -1267,7 +1370,8 @@ fn finish_in(
 ) -> Result<Vec<Change>, StoreError> {
     conn.prepare_cached(
         "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, \
-         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = ?2",
+         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = \
+         (SELECT max(attempt) FROM attempts WHERE task_id = ?1 AND coalesce(run_attempt, attempt) = ?2)",
     )?
     .execute(params![
         id,
@@ -1294,11 +1398,18 @@ fn finish_in(
             t.next_run_at,
             t.period_start,
             t.attempts,
-            t.output.as_ref().map(Data::to_json),
+            t.output.as_ref().map(Data::to_typed_json),
             t.stop_reason,
             t.error,
             finished,
         ])?;
+    // A periodic task keeps its latest runs only.
+    conn.prepare_cached(
+        "DELETE FROM attempts WHERE task_id = ?1 \
+         AND attempt <= (SELECT max(attempt) FROM attempts WHERE task_id = ?1) - ?2 \
+         AND EXISTS (SELECT 1 FROM tasks WHERE id = ?1 AND kind = 'periodic')",
+    )?
+    .execute(params![id, PERIODIC_ATTEMPTS_KEPT])?;
     let mut changes = Vec::new();
     if updated == 1 {
         changes.push(Change { id, state: t.state });
@@ -1364,7 +1475,7 @@ impl TaskStore for SqliteStore {
     }
 
     fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError> {
-        let json = progress.to_json();
+        let json = progress.to_typed_json();
         self.write(move |conn| progress_in(conn, id, None, &json))
     }
 
@@ -1397,8 +1508,8 @@ impl TaskStore for SqliteStore {
                 return Ok(None);
             };
             let mut s = conn.prepare_cached(
-                "SELECT attempt, started_at, ended_at, outcome, stop_reason, error, fuel, peak_memory, log \
-                 FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+                "SELECT coalesce(run_attempt, attempt), started_at, ended_at, outcome, stop_reason, error, fuel, \
+                 peak_memory, log FROM attempts WHERE task_id = ?1 ORDER BY attempt",
             )?;
             info.attempts = s
                 .query_map([id], |r| {
@@ -1412,7 +1523,11 @@ impl TaskStore for SqliteStore {
                         error: r.get(5)?,
                         fuel_consumed: r.get::<_, Option<i64>>(6)?.map(|f| f as u64),
                         peak_memory_bytes: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
-                        log: log.and_then(|l| serde_json::from_str(&l).ok()).unwrap_or_default(),
+                        log: match log {
+                            Some(l) => serde_json::from_str(&l)
+                                .map_err(|e| damaged(id, "attempt log", format_args!("is not a log: {e}")))?,
+                            None => Vec::new(),
+                        },
                     })
                 })?
                 .collect::<Result<_, _>>()?;
@@ -1482,12 +1597,55 @@ impl TaskStore for SqliteStore {
         })
     }
 
-    fn next_due(&self, device: &DeviceState) -> Result<Option<Millis>, StoreError> {
+    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError> {
+        // One indexed look per handler: the earliest due of each.
         let sql = format!(
-            "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued'{}",
+            "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued' AND handler = ?1{}",
             constraint_filter(device)
         );
-        self.read(|conn| conn.query_row(&sql, [], |r| r.get(0)))
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut earliest: Option<Millis> = None;
+            for handler in handlers {
+                let due: Option<Millis> = stmt.query_row([handler], |r| r.get(0))?;
+                earliest = earliest.into_iter().chain(due).min();
+            }
+            Ok(earliest)
+        })
+    }
+
+    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError> {
+        self.read(|conn| {
+            // The handlers of enqueued work, one index seek each (not a scan
+            // of a backlog), then a count of the due work of those unknown.
+            let handlers: Vec<String> = conn
+                .prepare_cached(
+                    "WITH RECURSIVE h(name) AS ( \
+                       SELECT (SELECT min(handler) FROM tasks WHERE state = 'enqueued') \
+                       UNION ALL \
+                       SELECT (SELECT min(handler) FROM tasks WHERE state = 'enqueued' AND handler > h.name) \
+                       FROM h WHERE h.name IS NOT NULL) \
+                     SELECT name FROM h WHERE name IS NOT NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut due = conn.prepare_cached(
+                "SELECT count(*), min(id) FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2",
+            )?;
+            let mut out = Vec::new();
+            for handler in handlers.into_iter().filter(|h| !known.contains(h)) {
+                let (count, first): (i64, Option<TaskId>) =
+                    due.query_row(params![handler, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if let Some(first) = first {
+                    out.push(HandlerWait {
+                        handler,
+                        due: count as usize,
+                        first,
+                    });
+                }
+            }
+            Ok(out)
+        })
     }
 
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError> {
@@ -1568,7 +1726,8 @@ impl TaskStore for SqliteStore {
 
     fn prune(&self, before: Millis) -> Result<usize, StoreError> {
         self.write(move |conn| {
-            let where_ = "finished_at IS NOT NULL AND finished_at < ?1";
+            let where_ = "finished_at IS NOT NULL AND finished_at < ?1 AND NOT EXISTS (SELECT 1 FROM deps d \
+                 JOIN tasks c ON c.id = d.child WHERE d.parent = tasks.id AND c.state IN ('enqueued', 'blocked', 'running'))";
             conn.execute(&format!("DELETE FROM tags WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"), [before])?;
             conn.execute(&format!("DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"), [before])?;
             conn.execute(
@@ -1577,6 +1736,10 @@ impl TaskStore for SqliteStore {
             )?;
             Ok::<_, StoreError>(conn.execute(&format!("DELETE FROM tasks WHERE {where_}"), [before])?)
         })
+    }
+
+    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|conn| conn.query_row("SELECT min(finished_at) FROM tasks", [], |r| r.get(0)))
     }
 
     fn change_counter(&self) -> Result<u64, StoreError> {
@@ -1771,6 +1934,11 @@ mod tests {
             conn.execute_batch(&format!("ALTER TABLE tasks DROP COLUMN {column}"))
                 .unwrap();
         }
+        conn.execute_batch("ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due")
+            .unwrap();
+        // Task data as stores before version 4 wrote it: plain JSON.
+        conn.execute("UPDATE tasks SET input = '{\"l\":[1,2]}' WHERE id = ?1", [id])
+            .unwrap();
         conn.pragma_update(None, "user_version", 1).unwrap();
         drop(conn);
         let store = SqliteStore::open(&dir).unwrap();
@@ -1778,6 +1946,10 @@ mod tests {
         assert_eq!(
             (task.task.as_str(), task.constraints),
             ("kept", crate::device::Constraints::default())
+        );
+        assert_eq!(
+            task.input,
+            Data::new().with("l", crate::data::Value::S64List(vec![1, 2]))
         );
         let version: i64 = store
             .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))

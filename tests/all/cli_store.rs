@@ -427,6 +427,12 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
     let _daemon = Daemon::start_debug(&m);
     let id = ok(&m, &["enqueue", "brief", "--task", "t"]).stdout.trim().to_string();
     wait_for(&m, &id, |t| t["state"] == "running");
+    // Work that becomes due while the lock is held: the dispatcher claims
+    // only then (an idle one takes no write lock).
+    let due = ok(&m, &["enqueue", "echo", "--task", "due", "--delay", "2s"])
+        .stdout
+        .trim()
+        .to_string();
 
     let mut lock = rusqlite::Connection::open(dir.path().join("data/workhost.db")).unwrap();
     let held = lock
@@ -461,6 +467,7 @@ fn a_run_outcome_the_store_refuses_is_kept_and_recorded_once_it_takes_writes() {
 
     let t = wait_for(&m, &id, |t| t["state"] != "running");
     assert_eq!(t["attempts"][0]["stop_reason"], "timeout", "the kept outcome: {t}");
+    wait_for(&m, &due, |t| t["state"] == "succeeded");
     assert_eq!(t["run_attempt_count"], 1);
     // And told when it is over.
     log_when(&m, "serve.log", Duration::from_secs(60), |log| {
@@ -617,6 +624,64 @@ fn status_names_what_each_task_waits_for_under_the_manifests_device_overrides() 
     .unwrap();
     let run = wh(&dir.path().join("bad.toml"), &["status"]);
     assert_eq!(run.code, 2, "{run:?}");
+}
+
+#[test]
+fn work_of_a_handler_the_manifest_lacks_is_shown_waiting_for_it_alerted_once_and_holds_up_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    // Another manifest on the same data directory, whose "gone" handler
+    // this one does not have.
+    let other = dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&m)
+            .unwrap()
+            .replace("[handlers.echo]", "[handlers.gone]"),
+    )
+    .unwrap();
+    let gone = ok(&other, &["enqueue", "gone", "--task", "g"])
+        .stdout
+        .trim()
+        .to_string();
+    let list = ok(&m, &["list"]).stdout;
+    let row = list.lines().find(|l| l.contains(" gone ")).unwrap_or_default();
+    assert!(
+        row.contains("enqueued") && row.contains("waits for its handler"),
+        "{list}"
+    );
+    let json = ok(&m, &["list", "--json"]).json();
+    assert_eq!(json[0]["waiting_for"], serde_json::json!(["handler"]), "{json}");
+    let status = ok(&m, &["status"]).stdout;
+    assert!(
+        status.contains(&format!(
+            "task {gone} waits for: handler \"gone\" (not in this manifest)"
+        )),
+        "{status}"
+    );
+    let json = ok(&m, &["status", "--json"]).json();
+    assert_eq!(
+        json["waiting"][0]["waiting_for"],
+        serde_json::json!(["handler"]),
+        "{json}"
+    );
+    assert_eq!(
+        ok(&other, &["list", "--json"]).json()[0].get("waiting_for"),
+        None,
+        "its own manifest has the handler"
+    );
+
+    let _daemon = Daemon::start(&m);
+    let alert = format!("task {gone}: task {gone} is due for handler \"gone\", which this host does not have");
+    log_when(&m, "serve.log", Duration::from_secs(30), |log| log.contains(&alert));
+    ok(&other, &["enqueue", "gone", "--task", "g"]);
+    let echo = ok(&m, &["enqueue", "echo", "--task", "e"]).stdout.trim().to_string();
+    wait_for(&m, &echo, |t| t["state"] == "succeeded");
+    // A second look at the store (after the enqueues) found the same handler.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(task(&m, &gone)["state"], "enqueued");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert_eq!(log.matches("for handler \"gone\"").count(), 1, "{log}");
 }
 
 #[test]

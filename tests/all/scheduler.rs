@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use workhost::{
-    BackoffPolicy, Data, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo, TaskState,
+    BackoffPolicy, Data, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo, TaskState, TaskStore,
     TestDriver, Value, WorkRequest,
 };
 use workhost_tests::host_config;
@@ -536,5 +536,269 @@ async fn progress_reported_during_a_run_is_stored_with_the_task() {
     let t = task(&d, id).await;
     assert_eq!(t.state, TaskState::Succeeded);
     assert_eq!(t.progress, Some(Data::new().with("percent", 50i64)));
+    d.shutdown().await;
+}
+
+/// Enqueues `n` copies of `request` at once (they share group commits).
+async fn enqueue_many(queue: &workhost::Queue, request: WorkRequest, n: usize) -> Vec<TaskId> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (queue, request) = (queue.clone(), request.clone());
+        set.spawn(async move { queue.enqueue(request).await.unwrap().id });
+    }
+    let mut ids = set.join_all().await;
+    ids.sort();
+    ids
+}
+
+/// Enqueues `n` tasks of `handler` straight into the store, as a process
+/// with another manifest would, due now on the driver's clock.
+async fn enqueue_elsewhere(d: &TestDriver, handler: &str, n: usize) -> Vec<TaskId> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let (store, request, now) = (d.queue().store().clone(), WorkRequest::one_off(handler, "t"), d.now());
+        set.spawn_blocking(move || store.enqueue(request, now).unwrap().0.id);
+    }
+    let mut ids = set.join_all().await;
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_handlers_backlog_and_unknown_handlers_work_hold_up_no_other_handler() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.shutdown_grace = Duration::from_millis(100);
+    for h in &mut config.handlers {
+        if h.name == "spin" {
+            h.concurrency = 1;
+        }
+    }
+    let d = TestDriver::start(config).await.unwrap();
+    let mut alerts = d.host().alerts();
+    // Work of a handler this host lacks (enqueued under another manifest),
+    // and a backlog of thousands on a handler whose one slot is taken by a
+    // run that never ends on its own: all of it due before the echo task.
+    let gone = enqueue_elsewhere(&d, "gone", 500).await;
+    let mut spin = WorkRequest::one_off("spin", "s");
+    spin.tags = vec!["spin".into()];
+    enqueue_many(d.queue(), spin, 2000).await;
+    let echo = d.queue().enqueue(WorkRequest::one_off("echo", "e")).await.unwrap().id;
+    let start = std::time::Instant::now();
+    while task(&d, echo).await.state != TaskState::Succeeded {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the echo task waits behind the backlogs: {:?}",
+            task(&d, echo).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(d.host().running().len(), 1, "one spin run in its one slot");
+    assert_eq!(task(&d, gone[0]).await.state, TaskState::Enqueued);
+    let alert = tokio::time::timeout(Duration::from_secs(10), alerts.recv())
+        .await
+        .expect("an alert for the unknown handler")
+        .unwrap();
+    assert_eq!(alert.task, Some(gone[0]));
+    assert!(
+        alert.message.contains(&format!(
+            "(the oldest is task {}) for handler \"gone\", which this host does not have",
+            gone[0]
+        )),
+        "{}",
+        alert.message
+    );
+    // More of its work changes nothing: one alert per handler. And the
+    // work waiting for it does not keep the host from being idle.
+    enqueue_elsewhere(&d, "gone", 10).await;
+    d.host().cancel(Selector::Tag("spin".into())).await.unwrap();
+    let echo = d.queue().enqueue(WorkRequest::one_off("echo", "e")).await.unwrap().id;
+    tokio::time::timeout(Duration::from_secs(20), d.run_until_idle())
+        .await
+        .expect("work no host here can run leaves the host idle");
+    assert_eq!(task(&d, echo).await.state, TaskState::Succeeded);
+    assert_eq!(task(&d, gone[0]).await.state, TaskState::Enqueued);
+    d.shutdown().await;
+    while let Ok(a) = alerts.try_recv() {
+        assert!(!a.message.contains("\"gone\""), "a second alert: {a:?}");
+    }
+}
+
+/// Waits until the host's dispatcher has woken `n` more times.
+async fn polls(d: &TestDriver, n: u64) {
+    let target = d.host().stats().polls + n;
+    let start = std::time::Instant::now();
+    while d.host().stats().polls < target {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the dispatcher stopped polling"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_takes_no_write_lock_and_claims_only_when_work_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.poll_interval = Duration::from_millis(1);
+    let d = TestDriver::start(config).await.unwrap();
+    let mut later = WorkRequest::one_off("echo", "later");
+    later.initial_delay = secs(3600);
+    let id = d.queue().enqueue(later).await.unwrap().id;
+    d.run_until_idle().await;
+    let before = d.host().stats();
+    // Another process holds the store's write lock all along: a host that
+    // tried to take it would wait on it.
+    let holder = rusqlite::Connection::open(dir.path().join("workhost.db")).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    polls(&d, 200).await;
+    assert_eq!(
+        d.host().stats().claims,
+        before.claims,
+        "nothing was due, so nothing was claimed"
+    );
+    assert_eq!(
+        task(&d, id).await.state,
+        TaskState::Enqueued,
+        "reads go on beside the lock"
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    // Once the work is due, one claim takes it.
+    d.advance(secs(3600));
+    d.run_until_idle().await;
+    assert_eq!(task(&d, id).await.state, TaskState::Succeeded);
+    polls(&d, 50).await;
+    assert_eq!(d.host().stats().claims, before.claims + 1);
+    // A paused host with due work claims nothing either.
+    d.queue().pause().await.unwrap();
+    let paused = d.queue().enqueue(WorkRequest::one_off("echo", "p")).await.unwrap().id;
+    let before = d.host().stats();
+    polls(&d, 100).await;
+    assert_eq!(d.host().stats().claims, before.claims);
+    d.queue().resume().await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(task(&d, paused).await.state, TaskState::Succeeded);
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_data_keeps_its_types_through_the_store_empty_lists_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let input = Data::new()
+        .with("s64s", Value::S64List(vec![]))
+        .with("bools", Value::BoolList(vec![]))
+        .with("f64s", Value::F64List(vec![]))
+        .with("strings", Value::StringList(vec![]))
+        .with("whole", 2.0f64);
+    let mut parent = WorkRequest::one_off("echo", "parent");
+    parent.input = input.clone();
+    let parent = d.queue().enqueue(parent).await.unwrap().id;
+    let mut child = WorkRequest::one_off("echo", "child");
+    child.after = vec![parent];
+    child.input = Data::new().with("own", Value::S64List(vec![]));
+    let child = d.queue().enqueue(child).await.unwrap().id;
+    assert_eq!(task(&d, parent).await.input, input, "input as stored");
+    d.run_until_idle().await;
+    let p = task(&d, parent).await;
+    assert_eq!(
+        (p.state, p.output),
+        (TaskState::Succeeded, Some(input.clone())),
+        "output"
+    );
+    let mut merged = input.clone();
+    merged.insert("own", Value::S64List(vec![]));
+    let c = task(&d, child).await;
+    assert_eq!(c.input, merged, "chained input");
+    assert_eq!(c.output, Some(merged), "what the child's handler got");
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_prunes_finished_work_after_its_retention_and_keeps_a_waiting_childs_parents() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let done = d
+        .queue()
+        .enqueue(WorkRequest::one_off("echo", "done"))
+        .await
+        .unwrap()
+        .id;
+    let mut p1 = WorkRequest::one_off("echo", "p1");
+    p1.input = Data::new().with("from_p1", 1i64);
+    let p1 = d.queue().enqueue(p1).await.unwrap().id;
+    let mut p2 = WorkRequest::one_off("echo", "p2");
+    p2.initial_delay = secs(2 * 86_400);
+    let p2 = d.queue().enqueue(p2).await.unwrap().id;
+    let mut child = WorkRequest::one_off("echo", "child");
+    child.after = vec![p1, p2];
+    let child = d.queue().enqueue(child).await.unwrap().id;
+    d.run_until_idle().await;
+    assert_eq!(task(&d, done).await.state, TaskState::Succeeded);
+    // Within the retention (1 day by default) everything is kept.
+    d.advance(secs(86_400 - 60));
+    d.run_until_idle().await;
+    assert!(d.queue().get(done).await.unwrap().is_some());
+    // Past it, the host prunes on its own, but not a parent whose child
+    // still waits.
+    d.advance(secs(60 + workhost::PRUNE_EVERY.as_secs()));
+    d.run_until_idle().await;
+    assert!(
+        d.queue().get(done).await.unwrap().is_none(),
+        "pruned after the retention"
+    );
+    let c = task(&d, child).await;
+    assert_eq!((c.state, c.after), (TaskState::Blocked, vec![p1, p2]));
+    assert_eq!(task(&d, p1).await.state, TaskState::Succeeded, "kept for its child");
+    d.set_initial_delay_met(p2).await.unwrap();
+    d.run_until_idle().await;
+    let c = task(&d, child).await;
+    assert_eq!(c.state, TaskState::Succeeded);
+    assert_eq!(
+        c.output.unwrap().get("from_p1"),
+        Some(&Value::S64(1)),
+        "the pruned-around parent's output"
+    );
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_task_keeps_its_latest_attempts_over_every_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let kept = workhost::PERIODIC_ATTEMPTS_KEPT as usize;
+    let id = d
+        .queue()
+        .enqueue(WorkRequest::periodic("counter", "count", secs(900)))
+        .await
+        .unwrap()
+        .id;
+    // The first period's run is due at once; each later one when the test
+    // says its period delay is met.
+    d.run_until_idle().await;
+    let mut starts = vec![d.now()];
+    for _ in 1..kept + 5 {
+        d.advance(secs(1));
+        d.set_period_delay_met(id).await.unwrap();
+        d.run_until_idle().await;
+        starts.push(d.now());
+    }
+    let t = task(&d, id).await;
+    assert_eq!(
+        t.output.unwrap().get("total_executions"),
+        Some(&Value::S64(kept as i64 + 5))
+    );
+    assert_eq!(t.attempts.len(), kept, "{:?}", t.attempts);
+    assert_eq!(
+        t.attempts.iter().map(|a| a.started_at).collect::<Vec<_>>(),
+        starts[5..],
+        "the latest runs, oldest first"
+    );
+    assert!(
+        t.attempts
+            .iter()
+            .all(|a| a.attempt == 1 && a.outcome.as_deref() == Some("success"))
+    );
     d.shutdown().await;
 }

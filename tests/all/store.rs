@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use workhost::{
-    Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, NetworkType, Query, RunOutcome, RunResult,
-    Selector, SqliteStore, StopReason, TaskState, TaskStore, WorkRequest, decide,
+    Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, HandlerWait, NetworkType, Query, RunOutcome,
+    RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore, Value, WorkRequest, decide,
 };
 
 type Open = fn(&Path) -> Arc<dyn TaskStore>;
@@ -28,6 +28,11 @@ fn each_backend(case: impl Fn(&dyn Fn() -> Arc<dyn TaskStore>)) {
 }
 
 const NOW: i64 = 1_000_000;
+
+/// The handlers [`slots`] gives slots to.
+fn handlers() -> Vec<String> {
+    vec!["a".into(), "b".into()]
+}
 
 fn slots(n: usize) -> HashMap<String, usize> {
     ["a", "b"].iter().map(|h| (h.to_string(), n)).collect()
@@ -71,7 +76,7 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
             .map(|_| s.enqueue(WorkRequest::one_off("a", "now"), NOW).unwrap().0.id)
             .collect();
         let other = s.enqueue(WorkRequest::one_off("b", "now"), NOW).unwrap().0.id;
-        assert_eq!(s.next_due(&DeviceState::default()).unwrap(), Some(NOW));
+        assert_eq!(s.next_due(&handlers(), &DeviceState::default()).unwrap(), Some(NOW));
         let claimed: Vec<i64> = s
             .claim(NOW, 10, &slots(2), &DeviceState::default())
             .unwrap()
@@ -80,8 +85,8 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
             .collect();
         assert_eq!(
             claimed,
-            vec![ids[0], ids[1], other],
-            "two slots for handler a, one task of b"
+            vec![ids[0], other, ids[1]],
+            "two slots for handler a, one task of b, every handler's first before a second"
         );
         let c = s.get(ids[0]).unwrap().unwrap();
         assert_eq!(
@@ -105,6 +110,125 @@ fn enqueued_work_is_claimed_when_due_in_order_within_handler_slots() {
         assert_eq!(s.last_id().unwrap(), other);
         let counts = s.count_by_state().unwrap();
         assert_eq!(counts.get(&TaskState::Running), Some(&5));
+    });
+}
+
+#[test]
+fn a_backlog_of_one_handler_or_of_an_unknown_one_never_holds_up_another_handlers_due_work() {
+    each_backend(|open| {
+        let s = open();
+        let enqueue = |handler: &str, n: usize| -> Vec<i64> {
+            (0..n)
+                .map(|_| s.enqueue(WorkRequest::one_off(handler, "t"), NOW).unwrap().0.id)
+                .collect()
+        };
+        // Older than everything else: a backlog of a saturated handler and
+        // one of a handler no host here knows.
+        let backlog = enqueue("a", 300);
+        let unknown = enqueue("gone", 300);
+        let b = s.enqueue(WorkRequest::one_off("b", "t"), NOW + 1).unwrap().0.id;
+        let mut may_run = slots(1);
+        may_run.insert("a".into(), 0);
+        let claim = |limit: usize, may_run: &HashMap<String, usize>| -> Vec<i64> {
+            s.claim(NOW + 1, limit, may_run, &DeviceState::default())
+                .unwrap()
+                .iter()
+                .map(|c| c.info.id)
+                .collect()
+        };
+        assert_eq!(claim(16, &may_run), [b], "a has no free slot, and nobody runs \"gone\"");
+        // With slots to spare everywhere but room for two runs in all, each
+        // handler gets its oldest due task before any gets a second.
+        let b2 = s.enqueue(WorkRequest::one_off("b", "t"), NOW + 1).unwrap().0.id;
+        assert_eq!(claim(2, &slots(5)), [backlog[0], b2]);
+        assert_eq!(s.next_due(&["b".to_string()], &DeviceState::default()).unwrap(), None);
+        assert_eq!(s.next_due(&handlers(), &DeviceState::default()).unwrap(), Some(NOW));
+        let waits = s.waiting_for_handler(&handlers(), NOW + 1).unwrap();
+        assert_eq!(
+            waits,
+            [HandlerWait {
+                handler: "gone".into(),
+                due: 300,
+                first: unknown[0]
+            }]
+        );
+        assert_eq!(
+            s.waiting_for_handler(&handlers(), NOW - 1).unwrap(),
+            [],
+            "nothing due yet"
+        );
+        assert_eq!(state(&*s, unknown[0]), TaskState::Enqueued);
+    });
+}
+
+#[test]
+fn task_data_reads_back_with_its_types_and_a_damaged_row_is_an_error_naming_the_task() {
+    each_backend(|open| {
+        let s = open();
+        let empty = Data::new()
+            .with("s64s", Value::S64List(vec![]))
+            .with("f64s", Value::F64List(vec![]))
+            .with("bools", Value::BoolList(vec![]));
+        let mut r = WorkRequest::one_off("a", "t");
+        r.input = empty.clone();
+        let id = s.enqueue(r, NOW).unwrap().0.id;
+        let claimed = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap();
+        assert_eq!(claimed[0].info.input, empty, "input");
+        s.set_progress(id, &empty).unwrap();
+        assert_eq!(s.get(id).unwrap().unwrap().progress, Some(empty.clone()), "progress");
+        let done = RunResult::Succeeded(empty.clone());
+        let t = decide(&claimed[0].retry_facts(), &done, NOW);
+        s.finish(id, 1, t, &outcome(done), NOW).unwrap();
+        assert_eq!(s.get(id).unwrap().unwrap().output, Some(empty.clone()), "output");
+    });
+    // Damage is SQLite's own business; the backend here is SQLite.
+    let dir = tempfile::tempdir().unwrap();
+    let s = SqliteStore::open(dir.path()).unwrap();
+    let ids: Vec<i64> = (0..4)
+        .map(|_| s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id)
+        .collect();
+    let raw = rusqlite::Connection::open(s.path()).unwrap();
+    for (id, set) in ids.iter().zip([
+        "input = 'not json'",
+        "output = '{\"k\":{\"s64\":\"x\"}}'",
+        "state = 'lost'",
+        "kind = 'weekly'",
+    ]) {
+        raw.execute(&format!("UPDATE tasks SET {set} WHERE id = {id}"), [])
+            .unwrap();
+        let e = s.get(*id).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("task {id} is damaged in the store (its ")),
+            "{set}: {e}"
+        );
+    }
+    let e = s.query(&Query::default()).unwrap_err().to_string();
+    assert!(e.contains(&format!("task {} is damaged", ids[0])), "{e}");
+}
+
+#[test]
+fn prune_keeps_a_finished_parent_while_its_child_waits() {
+    each_backend(|open| {
+        let s = open();
+        let p1 = s.enqueue(WorkRequest::one_off("a", "p1"), NOW).unwrap().0.id;
+        run(&*s, 1, RunResult::Succeeded(Data::new().with("x", 1i64)), NOW);
+        let mut p2 = WorkRequest::one_off("a", "p2");
+        p2.initial_delay = Duration::from_secs(3600);
+        let p2 = s.enqueue(p2, NOW).unwrap().0.id;
+        let mut child = WorkRequest::one_off("b", "c");
+        child.after = vec![p1, p2];
+        let child = s.enqueue(child, NOW).unwrap().0.id;
+        assert_eq!(s.oldest_finished().unwrap(), Some(NOW));
+        assert_eq!(s.prune(NOW + 1).unwrap(), 0, "p1's child waits");
+        assert_eq!(s.get(child).unwrap().unwrap().after, [p1, p2]);
+        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
+        assert_eq!(state(&*s, p2), TaskState::Succeeded);
+        let c = s.get(child).unwrap().unwrap();
+        assert_eq!((c.state, c.input.get("x")), (TaskState::Enqueued, Some(&Value::S64(1))));
+        assert_eq!(s.prune(NOW + 1).unwrap(), 0, "its child is still unfinished");
+        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
+        assert_eq!(s.prune(i64::MAX).unwrap(), 3);
+        assert_eq!(s.oldest_finished().unwrap(), None);
     });
 }
 
@@ -238,7 +362,7 @@ fn pause_is_shared_prune_drops_only_old_finished_work_and_queries_filter() {
         waiting.initial_delay = Duration::from_secs(60);
         let waiting = s.enqueue(waiting, NOW).unwrap().0.id;
         s.make_due(waiting, NOW + 1).unwrap();
-        assert_eq!(s.next_due(&DeviceState::default()).unwrap(), Some(NOW + 1));
+        assert_eq!(s.next_due(&handlers(), &DeviceState::default()).unwrap(), Some(NOW + 1));
         let ids = |q: Query| s.query(&q).unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>();
         assert_eq!(
             ids(Query {
@@ -354,9 +478,13 @@ fn only_work_whose_constraints_hold_is_claimed() {
                 .map(|c| c.info.id)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(s.next_due(&nothing).unwrap(), Some(NOW));
+        assert_eq!(s.next_due(&handlers(), &nothing).unwrap(), Some(NOW));
         assert_eq!(claim(&nothing), [ids[5]], "only the unconstrained task");
-        assert_eq!(s.next_due(&nothing).unwrap(), None, "nothing left that may run");
+        assert_eq!(
+            s.next_due(&handlers(), &nothing).unwrap(),
+            None,
+            "nothing left that may run"
+        );
         for (i, fix) in [
             DeviceOverrides {
                 metered: Some(false),

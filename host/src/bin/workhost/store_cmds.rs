@@ -40,10 +40,24 @@ impl StoreArgs {
     }
 
     fn queue(&self) -> anyhow::Result<Queue> {
-        let c = self.store_config()?;
-        let names = c.handlers.iter().map(|h| h.name.clone()).collect();
-        Ok(Queue::open(&c.data_dir, names, c.periodic_floor, c.retention)?)
+        Ok(self.queue_and_handlers()?.0)
     }
+
+    /// The queue, and the names of the manifest's handlers.
+    fn queue_and_handlers(&self) -> anyhow::Result<(Queue, Vec<String>)> {
+        let c = self.store_config()?;
+        let names: Vec<String> = c.handlers.iter().map(|h| h.name.clone()).collect();
+        Ok((
+            Queue::open(&c.data_dir, names.clone(), c.periodic_floor, c.retention)?,
+            names,
+        ))
+    }
+}
+
+/// Whether `t` waits for a handler the manifest lacks: ENQUEUED work that
+/// a host serving this manifest never claims.
+fn waits_for_handler(t: &TaskInfo, handlers: &[String]) -> bool {
+    t.state == TaskState::Enqueued && !handlers.contains(&t.handler)
 }
 
 /// `workhost serve`.
@@ -277,7 +291,7 @@ pub struct ListArgs {
 }
 
 pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
-    let queue = a.store.queue()?;
+    let (queue, handlers) = a.store.queue_and_handlers()?;
     let q = Query {
         state: a.state.as_deref().and_then(TaskState::parse),
         tag: a.tag.clone(),
@@ -288,11 +302,22 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         out!(
             "{}",
-            serde_json::Value::Array(tasks.iter().map(|t| task_json(t, false)).collect())
+            serde_json::Value::Array(
+                tasks
+                    .iter()
+                    .map(|t| {
+                        let mut v = task_json(t, false);
+                        if waits_for_handler(t, &handlers) {
+                            v["waiting_for"] = serde_json::json!(["handler"]);
+                        }
+                        v
+                    })
+                    .collect()
+            )
         );
         return Ok(ExitCode::SUCCESS);
     }
-    print_table(&tasks);
+    print_table(&tasks, &handlers);
     if queue.is_paused().await? {
         out!("(paused: nothing new starts until `workhost resume`)");
     }
@@ -300,8 +325,9 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints tasks as a table with their earliest begin time (the seed's
-/// printScheduledTasks).
-pub fn print_table(tasks: &[TaskInfo]) {
+/// printScheduledTasks); enqueued work of a handler not among `handlers`
+/// shows that it waits for its handler instead.
+pub fn print_table(tasks: &[TaskInfo], handlers: &[String]) {
     out!(
         "{:>5}  {:<9}  {:<10}  {:<14}  {:<10}  {:>8}  {:<24}  {:<12}  TAGS",
         "ID",
@@ -314,7 +340,9 @@ pub fn print_table(tasks: &[TaskInfo]) {
         "UNIQUE"
     );
     for t in tasks {
-        let begin = if t.state == TaskState::Enqueued {
+        let begin = if waits_for_handler(t, handlers) {
+            "waits for its handler".into()
+        } else if t.state == TaskState::Enqueued {
             rfc3339(t.next_run_at)
         } else {
             "-".into()
@@ -510,7 +538,7 @@ pub struct StatusArgs {
 /// on which constraint.
 pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = a.store.store_config()?;
-    let queue = a.store.queue()?;
+    let (queue, handlers) = a.store.queue_and_handlers()?;
     let device = config.device.clone();
     let dir = config.data_dir.clone();
     let readings = tokio::task::spawn_blocking(move || {
@@ -523,20 +551,26 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let state = config.device.overrides.apply(readings);
     let paused = queue.is_paused().await?;
-    let waiting: Vec<(i64, Vec<&'static str>)> = queue
+    let waiting: Vec<(i64, String, Vec<&'static str>)> = queue
         .query(Query {
             state: Some(TaskState::Enqueued),
             ..Query::default()
         })
         .await?
         .iter()
-        .map(|t| (t.id, t.constraints.unmet(&state)))
-        .filter(|(_, unmet)| !unmet.is_empty())
+        .map(|t| {
+            let mut unmet = t.constraints.unmet(&state);
+            if waits_for_handler(t, &handlers) {
+                unmet.insert(0, "handler");
+            }
+            (t.id, t.handler.clone(), unmet)
+        })
+        .filter(|(_, _, unmet)| !unmet.is_empty())
         .collect();
     if a.json {
         let waiting: Vec<_> = waiting
             .iter()
-            .map(|(id, unmet)| serde_json::json!({"id": id, "waiting_for": unmet}))
+            .map(|(id, handler, unmet)| serde_json::json!({"id": id, "handler": handler, "waiting_for": unmet}))
             .collect();
         out!(
             "{}",
@@ -590,9 +624,19 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     if waiting.is_empty() {
-        out!("no task waits on a constraint");
+        out!("no task waits on a constraint or a handler");
     }
-    for (id, unmet) in waiting {
+    for (id, handler, unmet) in waiting {
+        let unmet: Vec<String> = unmet
+            .iter()
+            .map(|u| {
+                if *u == "handler" {
+                    format!("handler {handler:?} (not in this manifest)")
+                } else {
+                    u.to_string()
+                }
+            })
+            .collect();
         out!("task {id} waits for: {}", unmet.join(", "));
     }
     Ok(ExitCode::SUCCESS)
