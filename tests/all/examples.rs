@@ -153,16 +153,20 @@ async fn chatty_logs_at_every_level_captures_stdio_reports_progress_and_sees_its
 #[tokio::test]
 async fn a_flood_of_log_lines_is_capped_with_a_marker() {
     let mut r = request(Data::new().with("repeat", 1000i64));
-    r.budget.max_log_bytes = 1024;
-    let outcome = run(guests::CHATTY, r).await;
+    r.budget.max_log_bytes = 4096;
+    r.budget.max_log_lines = 20;
+    let outcome = run(guests::CHATTY, r.clone()).await;
     assert!(outcome.output().is_some());
-    let kept: usize = outcome
-        .log
-        .iter()
-        .filter(|l| l.source != LogSource::Host)
-        .map(|l| l.message.len())
-        .sum();
-    assert!(kept <= 1024, "{kept}");
+    // What is stored, not only the message bytes: each kept line as JSON.
+    let kept: Vec<_> = outcome.log.iter().filter(|l| l.source != LogSource::Host).collect();
+    let stored: usize = kept.iter().map(|l| serde_json::to_string(l).unwrap().len() + 1).sum();
+    assert!(stored <= 4096, "{stored} bytes stored");
+    assert!(kept.len() <= 20, "{} lines kept", kept.len());
+    // With a line cap below what the bytes allow, the line cap decides.
+    r.budget.max_log_bytes = 64 << 10;
+    r.budget.max_log_lines = 5;
+    let few = run(guests::CHATTY, r).await;
+    assert_eq!(few.log.iter().filter(|l| l.source != LogSource::Host).count(), 5);
     let marker = outcome.log.last().unwrap();
     assert_eq!(marker.source, LogSource::Host);
     assert!(marker.message.contains("more lines"), "{}", marker.message);
