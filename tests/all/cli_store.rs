@@ -252,7 +252,7 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
         std::fs::write(&path, text).unwrap();
         // `serve` needs all of the manifest (store commands do not need
         // the component files; see edge.rs).
-        let run = wh(&path, &["serve"]);
+        let run = workhost_tests::workhost_expecting_exit(&with_config(&path, &["serve"]), path.parent().unwrap());
         assert_eq!(run.code, 2, "{text:?}: {run:?}");
         for w in words.iter() {
             assert!(run.stderr.contains(w), "{text:?}: {w:?} missing from {}", run.stderr);

@@ -140,23 +140,44 @@ fn periodic_work_without_a_flex_runs_in_the_whole_period_and_warns_only_of_what_
 
 #[test]
 fn a_second_serve_on_a_served_directory_exits_1_not_2() {
+    use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let m = write_manifest(dir.path());
     let _daemon = Daemon::start(&m);
-    // The daemon takes its lock once its handlers are loaded.
-    let start = std::time::Instant::now();
-    loop {
-        let second = wh(&m, &["serve"]);
-        if second.code != 0 && second.stderr.contains("already running") {
-            assert_eq!(second.code, 1, "{second:?}");
-            break;
-        }
+    // The daemon says it serves once it holds the directory's lock.
+    let start = Instant::now();
+    while !std::fs::read_to_string(m.with_file_name("serve.log"))
+        .unwrap_or_default()
+        .contains("workhost: serving")
+    {
         assert!(
-            start.elapsed().as_secs() < 30,
-            "the second serve never met the first: {second:?}"
+            start.elapsed() < Duration::from_secs(60),
+            "the first serve never started"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
+    // The second must give up at once; should it ever serve, kill it
+    // rather than hang the suite.
+    let mut second = workhost_tests::workhost_command(&["serve", "--config", m.to_str().unwrap()], dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second serve on a served directory kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("already running"), "{stderr}");
 }
 
 #[test]
@@ -171,9 +192,26 @@ fn a_secret_over_1_kib_stops_the_manifest_with_its_name() {
         ),
     )
     .unwrap();
-    let mut command = workhost_tests::workhost_command(&["serve", "--config", m.to_str().unwrap()], dir.path());
-    command.env("BIG_SECRET_FOR_EDGE_TEST", "s".repeat(2000));
-    let run: CliRun = command.output().unwrap().into();
+    // The secret is in the child's environment only; serve must refuse it
+    // and exit (killed, and the test failed, if it ever serves).
+    let run = {
+        let mut command = workhost_tests::workhost_command(&["serve", "--config", m.to_str().unwrap()], dir.path());
+        command.env("BIG_SECRET_FOR_EDGE_TEST", "s".repeat(2000));
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve started with a secret over the limit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        CliRun::from(child.wait_with_output().unwrap())
+    };
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
         run.stderr
@@ -272,13 +310,29 @@ async fn a_run_with_no_instance_slot_free_is_stopped_host_busy_not_failed() {
     let spin = executor.load_file(guests::SPIN.as_ref()).unwrap();
     let echo = executor.load_file(guests::ECHO.as_ref()).unwrap();
     let stop = StopHandle::default();
-    let mut r = RunRequest::new("spin");
-    r.budget.timeout = std::time::Duration::from_secs(20);
-    r.stop = stop.clone();
-    let spinning = tokio::spawn(async move { spin.run(r).await });
-    // Until the spin run holds the one slot, echo may still get it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let start_spin = || {
+        let mut r = RunRequest::new("spin");
+        r.budget.timeout = std::time::Duration::from_secs(20);
+        r.stop = stop.clone();
+        let spin = spin.clone();
+        tokio::spawn(async move { spin.run(r).await })
+    };
+    let mut spinning = start_spin();
+    // Until the spin run holds the one slot, echo may still get it; and a
+    // spin that started while an echo held the slot is itself host-busy,
+    // so it is started again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let busy = loop {
+        if spinning.is_finished() {
+            let ended = spinning.await.unwrap();
+            assert_eq!(
+                ended.result,
+                RunResult::Stopped(StopReason::HostBusy),
+                "{:?}",
+                ended.log
+            );
+            spinning = start_spin();
+        }
         let outcome = echo.run(RunRequest::new("echo")).await;
         match outcome.result {
             RunResult::Succeeded(_) => {}
@@ -323,7 +377,7 @@ fn store_commands_need_only_the_data_directory_not_components_or_secrets() {
         assert_eq!(run.code, 0, "{args:?}: {run:?}");
     }
     // Running handlers needs them: serve names the missing component.
-    let serve = wh(&m, &["serve"]);
+    let serve = workhost_tests::workhost_expecting_exit(&["serve", "--config", m.to_str().unwrap()], dir.path());
     assert_eq!(serve.code, 2, "{serve:?}");
     assert!(serve.stderr.contains("handlers.gone.component"), "{}", serve.stderr);
     // A missing manifest: the library's words, then the flag.

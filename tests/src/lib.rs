@@ -135,6 +135,27 @@ pub fn workhost(args: &[&str], cache: &Path) -> CliRun {
     workhost_command(args, cache).output().expect("running workhost").into()
 }
 
+/// Runs `workhost serve` (or another command that may not end) expecting it
+/// to exit on its own within 60 s; panics, after killing it, if it does
+/// not, so a regression fails the test instead of hanging the suite.
+pub fn workhost_expecting_exit(args: &[&str], cache: &Path) -> CliRun {
+    let mut child = workhost_command(args, cache)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running workhost");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("waiting for workhost").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("workhost {args:?} was expected to exit but still ran after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("collecting workhost's output").into()
+}
+
 /// A host configuration on `data_dir` with every example as a handler
 /// (named like the example; `spin` runs without fuel so only the clock or
 /// a cancel stops it) and the periodic floors lowered to 1 s.
