@@ -606,13 +606,6 @@ struct LoadedHandler {
     config: HandlerConfig,
 }
 
-impl LoadedHandler {
-    /// The largest memory limit a run of this handler may have.
-    fn memory_limit(&self) -> u64 {
-        self.config.memory_limit()
-    }
-}
-
 impl HandlerConfig {
     /// The largest memory limit a run of this handler may have, whatever
     /// its kind: what the host reserves of its memory budget per run.
@@ -620,6 +613,26 @@ impl HandlerConfig {
         self.budget
             .max_memory_bytes
             .max(self.processing_budget.max_memory_bytes)
+    }
+
+    /// The budget of a run of `task`: this handler's for the task's kind,
+    /// narrowed by the task's own overrides (which may only narrow it).
+    pub fn budget_of(&self, task: &TaskInfo) -> Budget {
+        let mut budget = if task.kind == TaskKind::Processing {
+            self.processing_budget.clone()
+        } else {
+            self.budget.clone()
+        };
+        if let Some(t) = task.budget.timeout {
+            budget.timeout = budget.timeout.min(t);
+        }
+        if let Some(f) = task.budget.fuel {
+            budget.fuel = Some(budget.fuel.map_or(f, |h| h.min(f)));
+        }
+        if let Some(m) = task.budget.max_memory_bytes {
+            budget.max_memory_bytes = budget.max_memory_bytes.min(m);
+        }
+        budget
     }
 }
 
@@ -1033,7 +1046,7 @@ impl Inner {
             .iter()
             .filter(|(_, free)| **free > 0)
             .filter_map(|(n, _)| self.handlers.get(n))
-            .map(|h| h.memory_limit())
+            .map(|h| h.config.memory_limit())
             .max()
             .unwrap_or(1)
             .max(1);
@@ -1076,7 +1089,7 @@ impl Inner {
     /// if a read finds any, so an idle store takes no write for it; then
     /// sets when to look next ([`PRUNE_EVERY`] later).
     async fn prune_finished(&self, now: Millis) {
-        let before = now.saturating_sub(self.queue.retention.as_millis() as Millis);
+        let before = now.saturating_sub(crate::work::millis(self.queue.retention));
         let store = self.queue.store.clone();
         let _ = blocking(move || match store.oldest_finished() {
             Ok(Some(oldest)) if oldest < before => store.prune(before).map(|_| ()),
@@ -1084,7 +1097,7 @@ impl Inner {
         })
         .await;
         self.next_prune_at
-            .store(now.saturating_add(PRUNE_EVERY.as_millis() as Millis), Ordering::Release);
+            .store(now.saturating_add(crate::work::millis(PRUNE_EVERY)), Ordering::Release);
     }
 
     /// When work of the handlers with a free slot in `per` is next due;
@@ -1256,17 +1269,10 @@ async fn dispatch(inner: Arc<Inner>) {
         }
         for c in claimed.unwrap_or_default() {
             let stop = StopHandle::new();
-            let memory = inner.handlers.get(&c.info.handler).map_or(0, |h| {
-                let kind = if c.info.kind == TaskKind::Processing {
-                    &h.config.processing_budget
-                } else {
-                    &h.config.budget
-                };
-                c.info
-                    .budget
-                    .max_memory_bytes
-                    .map_or(kind.max_memory_bytes, |m| m.min(kind.max_memory_bytes))
-            });
+            let memory = inner
+                .handlers
+                .get(&c.info.handler)
+                .map_or(0, |h| h.config.budget_of(&c.info).max_memory_bytes);
             let running = Running {
                 handler: c.info.handler.clone(),
                 stop: stop.clone(),
@@ -1418,21 +1424,7 @@ async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
     let mut progress = None;
     let outcome = match inner.handlers.get(&info.handler) {
         Some(loaded) => {
-            let mut budget = if info.kind == TaskKind::Processing {
-                loaded.config.processing_budget.clone()
-            } else {
-                loaded.config.budget.clone()
-            };
-            // A task's own budget may only narrow its handler's.
-            if let Some(t) = info.budget.timeout {
-                budget.timeout = budget.timeout.min(t);
-            }
-            if let Some(f) = info.budget.fuel {
-                budget.fuel = Some(budget.fuel.map_or(f, |h| h.min(f)));
-            }
-            if let Some(m) = info.budget.max_memory_bytes {
-                budget.max_memory_bytes = budget.max_memory_bytes.min(m);
-            }
+            let budget = loaded.config.budget_of(info);
             let store = queue.store.clone();
             let id = info.id;
             progress = Some(crate::progress::ProgressWriter::new(Arc::new(move |d: Data| {
