@@ -14,6 +14,7 @@ mod hostile;
 mod http;
 mod languages;
 mod load;
+mod postgres;
 mod scheduler;
 mod stops;
 mod store;

@@ -1,5 +1,6 @@
 //! Test support for workhost's integration tests and benchmarks: paths of
-//! the built guest examples, the `workhost` binary, and small helpers.
+//! the built guest examples, the `workhost` binary, a PostgreSQL server
+//! with a fresh database per test (`pg`), and small helpers.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,6 +9,7 @@ use std::sync::OnceLock;
 use workhost::{EngineConfig, Executor};
 
 pub mod chaos;
+pub mod pg;
 
 /// Paths of the guest examples, built from source by `build.rs`.
 pub mod guests {
