@@ -14,6 +14,9 @@ mod hostile;
 mod http;
 mod languages;
 mod load;
+/// The PostgreSQL store's SQL, checked against a real server by `postgres`.
+#[path = "../../host/src/store/postgres/sql.rs"]
+mod pg_sql;
 mod postgres;
 mod scheduler;
 mod stops;

@@ -68,6 +68,12 @@ impl TestDatabase {
         &self.url
     }
 
+    /// Its connection settings, for a connection the test drives itself
+    /// (a listener, which reads notifications with `poll_message`).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// A connection to it: the client, with its connection driven by a task
     /// on the current tokio runtime.
     pub async fn connect(&self) -> tokio_postgres::Client {
