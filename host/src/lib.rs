@@ -101,11 +101,10 @@ pub use progress::PROGRESS_INTERVAL;
 pub use retry::{RetryFacts, Transition, decide};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
-    Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, StoreError,
-    TaskStore,
+    Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
-    ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
-    backoff_delay, limits, millis,
+    ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, StoreError, TaskId, TaskInfo, TaskState, WorkError,
+    WorkRequest, backoff_delay, limits, millis,
 };

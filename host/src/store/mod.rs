@@ -1,0 +1,196 @@
+//! The durable task store: the [`TaskStore`] trait, the one seam between
+//! the host and its storage, and its backends ([`SqliteStore`], the
+//! embedded default). Only this module does disk IO for tasks. Schema and
+//! commit protocol: docs/store.md.
+//!
+//! - `sqlite`: [`SqliteStore`] (one SQLite database in WAL mode in the
+//!   data directory, one writer thread, group commit).
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::data::Data;
+use crate::device::DeviceState;
+use crate::kv::KvStore;
+use crate::outcome::RunOutcome;
+use crate::retry::{RetryFacts, Transition};
+use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
+
+/// Which tasks a cancel or query selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// One task.
+    Id(TaskId),
+    /// Every task with this unique name.
+    UniqueName(String),
+    /// Every task with this tag.
+    Tag(String),
+    /// Every task.
+    All,
+}
+
+/// A filter for [`TaskStore::query`]; unset fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only tasks with this tag.
+    pub tag: Option<String>,
+    /// Only tasks with this unique name.
+    pub unique_name: Option<String>,
+    /// Only these ids.
+    pub ids: Option<Vec<TaskId>>,
+    /// Only ids above this one (tasks enqueued since).
+    pub after_id: Option<TaskId>,
+    /// At most this many, oldest first (default: all).
+    pub limit: Option<usize>,
+}
+
+/// A task claimed for a run: the record as it was claimed (state RUNNING,
+/// attempt counted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    /// The task.
+    pub info: TaskInfo,
+    /// Start of its current period (periodic work).
+    pub period_start: Millis,
+}
+
+impl Claimed {
+    /// The facts the retry policy needs.
+    pub fn retry_facts(&self) -> RetryFacts {
+        RetryFacts {
+            kind: self.info.kind,
+            periodic: self.info.periodic,
+            period_start: self.period_start,
+            attempts: self.info.run_attempt_count,
+            max_attempts: self.info.max_attempts,
+            backoff: self.info.backoff,
+            backoff_delay_ms: crate::work::millis(self.info.backoff_delay),
+        }
+    }
+}
+
+/// What became of the tasks a store operation touched, for observers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The task.
+    pub id: TaskId,
+    /// Its new state.
+    pub state: TaskState,
+}
+
+/// What [`TaskStore::follow_clock`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClockJump {
+    /// How far the wall clock jumped (negative: backwards); 0 if it did not.
+    pub by: Millis,
+    /// The ENQUEUED and BLOCKED tasks whose due time moved with it.
+    pub moved: Vec<Change>,
+}
+
+/// Due work waiting for a handler (see [`TaskStore::waiting_for_handler`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerWait {
+    /// The handler the work names.
+    pub handler: String,
+    /// How many of its tasks are due.
+    pub due: usize,
+    /// The oldest of them, to name in a message.
+    pub first: TaskId,
+}
+
+/// A durable task store. Every method is atomic and durable when it returns.
+/// Backends pass the conformance suite in `tests/all/store.rs`.
+pub trait TaskStore: Send + Sync {
+    /// Enqueues work (already checked by [`WorkRequest::checked`]), applying
+    /// its unique-work policy atomically.
+    fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError>;
+    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` (at
+    /// most that handler's count of free slots) and whose constraints hold
+    /// in `device`, marking them RUNNING and counting the attempt. Fair
+    /// across handlers: each handler with a free slot gets its oldest due
+    /// task before any handler gets a second (oldest due first within a
+    /// round), so one handler's backlog never holds up another's due task,
+    /// and work of a handler not in `may_run` holds up nothing.
+    fn claim(
+        &self,
+        now: Millis,
+        limit: usize,
+        may_run: &HashMap<String, usize>,
+        device: &DeviceState,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Records a finished run and applies its transition, unless the task
+    /// left RUNNING meanwhile (cancelled). Unblocks, fails or cancels
+    /// dependents as needed.
+    fn finish(
+        &self,
+        id: TaskId,
+        attempt: u32,
+        transition: Transition,
+        outcome: &RunOutcome,
+        now: Millis,
+    ) -> Result<Vec<Change>, StoreError>;
+    /// Stores a running task's latest progress.
+    fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError>;
+    /// Cancels unfinished tasks and their dependents; returns what changed.
+    fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError>;
+    /// Makes ENQUEUED (or BLOCKED-free) task `id` due at `now`: the test
+    /// driver's "initial delay met" and "period delay met".
+    fn make_due(&self, id: TaskId, now: Millis) -> Result<(), WorkError>;
+    /// One task with its attempt history.
+    fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError>;
+    /// Tasks matching the filter, without attempt history.
+    fn query(&self, query: &Query) -> Result<Vec<TaskInfo>, StoreError>;
+    /// The highest task id so far (0 for an empty store).
+    fn last_id(&self) -> Result<TaskId, StoreError>;
+    /// How many tasks are in each state.
+    fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
+    /// The earliest `next_run_at` of ENQUEUED work of `handlers` whose
+    /// constraints hold in `device`.
+    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError>;
+    /// ENQUEUED work due at `now` whose handler is not one of `known`, per
+    /// handler: work a host with only `known` handlers never claims.
+    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError>;
+    /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
+    fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError>;
+    /// Sets the paused flag shared by every process on this store.
+    fn set_paused(&self, paused: bool) -> Result<(), StoreError>;
+    /// The paused flag.
+    fn paused(&self) -> Result<bool, StoreError>;
+    /// Follows the wall clock across jumps. `reading` is the wall clock
+    /// minus a steady clock that a change of the wall clock does not move,
+    /// on boot `boot`. The first reading on a boot is only recorded. A later
+    /// one that differs from the recorded one by `threshold` or more means
+    /// the wall clock jumped by the difference: every unfinished task's due
+    /// time and period start move by it, so a wait keeps its length, and the
+    /// new reading is recorded. The check and the move are one transaction,
+    /// so processes sharing the store move each task once. Returns the jump
+    /// and the tasks waiting to run that it moved.
+    fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError>;
+    /// Deletes finished tasks that finished before `before`, with their
+    /// attempts, tags and dependencies; returns how many. A finished task
+    /// that an unfinished task runs after is kept, so a waiting child keeps
+    /// its parents' outputs.
+    fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+    /// The earliest time a task kept in the store finished (a read: it
+    /// tells whether a [`Self::prune`] may have something to do).
+    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError>;
+    /// A number that changes whenever another connection commits (cheap;
+    /// polled to notice other processes' work).
+    fn change_counter(&self) -> Result<u64, StoreError>;
+    /// The durable kv backend on this store.
+    fn kv(&self) -> Arc<dyn KvStore>;
+}
+
+/// How many attempts a periodic task keeps: its latest runs, over every
+/// period (older ones are deleted as each run is recorded).
+pub const PERIODIC_ATTEMPTS_KEPT: u32 = 10;
+
+/// Runs in the writer thread right after the commit that made a write
+/// durable, before any later write.
+pub type CommitHook<T> = Box<dyn FnOnce(&T) + Send>;
