@@ -98,10 +98,11 @@ pub use outbound::{ResolveFuture, Resolver, SystemResolver};
 pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
 pub use progress::PROGRESS_INTERVAL;
-pub use retry::{RetryFacts, Transition, decide};
+pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
-    Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector,
+    SqliteStore, StoreFuture, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,

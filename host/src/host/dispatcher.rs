@@ -12,10 +12,11 @@ use tokio::sync::{broadcast, watch};
 use crate::device::{DeviceOverrides, DeviceState, LinuxPaths};
 use crate::executor::{Handler, StopHandle};
 use crate::outcome::StopReason;
-use crate::store::{Change, Query, TaskStore};
+use crate::store::{Change, Query};
 use crate::work::{Millis, TaskId, TaskState};
 
-use super::queue::{Queue, blocking};
+use super::blocking;
+use super::queue::Queue;
 use super::run::{Running, run_task};
 use super::{CLOCK_JUMP_THRESHOLD, DeviceConfig, HandlerConfig, HostAlert};
 
@@ -99,8 +100,12 @@ impl Inner {
         if last.is_some_and(|l| (reading - l).abs() < threshold) {
             return now;
         }
-        let store = self.queue.store.clone();
-        let Ok(jump) = blocking(move || store.follow_clock(&steady.epoch, reading, threshold)).await else {
+        let Ok(jump) = self
+            .queue
+            .store
+            .follow_clock(steady.epoch.to_string(), reading, threshold)
+            .await
+        else {
             // Tried again before the next claim.
             return now;
         };
@@ -203,10 +208,9 @@ impl Inner {
     /// until a host with that handler runs or it is cancelled. `alerted`
     /// holds the names already reported.
     pub(super) async fn alert_waiting_for_handler(&self, now: Millis, alerted: &mut Vec<String>) {
-        let store = self.queue.store.clone();
         let mut known = self.handler_names.clone();
         known.extend(alerted.iter().cloned());
-        let Ok(waits) = blocking(move || store.waiting_for_handler(&known, now)).await else {
+        let Ok(waits) = self.queue.store.waiting_for_handler(known, now).await else {
             // Looked at again at the next check.
             return;
         };
@@ -233,12 +237,12 @@ impl Inner {
     /// sets when to look next ([`PRUNE_EVERY`] later).
     pub(super) async fn prune_finished(&self, now: Millis) {
         let before = now.saturating_sub(crate::work::millis(self.queue.retention));
-        let store = self.queue.store.clone();
-        let _ = blocking(move || match store.oldest_finished() {
-            Ok(Some(oldest)) if oldest < before => store.prune(before).map(|_| ()),
-            other => other.map(|_| ()),
-        })
-        .await;
+        let store = &self.queue.store;
+        if let Ok(Some(oldest)) = store.oldest_finished().await
+            && oldest < before
+        {
+            let _ = store.prune(before).await;
+        }
         self.next_prune_at
             .store(now.saturating_add(crate::work::millis(PRUNE_EVERY)), Ordering::Release);
     }
@@ -247,11 +251,11 @@ impl Inner {
     /// `None` if none is or the store is paused. A failed read says "now",
     /// so the claim tries and reports what the store says.
     pub(super) async fn next_due(&self, per: &HashMap<String, usize>) -> Option<Millis> {
-        let store = self.queue.store.clone();
+        let store = &self.queue.store;
         let device = self.device.borrow().clone();
         let handlers: Vec<String> = per.iter().filter(|(_, n)| **n > 0).map(|(h, _)| h.clone()).collect();
         let now = self.queue.now();
-        let (paused, due) = blocking(move || (store.paused(), store.next_due(&handlers, &device))).await;
+        let (paused, due) = (store.paused().await, store.next_due(handlers, device).await);
         match (paused, due) {
             (Ok(true), _) => None,
             (Ok(false), Ok(due)) => due,
@@ -271,10 +275,10 @@ impl Inner {
         if self.queue.now() >= self.next_prune_at.load(Ordering::Acquire) {
             return false;
         }
-        let store = self.queue.store.clone();
+        let store = &self.queue.store;
         let device = self.device.borrow().clone();
         let handlers = self.handler_names.clone();
-        let (paused, due) = blocking(move || (store.paused(), store.next_due(&handlers, &device))).await;
+        let (paused, due) = (store.paused().await, store.next_due(handlers, device).await);
         let idle = paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now());
         idle && self.claim_epoch.load(Ordering::Acquire) == epoch
     }
@@ -372,7 +376,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
         let claimed = if free > 0 && due.is_some_and(|d| d <= now) {
             inner.claims.fetch_add(1, Ordering::Relaxed);
             let device = inner.device.borrow().clone();
-            let claimed = store.claim_async(now, free, per, device).await;
+            let claimed = store.claim(now, free, per, device).await;
             // Look again at once: what this claim left may be due too.
             look = true;
             claimed
@@ -472,16 +476,16 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
 /// only finds where to start. This process's own enqueues are noted in
 /// `reported` inside their transaction, so they are never reported twice.
 pub(super) async fn report_foreign_enqueues(inner: &Arc<Inner>, last_seen: Option<TaskId>) -> TaskId {
-    let store = inner.queue.store.clone();
+    let store = &inner.queue.store;
     let query = match last_seen {
         Some(after) => Query {
             after_id: Some(after),
             limit: Some(1000),
             ..Query::default()
         },
-        None => return blocking(move || store.last_id()).await.unwrap_or(0),
+        None => return store.last_id().await.unwrap_or(0),
     };
-    let Ok(tasks) = blocking(move || store.query(&query)).await else {
+    let Ok(tasks) = store.query(query).await else {
         return last_seen.unwrap_or(0);
     };
     let mut reported = inner.queue.reported.lock().unwrap_or_else(|e| e.into_inner());
@@ -534,12 +538,11 @@ pub(super) async fn notice_foreign_cancels(inner: &Arc<Inner>) {
     if ids.is_empty() {
         return;
     }
-    let store = inner.queue.store.clone();
     let q = Query {
         ids: Some(ids),
         ..Query::default()
     };
-    if let Ok(tasks) = blocking(move || store.query(&q)).await {
+    if let Ok(tasks) = inner.queue.store.query(q).await {
         let cancelled: Vec<TaskId> = tasks
             .iter()
             .filter(|t| t.state == TaskState::Cancelled)

@@ -39,12 +39,18 @@ use crate::device::{DeviceOverrides, DeviceState};
 use crate::engine::{EngineConfig, EngineError, LoadError};
 use crate::executor::Executor;
 use crate::outcome::StopReason;
-use crate::store::{Selector, TaskStore};
+use crate::store::Selector;
 use crate::work::StoreError;
 use crate::work::{Millis, TaskId, TaskState};
 
 use dispatcher::{Inner, LoadedHandler, dispatch, read_device, refresh_device};
-use queue::blocking;
+
+/// Runs `f` on the blocking pool: loading components, reading the machine.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a host's blocking work does not panic")
+}
 
 /// A host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -277,8 +283,7 @@ impl Host {
         // Before recovery, so work recovered as due now is not moved by a
         // jump made while no host ran.
         let now = inner.follow_clock().await;
-        let store = inner.queue.store.clone();
-        let recovered = blocking(move || store.recover(now)).await?;
+        let recovered = inner.queue.store.recover(now).await?;
         inner.queue.publish(&recovered, |c| {
             ("recovered", format!("was running when its host died; now {}", c.state))
         });

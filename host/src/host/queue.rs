@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::store::{Change, Query, Selector, SqliteStore, TaskStore};
+use crate::store::{Change, EnqueueHooks, Query, Selector, SqliteStore, TaskStore};
 use crate::work::StoreError;
 use crate::work::{Enqueued, Millis, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -18,7 +18,7 @@ use super::{Clock, SystemClock, TaskEvent};
 /// daemon may be running on it.
 #[derive(Clone)]
 pub struct Queue {
-    pub(super) store: Arc<SqliteStore>,
+    pub(super) store: Arc<dyn TaskStore>,
     pub(super) handlers: Arc<Vec<String>>,
     pub(super) floor: PeriodicFloor,
     pub(super) retention: Duration,
@@ -39,21 +39,33 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-pub(super) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("store calls do not panic")
-}
-
 impl Queue {
-    /// Opens the store in `data_dir`. `handlers` are the names enqueue
-    /// accepts.
+    /// Opens the embedded store in `data_dir` ([`SqliteStore`]). `handlers`
+    /// are the names enqueue accepts.
     pub fn open(
         data_dir: &std::path::Path,
         handlers: Vec<String>,
         floor: PeriodicFloor,
         retention: Duration,
     ) -> Result<Queue, StoreError> {
-        Ok(Queue {
-            store: SqliteStore::open(data_dir)?,
+        Ok(Self::with_store(
+            SqliteStore::open(data_dir)?,
+            handlers,
+            floor,
+            retention,
+        ))
+    }
+
+    /// A queue on `store`, any backend. `handlers` are the names enqueue
+    /// accepts.
+    pub fn with_store(
+        store: Arc<dyn TaskStore>,
+        handlers: Vec<String>,
+        floor: PeriodicFloor,
+        retention: Duration,
+    ) -> Queue {
+        Queue {
+            store,
             handlers: Arc::new(handlers),
             floor,
             retention,
@@ -61,11 +73,11 @@ impl Queue {
             events: broadcast::channel(4096).0,
             wake: Arc::new(Notify::new()),
             reported: Arc::new(Mutex::new(std::collections::HashSet::new())),
-        })
+        }
     }
 
     /// The store.
-    pub fn store(&self) -> &Arc<SqliteStore> {
+    pub fn store(&self) -> &Arc<dyn TaskStore> {
         &self.store
     }
 
@@ -107,7 +119,11 @@ impl Queue {
                     _ => ("scheduled", String::new()),
                 });
             });
-        let (mut enqueued, _) = self.store.enqueue_async(request, now, before_commit, on_commit).await?;
+        let hooks = EnqueueHooks {
+            before_commit: Some(before_commit),
+            on_commit: Some(on_commit),
+        };
+        let (mut enqueued, _) = self.store.enqueue(request, now, hooks).await?;
         enqueued.warnings = warnings;
         self.wake.notify_one();
         Ok(enqueued)
@@ -115,8 +131,7 @@ impl Queue {
 
     /// Cancels work (and its dependents); returns the ids cancelled.
     pub async fn cancel(&self, selector: Selector) -> Result<Vec<TaskId>, StoreError> {
-        let (store, now) = (self.store.clone(), self.now());
-        let changes = blocking(move || store.cancel(&selector, now)).await?;
+        let changes = self.store.cancel(selector, self.now()).await?;
         self.publish(&changes, |_| ("cancelled", String::new()));
         self.wake.notify_one();
         Ok(changes.iter().map(|c| c.id).collect())
@@ -124,41 +139,35 @@ impl Queue {
 
     /// One task with its attempt history.
     pub async fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError> {
-        let store = self.store.clone();
-        blocking(move || store.get(id)).await
+        self.store.get(id).await
     }
 
     /// Tasks matching the filter.
     pub async fn query(&self, query: Query) -> Result<Vec<TaskInfo>, StoreError> {
-        let store = self.store.clone();
-        blocking(move || store.query(&query)).await
+        self.store.query(query).await
     }
 
     /// How many tasks are in each state.
     pub async fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError> {
-        let store = self.store.clone();
-        blocking(move || store.count_by_state()).await
+        self.store.count_by_state().await
     }
 
     /// Pauses: nothing new starts, in this process or any other on the
     /// store, until `resume`.
     pub async fn pause(&self) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        blocking(move || store.set_paused(true)).await
+        self.store.set_paused(true).await
     }
 
     /// Resumes after `pause`.
     pub async fn resume(&self) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        blocking(move || store.set_paused(false)).await?;
+        self.store.set_paused(false).await?;
         self.wake.notify_one();
         Ok(())
     }
 
     /// Whether the store is paused.
     pub async fn is_paused(&self) -> Result<bool, StoreError> {
-        let store = self.store.clone();
-        blocking(move || store.paused()).await
+        self.store.paused().await
     }
 
     /// Removes finished work older than the retention period (`all`:
@@ -169,8 +178,7 @@ impl Queue {
         } else {
             self.now().saturating_sub(crate::work::millis(self.retention))
         };
-        let store = self.store.clone();
-        blocking(move || store.prune(before)).await
+        self.store.prune(before).await
     }
 
     /// A stream of state changes made by this process.

@@ -11,7 +11,7 @@ use crate::kv::Kv;
 use crate::outcome::RunResult;
 use crate::platform::TaskFacts;
 use crate::retry::decide;
-use crate::store::{Change, Claimed, TaskStore};
+use crate::store::{Change, Claimed};
 use crate::work::{TaskId, TaskState};
 
 use super::TaskEvent;
@@ -57,6 +57,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHand
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;
+    let lease = claimed.lease;
     let _ = queue.events.send(TaskEvent {
         id: info.id,
         state: TaskState::Running,
@@ -73,7 +74,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHand
             progress = Some(crate::progress::ProgressWriter::new(Arc::new(move |d: Data| {
                 let store = store.clone();
                 Box::pin(async move {
-                    let _ = store.set_progress_async(id, attempt, &d).await;
+                    let _ = store.set_progress(id, lease, &d).await;
                 })
             })));
             let request = RunRequest {
@@ -123,11 +124,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHand
     let id = info.id;
     let mut refused = Refusals::default();
     let changes = loop {
-        match queue
-            .store
-            .finish_async(id, attempt, transition.clone(), &outcome, now)
-            .await
-        {
+        match queue.store.finish(id, lease, transition.clone(), &outcome, now).await {
             Ok(changes) => {
                 if let Some(n) = refused.ended() {
                     inner.alert(

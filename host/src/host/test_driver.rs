@@ -4,10 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::DeviceOverrides;
-use crate::store::TaskStore;
 use crate::work::{Millis, TaskId, WorkError};
 
-use super::queue::blocking;
 use super::{Clock, Host, HostConfig, HostError, ManualClock, Queue};
 
 /// Runs a host on a manual clock so tests control time and delays
@@ -59,8 +57,7 @@ impl TestDriver {
 
     /// Makes a task's initial delay met: it is due now.
     pub async fn set_initial_delay_met(&self, id: TaskId) -> Result<(), WorkError> {
-        let (store, now) = (self.queue().store.clone(), self.now());
-        blocking(move || store.make_due(id, now)).await?;
+        self.queue().store.make_due(id, self.now()).await?;
         self.queue().wake.notify_one();
         Ok(())
     }

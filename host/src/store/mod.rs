@@ -11,6 +11,8 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::data::Data;
@@ -51,13 +53,19 @@ pub struct Query {
 }
 
 /// A task claimed for a run: the record as it was claimed (state RUNNING,
-/// attempt counted).
+/// attempt counted), and the lease that fences the run's writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claimed {
     /// The task.
     pub info: TaskInfo,
     /// Start of its current period (periodic work).
     pub period_start: Millis,
+    /// The run's fencing token: a number the store issues with each claim
+    /// of the task, larger than any before it (it survives periods and
+    /// recovery, unlike the attempt count). [`TaskStore::finish`] and
+    /// [`TaskStore::set_progress`] carry it, and change nothing once the
+    /// task has been claimed again or has left RUNNING meanwhile.
+    pub lease: u64,
 }
 
 impl Claimed {
@@ -104,64 +112,121 @@ pub struct HandlerWait {
     pub first: TaskId,
 }
 
-/// A durable task store. Every method is atomic and durable when it returns.
-/// Backends pass the conformance suite in `tests/all/store.rs`.
-pub trait TaskStore: Send + Sync {
+/// The future a [`TaskStore`] method returns (boxed, so the trait is used
+/// as `dyn TaskStore`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What [`TaskStore::enqueue`] runs around its commit: `before_commit` sees
+/// the result inside the transaction, before any other connection can read
+/// it; `on_commit` runs right after it is durable and before this store
+/// makes any later write, so observers hear of a task before this process
+/// can claim it.
+#[derive(Default)]
+pub struct EnqueueHooks {
+    /// Runs inside the transaction, before the commit.
+    pub before_commit: Option<CommitHook<(Enqueued, Vec<Change>)>>,
+    /// Runs right after the commit.
+    pub on_commit: Option<CommitHook<(Enqueued, Vec<Change>)>>,
+}
+
+impl std::fmt::Debug for EnqueueHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnqueueHooks")
+            .field("before_commit", &self.before_commit.is_some())
+            .field("on_commit", &self.on_commit.is_some())
+            .finish()
+    }
+}
+
+/// A durable task store: the one seam between the host and its storage.
+/// The host, its queue and the CLI reach every backend through this trait
+/// alone. Every method is atomic and durable when its future resolves, and
+/// none blocks the thread that awaits it. Backends pass the conformance
+/// suite in `tests/all/store.rs`, which runs every case on every backend.
+///
+/// The retry rule lives in [`crate::decide`] and nowhere else: a store
+/// applies the [`Transition`] it is given, and recovery asks the same
+/// module what follows a run its host died during.
+pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// Enqueues work (already checked by [`WorkRequest::checked`]), applying
-    /// its unique-work policy atomically.
-    fn enqueue(&self, request: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError>;
+    /// its unique-work policy atomically; runs `hooks` around the commit.
+    fn enqueue(
+        &self,
+        request: WorkRequest,
+        now: Millis,
+        hooks: EnqueueHooks,
+    ) -> StoreFuture<'_, Result<(Enqueued, Vec<Change>), WorkError>>;
     /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` (at
     /// most that handler's count of free slots) and whose constraints hold
-    /// in `device`, marking them RUNNING and counting the attempt. Fair
-    /// across handlers: each handler with a free slot gets its oldest due
-    /// task before any handler gets a second (oldest due first within a
-    /// round), so one handler's backlog never holds up another's due task,
-    /// and work of a handler not in `may_run` holds up nothing.
+    /// in `device`, marking them RUNNING, counting the attempt and issuing
+    /// each a lease. Nothing while the store is paused. Fair across
+    /// handlers: each handler with a free slot gets its oldest due task
+    /// before any handler gets a second (oldest due first within a round),
+    /// so one handler's backlog never holds up another's due task, and work
+    /// of a handler not in `may_run` holds up nothing.
     fn claim(
         &self,
         now: Millis,
         limit: usize,
-        may_run: &HashMap<String, usize>,
-        device: &DeviceState,
-    ) -> Result<Vec<Claimed>, StoreError>;
-    /// Records a finished run and applies its transition, unless the task
-    /// left RUNNING meanwhile (cancelled). Unblocks, fails or cancels
-    /// dependents as needed.
-    fn finish(
-        &self,
+        may_run: HashMap<String, usize>,
+        device: DeviceState,
+    ) -> StoreFuture<'_, Result<Vec<Claimed>, StoreError>>;
+    /// Records how the run holding `lease` ended, and applies its
+    /// transition unless the task left RUNNING or was claimed again
+    /// meanwhile (cancelled, or recovered): then only the run's own attempt
+    /// record is completed. Unblocks, fails or cancels dependents as needed.
+    fn finish<'a>(
+        &'a self,
         id: TaskId,
-        attempt: u32,
+        lease: u64,
         transition: Transition,
-        outcome: &RunOutcome,
+        outcome: &'a RunOutcome,
         now: Millis,
-    ) -> Result<Vec<Change>, StoreError>;
-    /// Stores a running task's latest progress.
-    fn set_progress(&self, id: TaskId, progress: &Data) -> Result<(), StoreError>;
+    ) -> StoreFuture<'a, Result<Vec<Change>, StoreError>>;
+    /// Stores the latest progress of the run holding `lease`; changes
+    /// nothing once that run is no longer the task's current one.
+    fn set_progress<'a>(
+        &'a self,
+        id: TaskId,
+        lease: u64,
+        progress: &'a Data,
+    ) -> StoreFuture<'a, Result<(), StoreError>>;
     /// Cancels unfinished tasks and their dependents; returns what changed.
-    fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError>;
-    /// Makes ENQUEUED (or BLOCKED-free) task `id` due at `now`: the test
-    /// driver's "initial delay met" and "period delay met".
-    fn make_due(&self, id: TaskId, now: Millis) -> Result<(), WorkError>;
+    fn cancel(&self, selector: Selector, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Makes ENQUEUED task `id` due at `now`: the test driver's "initial
+    /// delay met" and "period delay met".
+    fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>>;
     /// One task with its attempt history.
-    fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError>;
+    fn get(&self, id: TaskId) -> StoreFuture<'_, Result<Option<TaskInfo>, StoreError>>;
     /// Tasks matching the filter, without attempt history.
-    fn query(&self, query: &Query) -> Result<Vec<TaskInfo>, StoreError>;
+    fn query(&self, query: Query) -> StoreFuture<'_, Result<Vec<TaskInfo>, StoreError>>;
     /// The highest task id so far (0 for an empty store).
-    fn last_id(&self) -> Result<TaskId, StoreError>;
+    fn last_id(&self) -> StoreFuture<'_, Result<TaskId, StoreError>>;
     /// How many tasks are in each state.
-    fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError>;
+    fn count_by_state(&self) -> StoreFuture<'_, Result<HashMap<TaskState, usize>, StoreError>>;
     /// The earliest `next_run_at` of ENQUEUED work of `handlers` whose
     /// constraints hold in `device`.
-    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError>;
+    fn next_due(
+        &self,
+        handlers: Vec<String>,
+        device: DeviceState,
+    ) -> StoreFuture<'_, Result<Option<Millis>, StoreError>>;
     /// ENQUEUED work due at `now` whose handler is not one of `known`, per
     /// handler: work a host with only `known` handlers never claims.
-    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError>;
-    /// Re-enqueues work a dead host left RUNNING (its attempt stays counted).
-    fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError>;
+    fn waiting_for_handler(
+        &self,
+        known: Vec<String>,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Vec<HandlerWait>, StoreError>>;
+    /// Ends the runs a dead host left RUNNING: each attempt is recorded as
+    /// stopped (`host-shutdown`, "the host died during this run") and what
+    /// follows is [`crate::decide_orphaned`]'s decision, applied as
+    /// [`Self::finish`] applies a run's.
+    fn recover(&self, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
     /// Sets the paused flag shared by every process on this store.
-    fn set_paused(&self, paused: bool) -> Result<(), StoreError>;
+    fn set_paused(&self, paused: bool) -> StoreFuture<'_, Result<(), StoreError>>;
     /// The paused flag.
-    fn paused(&self) -> Result<bool, StoreError>;
+    fn paused(&self) -> StoreFuture<'_, Result<bool, StoreError>>;
     /// Follows the wall clock across jumps. `reading` is the wall clock
     /// minus a steady clock that a change of the wall clock does not move,
     /// on boot `boot`. The first reading on a boot is only recorded. A later
@@ -171,17 +236,23 @@ pub trait TaskStore: Send + Sync {
     /// new reading is recorded. The check and the move are one transaction,
     /// so processes sharing the store move each task once. Returns the jump
     /// and the tasks waiting to run that it moved.
-    fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError>;
+    fn follow_clock(
+        &self,
+        boot: String,
+        reading: Millis,
+        threshold: Millis,
+    ) -> StoreFuture<'_, Result<ClockJump, StoreError>>;
     /// Deletes finished tasks that finished before `before`, with their
     /// attempts, tags and dependencies; returns how many. A finished task
     /// that an unfinished task runs after is kept, so a waiting child keeps
     /// its parents' outputs.
-    fn prune(&self, before: Millis) -> Result<usize, StoreError>;
+    fn prune(&self, before: Millis) -> StoreFuture<'_, Result<usize, StoreError>>;
     /// The earliest time a task kept in the store finished (a read: it
     /// tells whether a [`Self::prune`] may have something to do).
-    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError>;
-    /// A number that changes whenever another connection commits (cheap;
-    /// polled to notice other processes' work).
+    fn oldest_finished(&self) -> StoreFuture<'_, Result<Option<Millis>, StoreError>>;
+    /// A number that changes whenever another process commits. Cheap and
+    /// answered at once (the dispatcher calls it at every wake, inline):
+    /// a backend reads an in-memory counter, never the network.
     fn change_counter(&self) -> Result<u64, StoreError>;
     /// The durable kv backend on this store.
     fn kv(&self) -> Arc<dyn KvStore>;
@@ -191,6 +262,6 @@ pub trait TaskStore: Send + Sync {
 /// period (older ones are deleted as each run is recorded).
 pub const PERIODIC_ATTEMPTS_KEPT: u32 = 10;
 
-/// Runs in the writer thread right after the commit that made a write
-/// durable, before any later write.
+/// A callback a store runs at a point of a write's commit (see
+/// [`EnqueueHooks`]).
 pub type CommitHook<T> = Box<dyn FnOnce(&T) + Send>;

@@ -45,7 +45,7 @@ pub enum StoreError {
     },
     /// SQLite reported an error.
     #[error("task store error: {0}")]
-    Sqlite(String),
+    Backend(String),
     /// The store's files could not grow: the disk is full, or a quota or
     /// file-size limit was reached. The change that met it was rolled back;
     /// everything committed before it is kept.

@@ -27,7 +27,7 @@ impl SqliteKv {
         f: impl FnOnce(&Connection) -> Result<T, KvError> + Send + 'static,
     ) -> KvFuture<'_, T> {
         let store = self.store();
-        Box::pin(async move { store?.write_async(f, None).await })
+        Box::pin(async move { store?.write(f, None).await })
     }
 }
 

@@ -10,13 +10,13 @@ use crate::data::Data;
 use crate::device::DeviceState;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
-use crate::store::{Change, Claimed, PERIODIC_ATTEMPTS_KEPT, Selector};
+use crate::store::{Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector};
 use crate::work::{
-    BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, StoreError, TaskId, TaskInfo,
+    AttemptRecord, BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, TaskId, TaskInfo,
     TaskState, WorkError, WorkRequest,
 };
 
-use super::damaged;
+use super::{Fail, damaged};
 
 /// A value of the `settings` table, shared by every process on the store.
 pub(super) fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -327,7 +327,7 @@ pub(super) fn insert_task(
     after: &[TaskId],
     now: Millis,
     changes: &mut Vec<Change>,
-) -> Result<TaskId, WorkError> {
+) -> Result<TaskId, Fail> {
     let delay = crate::work::millis(r.initial_delay);
     let (period_start, next_run_at) = match r.periodic {
         Some(p) => (now.saturating_add(delay), p.due_in_period(now.saturating_add(delay))),
@@ -360,7 +360,7 @@ pub(super) fn insert_task(
             r.get(0)
         })?;
         if !exists {
-            return Err(WorkError::UnknownTask(*parent));
+            return Err(WorkError::UnknownTask(*parent).into());
         }
         conn.prepare_cached("INSERT OR IGNORE INTO deps (parent, child) VALUES (?1, ?2)")?
             .execute(params![parent, id])?;
@@ -376,11 +376,7 @@ pub(super) fn insert_task(
     Ok(id)
 }
 
-pub(super) fn enqueue_in(
-    conn: &Connection,
-    mut r: WorkRequest,
-    now: Millis,
-) -> Result<(Enqueued, Vec<Change>), WorkError> {
+pub(super) fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), Fail> {
     let mut changes = Vec::new();
     let mut after = std::mem::take(&mut r.after);
     if let Some((name, policy)) = r.unique.clone() {
@@ -449,20 +445,19 @@ pub(super) fn enqueue_in(
     ))
 }
 
-/// Claims up to `limit` due tasks (see [`TaskStore::claim`]); with
-/// `unless_paused`, nothing while the store is paused.
+/// Claims up to `limit` due tasks (see [`TaskStore::claim`]); nothing
+/// while the store is paused.
 pub(super) fn claim_in(
     conn: &Connection,
     now: Millis,
     limit: usize,
     free: HashMap<String, usize>,
     device: &DeviceState,
-    unless_paused: bool,
-) -> Result<Vec<Claimed>, StoreError> {
+) -> rusqlite::Result<Vec<Claimed>> {
     if limit == 0 {
         return Ok(Vec::new());
     }
-    if unless_paused && setting(conn, "paused")?.as_deref() == Some("1") {
+    if setting(conn, "paused")?.as_deref() == Some("1") {
         return Ok(Vec::new());
     }
     // Each handler's oldest due tasks, as many as it has free slots, then
@@ -500,12 +495,20 @@ pub(super) fn claim_in(
             continue;
         };
         load_tags_and_deps(conn, &mut info)?;
-        conn.prepare_cached(
-            "INSERT INTO attempts (task_id, attempt, run_attempt, started_at) \
-             VALUES (?1, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE task_id = ?1), ?2, ?3)",
-        )?
-        .execute(params![id, info.run_attempt_count, now])?;
-        claimed.push(Claimed { info, period_start });
+        // The attempt row's key, one more than any before it, is the run's
+        // lease: it fences the run's progress and finish.
+        let lease: i64 = conn
+            .prepare_cached(
+                "INSERT INTO attempts (task_id, attempt, run_attempt, started_at) \
+                 VALUES (?1, (SELECT coalesce(max(attempt), 0) + 1 FROM attempts WHERE task_id = ?1), ?2, ?3) \
+                 RETURNING attempt",
+            )?
+            .query_row(params![id, info.run_attempt_count, now], |r| r.get(0))?;
+        claimed.push(Claimed {
+            info,
+            period_start,
+            lease: u64::try_from(lease).unwrap_or(0),
+        });
     }
     Ok(claimed)
 }
@@ -533,11 +536,12 @@ pub(super) fn constraint_filter(device: &DeviceState) -> String {
     sql
 }
 
-pub(super) fn progress_in(conn: &Connection, id: TaskId, attempt: Option<u32>, json: &str) -> Result<(), StoreError> {
+pub(super) fn progress_in(conn: &Connection, id: TaskId, lease: u64, json: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running' AND (?3 IS NULL OR attempts = ?3)",
+        "UPDATE tasks SET progress = ?2 WHERE id = ?1 AND state = 'running' \
+         AND (SELECT max(attempt) FROM attempts WHERE task_id = ?1) = ?3",
     )?
-    .execute(params![id, json, attempt])?;
+    .execute(params![id, json, i64::try_from(lease).unwrap_or(i64::MAX)])?;
     Ok(())
 }
 
@@ -569,19 +573,20 @@ impl AttemptEnd {
 pub(super) fn finish_in(
     conn: &Connection,
     id: TaskId,
-    attempt: u32,
+    lease: u64,
     t: Transition,
     a: AttemptEnd,
     now: Millis,
-) -> Result<Vec<Change>, StoreError> {
+) -> rusqlite::Result<Vec<Change>> {
+    let lease = i64::try_from(lease).unwrap_or(i64::MAX);
+    // The run's own attempt row, unless something else ended it (recovery).
     conn.prepare_cached(
         "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, \
-         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = \
-         (SELECT max(attempt) FROM attempts WHERE task_id = ?1 AND coalesce(run_attempt, attempt) = ?2)",
+         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = ?2 AND ended_at IS NULL",
     )?
     .execute(params![
         id,
-        attempt,
+        lease,
         now,
         a.outcome,
         a.stop_reason,
@@ -595,11 +600,12 @@ pub(super) fn finish_in(
         .prepare_cached(
             "UPDATE tasks SET state = ?3, next_run_at = ?4, period_start = ?5, attempts = ?6, \
              output = COALESCE(?7, output), stop_reason = ?8, error = ?9, finished_at = ?10 \
-             WHERE id = ?1 AND state = 'running' AND attempts = ?2",
+             WHERE id = ?1 AND state = 'running' \
+             AND (SELECT max(attempt) FROM attempts WHERE task_id = ?1) = ?2",
         )?
         .execute(params![
             id,
-            attempt,
+            lease,
             t.state.as_str(),
             t.next_run_at,
             t.period_start,
@@ -650,4 +656,271 @@ pub(super) fn selector_ids(conn: &Connection, selector: &Selector) -> rusqlite::
         Some(a) => s.query_map([a], |r| r.get(0))?.collect(),
         None => s.query_map([], |r| r.get(0))?.collect(),
     }
+}
+
+/// Task `id` with its tags, dependencies and attempt history.
+pub(super) fn get_in(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<TaskInfo>> {
+    let Some((mut info, _)) = load_task(conn, id)? else {
+        return Ok(None);
+    };
+    let mut s = conn.prepare_cached(
+        "SELECT coalesce(run_attempt, attempt), started_at, ended_at, outcome, stop_reason, error, fuel, \
+         peak_memory, log FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+    )?;
+    info.attempts = s
+        .query_map([id], |r| {
+            let log: Option<String> = r.get(8)?;
+            Ok(AttemptRecord {
+                attempt: r.get(0)?,
+                started_at: r.get(1)?,
+                ended_at: r.get(2)?,
+                outcome: r.get(3)?,
+                stop_reason: r.get(4)?,
+                error: r.get(5)?,
+                fuel_consumed: r.get::<_, Option<i64>>(6)?.map(|f| f as u64),
+                peak_memory_bytes: r.get::<_, Option<i64>>(7)?.map(|m| m as u64),
+                log: match log {
+                    Some(l) => serde_json::from_str(&l)
+                        .map_err(|e| damaged(id, "attempt log", format_args!("is not a log: {e}")))?,
+                    None => Vec::new(),
+                },
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(info))
+}
+
+/// Tasks matching `q`, with tags and dependencies, oldest first.
+pub(super) fn query_in(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<TaskInfo>> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE 1 = 1");
+    let mut args: Vec<String> = Vec::new();
+    if let Some(state) = q.state {
+        args.push(state.as_str().to_string());
+        sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+    }
+    if let Some(tag) = &q.tag {
+        args.push(tag.clone());
+        sql.push_str(&format!(
+            " AND t.id IN (SELECT task_id FROM tags WHERE tag = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(name) = &q.unique_name {
+        args.push(name.clone());
+        sql.push_str(&format!(" AND t.unique_name = ?{}", args.len()));
+    }
+    if let Some(ids) = &q.ids {
+        let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        sql.push_str(&format!(" AND t.id IN ({})", list.join(",")));
+    }
+    if let Some(after) = q.after_id {
+        sql.push_str(&format!(" AND t.id > {after}"));
+    }
+    sql.push_str(" ORDER BY t.id");
+    if let Some(limit) = q.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    let mut s = conn.prepare(&sql)?;
+    let mut out: Vec<TaskInfo> = s
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+            row_to_info(r).map(|(i, _)| i)
+        })?
+        .collect::<Result<_, _>>()?;
+    for info in &mut out {
+        load_tags_and_deps(conn, info)?;
+    }
+    Ok(out)
+}
+
+/// How many tasks are in each state.
+pub(super) fn count_by_state_in(conn: &Connection) -> rusqlite::Result<HashMap<TaskState, usize>> {
+    let mut s = conn.prepare_cached("SELECT state, count(*) FROM tasks GROUP BY state")?;
+    let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let mut out = HashMap::new();
+    for row in rows {
+        let (state, n) = row?;
+        if let Some(state) = TaskState::parse(&state) {
+            out.insert(state, usize::try_from(n).unwrap_or(0));
+        }
+    }
+    Ok(out)
+}
+
+/// The earliest due time of ENQUEUED work of `handlers` whose constraints
+/// hold in `device`: one indexed look per handler.
+pub(super) fn next_due_in(
+    conn: &Connection,
+    handlers: &[String],
+    device: &DeviceState,
+) -> rusqlite::Result<Option<Millis>> {
+    let sql = format!(
+        "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued' AND handler = ?1{}",
+        constraint_filter(device)
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut earliest: Option<Millis> = None;
+    for handler in handlers {
+        let due: Option<Millis> = stmt.query_row([handler], |r| r.get(0))?;
+        earliest = earliest.into_iter().chain(due).min();
+    }
+    Ok(earliest)
+}
+
+/// Due ENQUEUED work whose handler is not one of `known`, per handler.
+pub(super) fn waiting_for_handler_in(
+    conn: &Connection,
+    known: &[String],
+    now: Millis,
+) -> rusqlite::Result<Vec<HandlerWait>> {
+    // The handlers of enqueued work, one index seek each (not a scan of a
+    // backlog), then a count of the due work of those unknown.
+    let handlers: Vec<String> = conn
+        .prepare_cached(
+            "WITH RECURSIVE h(name) AS ( \
+               SELECT (SELECT min(handler) FROM tasks WHERE state = 'enqueued') \
+               UNION ALL \
+               SELECT (SELECT min(handler) FROM tasks WHERE state = 'enqueued' AND handler > h.name) \
+               FROM h WHERE h.name IS NOT NULL) \
+             SELECT name FROM h WHERE name IS NOT NULL",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut due = conn.prepare_cached(
+        "SELECT count(*), min(id) FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2",
+    )?;
+    let mut out = Vec::new();
+    for handler in handlers.into_iter().filter(|h| !known.contains(h)) {
+        let (count, first): (i64, Option<TaskId>) =
+            due.query_row(params![handler, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if let Some(first) = first {
+            out.push(HandlerWait {
+                handler,
+                due: usize::try_from(count).unwrap_or(0),
+                first,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Ends the runs a dead host left RUNNING (see [`TaskStore::recover`]):
+/// the retry module decides what follows each, and the decision is applied
+/// as a finished run's is.
+pub(super) fn recover_in(conn: &Connection, now: Millis) -> Result<Vec<Change>, Fail> {
+    let orphans: Vec<(TaskInfo, Millis)> = conn
+        .prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running' ORDER BY id"
+        ))?
+        .query_map([], row_to_info)?
+        .collect::<Result<_, _>>()?;
+    let mut changes = Vec::new();
+    for (info, period_start) in orphans {
+        let id = info.id;
+        let lease = current_lease(conn, id)?;
+        let claimed = Claimed {
+            info,
+            period_start,
+            lease,
+        };
+        let transition = crate::retry::decide_orphaned(&claimed.retry_facts(), now);
+        let record = AttemptEnd {
+            outcome: "stopped".into(),
+            stop_reason: Some(crate::outcome::StopReason::HostShutdown.as_str().into()),
+            error: Some("the host died during this run".into()),
+            fuel: None,
+            peak_memory: 0,
+            log: "[]".into(),
+        };
+        changes.extend(finish_in(conn, id, lease, transition, record, now)?);
+    }
+    Ok(changes)
+}
+
+/// See [`TaskStore::follow_clock`].
+pub(super) fn follow_clock_in(
+    conn: &Connection,
+    boot: &str,
+    reading: Millis,
+    threshold: Millis,
+) -> rusqlite::Result<ClockJump> {
+    let recorded = match (setting(conn, "clock_boot")?, setting(conn, "clock_reading")?) {
+        (Some(b), Some(r)) if b == boot => r.parse::<Millis>().ok(),
+        _ => None,
+    };
+    let mut jump = ClockJump::default();
+    if let Some(recorded) = recorded {
+        let by = reading.saturating_sub(recorded);
+        if by.saturating_abs() < threshold {
+            return Ok(jump);
+        }
+        jump.by = by;
+        let mut waiting =
+            conn.prepare("SELECT id, state FROM tasks WHERE state IN ('enqueued', 'blocked') ORDER BY id")?;
+        for row in waiting.query_map([], |r| Ok((r.get::<_, TaskId>(0)?, r.get::<_, String>(1)?)))? {
+            let (id, state) = row?;
+            if let Some(state) = TaskState::parse(&state) {
+                jump.moved.push(Change { id, state });
+            }
+        }
+        conn.execute(
+            "UPDATE tasks SET next_run_at = next_run_at + ?1, \
+             period_start = CASE WHEN frequency_ms IS NULL THEN period_start ELSE period_start + ?1 END \
+             WHERE state IN ('enqueued', 'blocked', 'running')",
+            [by],
+        )?;
+    }
+    set_setting(conn, "clock_boot", boot)?;
+    set_setting(conn, "clock_reading", &reading.to_string())?;
+    Ok(jump)
+}
+
+/// Deletes finished work that finished before `before` and that no
+/// unfinished task runs after; returns how many tasks.
+pub(super) fn prune_in(conn: &Connection, before: Millis) -> rusqlite::Result<usize> {
+    let where_ = "finished_at IS NOT NULL AND finished_at < ?1 AND NOT EXISTS (SELECT 1 FROM deps d \
+         JOIN tasks c ON c.id = d.child WHERE d.parent = tasks.id AND c.state IN ('enqueued', 'blocked', 'running'))";
+    conn.execute(
+        &format!("DELETE FROM tags WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"),
+        [before],
+    )?;
+    conn.execute(
+        &format!("DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks WHERE {where_})"),
+        [before],
+    )?;
+    conn.execute(
+        &format!(
+            "DELETE FROM deps WHERE parent IN (SELECT id FROM tasks WHERE {where_}) \
+             OR child IN (SELECT id FROM tasks WHERE {where_})"
+        ),
+        [before],
+    )?;
+    conn.execute(&format!("DELETE FROM tasks WHERE {where_}"), [before])
+}
+
+/// Cancels the unfinished tasks `selector` picks, and their dependents.
+pub(super) fn cancel_in(conn: &Connection, selector: &Selector, now: Millis) -> rusqlite::Result<Vec<Change>> {
+    let ids = selector_ids(conn, selector)?;
+    let mut changes = Vec::new();
+    cancel_ids(conn, &ids, now, &mut changes)?;
+    Ok(changes)
+}
+
+/// Makes ENQUEUED task `id` due at `now`.
+pub(super) fn make_due_in(conn: &Connection, id: TaskId, now: Millis) -> Result<(), Fail> {
+    let n = conn.execute(
+        "UPDATE tasks SET next_run_at = ?2 WHERE id = ?1 AND state = 'enqueued'",
+        params![id, now],
+    )?;
+    if n == 0 {
+        return Err(WorkError::Invalid(format!("task {id} is not enqueued")).into());
+    }
+    Ok(())
+}
+
+/// The lease of task `id`'s current run: the key of its latest attempt row
+/// (0 if it has none).
+pub(super) fn current_lease(conn: &Connection, id: TaskId) -> rusqlite::Result<u64> {
+    conn.prepare_cached("SELECT coalesce(max(attempt), 0) FROM attempts WHERE task_id = ?1")?
+        .query_row([id], |r| r.get::<_, i64>(0))
+        .map(|l| u64::try_from(l).unwrap_or(0))
 }

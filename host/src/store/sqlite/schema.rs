@@ -7,7 +7,7 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::work::StoreError;
 
-use super::snapshot;
+use super::{Fail, snapshot};
 
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 pub(super) const APPLICATION_ID: i64 = 0x776b_6873;
@@ -110,7 +110,7 @@ impl Header {
 
 /// Opens a connection and reads the header; refuses a foreign or damaged
 /// file.
-pub(super) fn open_connection(path: &Path) -> Result<(Connection, Header), StoreError> {
+pub(super) fn open_connection(path: &Path) -> Result<(Connection, Header), Fail> {
     let foreign = |detail: String| StoreError::Foreign {
         path: path.to_path_buf(),
         detail,
@@ -142,20 +142,22 @@ pub(super) fn open_connection(path: &Path) -> Result<(Connection, Header), Store
             // Only SQLite saying "this is no database" makes a file foreign;
             // anything else (read-only, disk full, I/O) is said as itself.
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase) => {
-                return Err(foreign(e.to_string()));
+                return Err(foreign(e.to_string()).into());
             }
             Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
                 return Err(StoreError::Corrupt {
                     path: path.to_path_buf(),
                     detail: e.to_string(),
-                });
+                }
+                .into());
             }
             Err(e) => return Err(e.into()),
             Ok(h) if h.app_id != APPLICATION_ID && (h.app_id != 0 || h.tables != 0) => {
                 return Err(foreign(format!(
                     "its application id is {:#x} with {} schema objects",
                     h.app_id, h.tables
-                )));
+                ))
+                .into());
             }
             Ok(h) => break h,
         }
@@ -192,9 +194,9 @@ pub(super) fn check_header_and_enable_wal(conn: &Connection) -> rusqlite::Result
 
 /// Creates or migrates the schema in one immediate transaction, reading the
 /// header again under the lock (another process may have done it first).
-pub(super) fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+pub(super) fn init_schema(conn: &Connection, path: &Path) -> Result<(), Fail> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let result = (|| -> Result<(), StoreError> {
+    let result = (|| -> Result<(), Fail> {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let app_id: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
         if app_id == 0 {
@@ -210,7 +212,8 @@ pub(super) fn init_schema(conn: &Connection, path: &Path) -> Result<(), StoreErr
             return Err(StoreError::Foreign {
                 path: path.to_path_buf(),
                 detail: format!("schema version {version}, this workhost reads versions 1 to {SCHEMA_VERSION}"),
-            });
+            }
+            .into());
         }
         Ok(())
     })();
