@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use workhost::{
     Change, Claimed, ClockJump, Constraints, Data, DeviceOverrides, DeviceState, EnqueueHooks, Enqueued,
-    ExistingWorkPolicy, HandlerWait, KvStore, Millis, NetworkType, Query, RunOutcome, RunResult, Selector, SqliteStore,
-    StopReason, StoreError, TaskId, TaskInfo, TaskState, TaskStore, Transition, Value, WorkError, WorkRequest, decide,
+    ExistingWorkPolicy, HandlerWait, HostIdentity, KvStore, Millis, NetworkType, Query, RunOutcome, RunResult,
+    Selector, SqliteStore, StopReason, StoreError, TaskId, TaskInfo, TaskState, TaskStore, Transition, Value,
+    WorkError, WorkRequest, decide,
 };
 
 type Open = fn(&Path) -> Arc<dyn TaskStore>;
@@ -41,6 +42,14 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The host the cases claim as.
+fn me() -> HostIdentity {
+    HostIdentity {
+        id: "conformance".into(),
+        incarnation: "1".into(),
+    }
+}
+
 /// A store as a case drives it: each method awaits the trait's own (the
 /// path production runs) on the suite's runtime.
 struct Store(Arc<dyn TaskStore>);
@@ -59,7 +68,7 @@ impl Store {
         may_run: &HashMap<String, usize>,
         device: &DeviceState,
     ) -> Result<Vec<Claimed>, StoreError> {
-        self.on(self.0.claim(now, limit, may_run.clone(), device.clone()))
+        self.on(self.0.claim(me(), now, limit, may_run.clone(), device.clone()))
     }
     fn finish(
         &self,
@@ -99,7 +108,7 @@ impl Store {
         self.on(self.0.waiting_for_handler(known.to_vec(), now))
     }
     fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError> {
-        self.on(self.0.recover(now))
+        self.on(self.0.recover(me(), now))
     }
     fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
         self.on(self.0.set_paused(paused))
@@ -838,5 +847,27 @@ fn every_unique_work_policy_holds_at_the_store() {
         let again = s.enqueue(named("aor", AppendOrReplace, "two"), NOW).unwrap().0;
         let info = s.get(again.id).unwrap().unwrap();
         assert_eq!((info.state, info.after), (TaskState::Enqueued, vec![]));
+    });
+}
+
+/// A host registers, is listed with the work it runs, renews (receiving the
+/// tasks it holds and their leases), and leaves.
+#[test]
+fn a_host_is_listed_while_it_serves_with_the_work_it_runs() {
+    each_backend(|open| {
+        let s = open();
+        s.on(s.0.register_host(me(), NOW)).unwrap();
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        let c = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap().remove(0);
+        let held = s.on(s.0.renew_host(me(), NOW + 1)).unwrap();
+        assert_eq!(held, [(id, c.lease)]);
+        let hosts = s.on(s.0.hosts(NOW + 1)).unwrap();
+        assert_eq!(hosts.len(), 1, "{hosts:?}");
+        assert_eq!(
+            (hosts[0].id.as_str(), hosts[0].incarnation.as_str(), hosts[0].started_at),
+            ("conformance", "1", NOW)
+        );
+        s.on(s.0.leave_host(me())).unwrap();
+        assert_eq!(s.on(s.0.hosts(NOW + 2)).unwrap(), vec![]);
     });
 }

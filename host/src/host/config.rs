@@ -109,6 +109,9 @@ pub struct HostConfig {
     /// handlers that all allocate their limit cannot get the host killed by
     /// the kernel.
     pub memory_budget: u64,
+    /// The task store; `None` (the default): the embedded SQLite store in
+    /// `data_dir`. Any [`TaskStore`](crate::TaskStore) backend serves.
+    pub store: Option<Arc<dyn crate::store::TaskStore>>,
 }
 
 /// Half the machine's physical memory (Linux `/proc/meminfo`), or 4 GiB
@@ -168,6 +171,7 @@ impl HostConfig {
             poll_interval: Duration::from_millis(25),
             device: DeviceConfig::default(),
             memory_budget: default_memory_budget(),
+            store: None,
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch};
 use crate::device::{DeviceOverrides, DeviceState, LinuxPaths};
 use crate::executor::{Handler, StopHandle};
 use crate::outcome::StopReason;
-use crate::store::{Change, Query};
+use crate::store::{Change, HostIdentity, Query};
 use crate::work::{Millis, TaskId, TaskState};
 
 use super::blocking;
@@ -70,6 +70,11 @@ pub(super) struct Inner {
     /// [`HostStats::claims`].
     pub(super) claims: AtomicU64,
     pub(super) _lock: std::fs::File,
+    /// Who this host is to the store (a new incarnation after a lost lease).
+    pub(super) me: Mutex<HostIdentity>,
+    /// Whether this host holds its lease (always, on a store without
+    /// leases): it claims only while it does.
+    pub(super) lease_held: std::sync::atomic::AtomicBool,
 }
 
 impl Inner {
@@ -161,6 +166,16 @@ impl Inner {
         if state != *self.device.borrow() {
             self.set_device(state);
         }
+    }
+
+    /// Ids of the tasks this host runs now.
+    pub(super) fn running_ids(&self) -> Vec<TaskId> {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     pub(super) fn stop_running(&self, ids: &[TaskId], reason: StopReason) {
@@ -373,10 +388,11 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
             due = inner.next_due(&per).await;
         }
         let claiming = Claiming::begin(&inner.claim_epoch);
-        let claimed = if free > 0 && due.is_some_and(|d| d <= now) {
+        let claimed = if free > 0 && due.is_some_and(|d| d <= now) && inner.lease_held.load(Ordering::Acquire) {
             inner.claims.fetch_add(1, Ordering::Relaxed);
             let device = inner.device.borrow().clone();
-            let claimed = store.claim(now, free, per, device).await;
+            let me = inner.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let claimed = store.claim(me, now, free, per, device).await;
             // Look again at once: what this claim left may be due too.
             look = true;
             claimed
@@ -425,6 +441,8 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
                 stop: stop.clone(),
                 constraints: c.info.constraints,
                 memory,
+                lease: c.lease,
+                claimed_at: tokio::time::Instant::now(),
             };
             {
                 // The claim used a snapshot of the device state; if it changed
@@ -528,13 +546,7 @@ pub(super) async fn refresh_device(inner: Arc<Inner>) {
 
 /// Stops running work that another process cancelled.
 pub(super) async fn notice_foreign_cancels(inner: &Arc<Inner>) {
-    let ids: Vec<TaskId> = inner
-        .running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .keys()
-        .copied()
-        .collect();
+    let ids = inner.running_ids();
     if ids.is_empty() {
         return;
     }

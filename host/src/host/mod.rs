@@ -13,6 +13,7 @@
 mod clock;
 mod config;
 mod dispatcher;
+mod lease;
 mod queue;
 mod run;
 mod test_driver;
@@ -146,6 +147,8 @@ pub struct Host {
     /// The device-state refresher, when the host reads the machine.
     refresher: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
+    /// The lease keeper, on a store with host leases.
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A host dropped without [`Host::shutdown`] stops in the background,
@@ -214,8 +217,15 @@ impl Host {
             return Err(HostError::AlreadyServing(config.data_dir.clone()));
         }
         let names = config.handlers.iter().map(|h| h.name.clone()).collect();
-        let mut queue = Queue::open(&config.data_dir, names, config.periodic_floor, config.retention)?;
+        let mut queue = match &config.store {
+            Some(store) => Queue::with_store(store.clone(), names, config.periodic_floor, config.retention),
+            None => Queue::open(&config.data_dir, names, config.periodic_floor, config.retention)?,
+        };
         queue.clock = clock;
+        // Registered before the handlers load, so `workhost hosts` shows a
+        // starting host as soon as it holds the data directory.
+        let me = lease::identity(&config.data_dir)?;
+        queue.store.register_host(me.clone(), queue.now()).await?;
 
         let handler_configs = config.handlers.clone();
         // The instance pool holds what the host may run at once, no more:
@@ -278,12 +288,14 @@ impl Host {
             next_prune_at: AtomicI64::new(Millis::MIN),
             polls: AtomicU64::new(0),
             claims: AtomicU64::new(0),
+            me: Mutex::new(me.clone()),
+            lease_held: std::sync::atomic::AtomicBool::new(true),
             _lock: lock,
         });
         // Before recovery, so work recovered as due now is not moved by a
         // jump made while no host ran.
         let now = inner.follow_clock().await;
-        let recovered = inner.queue.store.recover(now).await?;
+        let recovered = inner.queue.store.recover(me, now).await?;
         inner.queue.publish(&recovered, |c| {
             ("recovered", format!("was running when its host died; now {}", c.state))
         });
@@ -291,11 +303,17 @@ impl Host {
             .device_config
             .read_machine
             .then(|| tokio::spawn(refresh_device(inner.clone())));
+        let keeper = inner
+            .queue
+            .store
+            .host_lease()
+            .map(|ttl| tokio::spawn(lease::keep_lease(inner.clone(), ttl)));
         let dispatcher = tokio::spawn(dispatch(inner.clone()));
         Ok(Host {
             inner,
             dispatcher: Some(dispatcher),
             refresher,
+            keeper,
             grace: config.shutdown_grace,
         })
     }
@@ -352,13 +370,7 @@ impl Host {
 
     /// Ids of the tasks running now.
     pub fn running(&self) -> Vec<TaskId> {
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect()
+        self.inner.running_ids()
     }
 
     /// Takes no new work, lets running work finish within the grace period,
@@ -388,5 +400,11 @@ impl Host {
         if let Some(refresher) = self.refresher.take() {
             let _ = refresher.await;
         }
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.await;
+        }
+        // Every run has ended: this host leaves the store's hosts.
+        let me = self.inner.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let _ = self.inner.queue.store.leave_host(me).await;
     }
 }

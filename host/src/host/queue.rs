@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::store::{Change, EnqueueHooks, Query, Selector, SqliteStore, TaskStore};
+use crate::store::{Change, EnqueueHooks, HostInfo, Query, Selector, SqliteStore, TaskStore};
 use crate::work::StoreError;
 use crate::work::{Enqueued, Millis, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -179,6 +179,11 @@ impl Queue {
             self.now().saturating_sub(crate::work::millis(self.retention))
         };
         self.store.prune(before).await
+    }
+
+    /// Every host recorded as serving the store, newest first.
+    pub async fn hosts(&self) -> Result<Vec<HostInfo>, StoreError> {
+        self.store.hosts(self.now()).await
     }
 
     /// A stream of state changes made by this process.

@@ -28,6 +28,10 @@ pub(super) struct Running {
     pub(super) constraints: Constraints,
     /// The memory limit of the run, reserved from the host's budget.
     pub(super) memory: u64,
+    /// The run's lease (see [`Claimed::lease`]).
+    pub(super) lease: u64,
+    /// When it was claimed.
+    pub(super) claimed_at: tokio::time::Instant,
 }
 
 /// A run's place in `Inner::running`: given back when dropped, so a run

@@ -15,6 +15,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use serde::Serialize;
+
 use crate::data::Data;
 use crate::device::DeviceState;
 use crate::kv::KvStore;
@@ -81,6 +83,39 @@ impl Claimed {
             backoff_delay_ms: crate::work::millis(self.info.backoff_delay),
         }
     }
+}
+
+/// Who a host is to its store. `id` stays the same across restarts of a
+/// host on one data directory (it is kept in `<data_dir>/host-id`);
+/// `incarnation` is new with every start, so a store tells a restarted
+/// host from the run it replaced.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct HostIdentity {
+    /// Stable per data directory: the host name and a random suffix.
+    pub id: String,
+    /// New with every start.
+    pub incarnation: String,
+}
+
+/// A host serving a store, as the store knows it (`workhost hosts`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostInfo {
+    /// Its id (see [`HostIdentity`]).
+    pub id: String,
+    /// Its current incarnation.
+    pub incarnation: String,
+    /// When this incarnation started, ms since the epoch.
+    pub started_at: Millis,
+    /// When it last renewed its lease (the start, on a store without
+    /// leases).
+    pub renewed_at: Millis,
+    /// When its lease runs out unless renewed; `None` on a store that one
+    /// host serves at a time (no leases: see [`TaskStore::host_lease`]).
+    pub expires_at: Option<Millis>,
+    /// Whether it is serving now.
+    pub live: bool,
+    /// How many tasks it runs.
+    pub running: usize,
 }
 
 /// What became of the tasks a store operation touched, for observers.
@@ -156,7 +191,7 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         now: Millis,
         hooks: EnqueueHooks,
     ) -> StoreFuture<'_, Result<(Enqueued, Vec<Change>), WorkError>>;
-    /// Claims up to `limit` due ENQUEUED tasks whose handler `may_run` (at
+    /// Claims up to `limit` due ENQUEUED tasks for host `me`, whose handler `may_run` (at
     /// most that handler's count of free slots) and whose constraints hold
     /// in `device`, marking them RUNNING, counting the attempt and issuing
     /// each a lease. Nothing while the store is paused. Fair across
@@ -166,6 +201,7 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// of a handler not in `may_run` holds up nothing.
     fn claim(
         &self,
+        me: HostIdentity,
         now: Millis,
         limit: usize,
         may_run: HashMap<String, usize>,
@@ -218,11 +254,33 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         known: Vec<String>,
         now: Millis,
     ) -> StoreFuture<'_, Result<Vec<HandlerWait>, StoreError>>;
-    /// Ends the runs a dead host left RUNNING: each attempt is recorded as
-    /// stopped (`host-shutdown`, "the host died during this run") and what
-    /// follows is [`crate::decide_orphaned`]'s decision, applied as
-    /// [`Self::finish`] applies a run's.
-    fn recover(&self, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Ends the runs of hosts that are gone: on a store with host leases,
+    /// the RUNNING tasks of hosts whose lease ran out and of `me`'s earlier
+    /// incarnations; on a store one host serves at a time (no leases; the
+    /// caller holds the data directory's `serve.lock`), every RUNNING task.
+    /// Each attempt is recorded as stopped (`host-shutdown`, "the host died
+    /// during this run") and what follows is [`crate::decide_orphaned`]'s
+    /// decision, applied as [`Self::finish`] applies a run's.
+    fn recover(&self, me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// How long a host's lease on this store lasts without renewal, if the
+    /// store has leases (several hosts may serve it at once: a host renews
+    /// with [`Self::renew_host`] well within it, and stops its own runs
+    /// when it could not). `None`, the default: one host serves the store
+    /// at a time and holds no lease.
+    fn host_lease(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Records host `me` as serving this store, from `now`.
+    fn register_host(&self, me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<(), StoreError>>;
+    /// Renews `me`'s lease and returns the tasks it holds (id and lease):
+    /// any run of `me` missing there was cancelled or rescued elsewhere.
+    /// [`StoreError::LeaseLost`] once the lease ran out: it is never
+    /// renewed after that; the host registers again.
+    fn renew_host(&self, me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<Vec<(TaskId, u64)>, StoreError>>;
+    /// Removes `me` as it stops serving (after its runs ended).
+    fn leave_host(&self, me: HostIdentity) -> StoreFuture<'_, Result<(), StoreError>>;
+    /// Every host recorded as serving this store, at `now`.
+    fn hosts(&self, now: Millis) -> StoreFuture<'_, Result<Vec<HostInfo>, StoreError>>;
     /// Sets the paused flag shared by every process on this store.
     fn set_paused(&self, paused: bool) -> StoreFuture<'_, Result<(), StoreError>>;
     /// The paused flag.

@@ -46,6 +46,13 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("task store error: {0}")]
     Backend(String),
+    /// This host's lease on a shared store ran out before it renewed it:
+    /// another host may already be running its work again. Its runs are
+    /// stopped (`lease-lost`); it registers again before claiming.
+    #[error(
+        "this host's lease on the task store ran out before it could renew it ({0}); its runs are stopped and retried, and it joins again"
+    )]
+    LeaseLost(String),
     /// The store's files could not grow: the disk is full, or a quota or
     /// file-size limit was reached. The change that met it was rolled back;
     /// everything committed before it is kept.

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, params};
 
 use crate::data::Data;
 use crate::device::DeviceState;
@@ -28,7 +28,8 @@ use crate::kv::KvStore;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
 use crate::store::{
-    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, Query, Selector, StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, Query, Selector,
+    StoreFuture, TaskStore,
 };
 use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -381,6 +382,7 @@ impl TaskStore for SqliteStore {
 
     fn claim(
         &self,
+        _me: HostIdentity,
         now: Millis,
         limit: usize,
         may_run: HashMap<String, usize>,
@@ -455,7 +457,9 @@ impl TaskStore for SqliteStore {
         self.read_async(move |conn| waiting_for_handler_in(conn, &known, now))
     }
 
-    fn recover(&self, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+    /// Every RUNNING task: the caller holds `serve.lock`, so no other host
+    /// runs anything on this store.
+    fn recover(&self, _me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
         Box::pin(async move {
             self.write(move |conn| recover_in(conn, now), None)
                 .await
@@ -500,6 +504,61 @@ impl TaskStore for SqliteStore {
 
     fn kv(&self) -> Arc<dyn KvStore> {
         self.kv.clone()
+    }
+
+    /// One row per data directory's host; a start replaces the row of the
+    /// incarnation before it.
+    fn register_host(&self, me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<(), StoreError>> {
+        self.write_sql(move |conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO hosts (id, incarnation, started_at, renewed_at) VALUES (?1, ?2, ?3, ?3)",
+                params![me.id, me.incarnation, now],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// Without leases there is nothing to renew: the running set.
+    fn renew_host(&self, _me: HostIdentity, _now: Millis) -> StoreFuture<'_, Result<Vec<(TaskId, u64)>, StoreError>> {
+        self.read_async(running_leases_in)
+    }
+
+    fn leave_host(&self, me: HostIdentity) -> StoreFuture<'_, Result<(), StoreError>> {
+        self.write_sql(move |conn| {
+            conn.execute(
+                "DELETE FROM hosts WHERE id = ?1 AND incarnation = ?2",
+                params![me.id, me.incarnation],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// A host is live while it holds the data directory's `serve.lock`
+    /// (a host killed with SIGKILL leaves its row, not its lock).
+    fn hosts(&self, _now: Millis) -> StoreFuture<'_, Result<Vec<HostInfo>, StoreError>> {
+        let lock = self.path.with_file_name("serve.lock");
+        let read = self.read_async(hosts_in);
+        Box::pin(async move {
+            let mut hosts = read.await?;
+            let live = tokio::task::spawn_blocking(move || serve_lock_held(&lock))
+                .await
+                .unwrap_or(false);
+            for h in &mut hosts {
+                h.live = live;
+                if !live {
+                    h.running = 0;
+                }
+            }
+            Ok(hosts)
+        })
+    }
+}
+
+/// Whether a process holds `lock` (a `serve.lock`) now.
+fn serve_lock_held(lock: &Path) -> bool {
+    match std::fs::OpenOptions::new().write(true).open(lock) {
+        Ok(file) => file.try_lock().is_err(),
+        Err(_) => false,
     }
 }
 
@@ -560,8 +619,10 @@ mod tests {
             conn.execute_batch(&format!("ALTER TABLE tasks DROP COLUMN {column}"))
                 .unwrap();
         }
-        conn.execute_batch("ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due")
-            .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts",
+        )
+        .unwrap();
         // Task data as stores before version 4 wrote it: plain JSON.
         conn.execute("UPDATE tasks SET input = '{\"l\":[1,2]}' WHERE id = ?1", [id])
             .unwrap();

@@ -10,7 +10,7 @@ use crate::data::Data;
 use crate::device::DeviceState;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
-use crate::store::{Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector};
+use crate::store::{Change, Claimed, ClockJump, HandlerWait, HostInfo, PERIODIC_ATTEMPTS_KEPT, Query, Selector};
 use crate::work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, TaskId, TaskInfo,
     TaskState, WorkError, WorkRequest,
@@ -923,4 +923,35 @@ pub(super) fn current_lease(conn: &Connection, id: TaskId) -> rusqlite::Result<u
     conn.prepare_cached("SELECT coalesce(max(attempt), 0) FROM attempts WHERE task_id = ?1")?
         .query_row([id], |r| r.get::<_, i64>(0))
         .map(|l| u64::try_from(l).unwrap_or(0))
+}
+
+/// The RUNNING tasks and their leases.
+pub(super) fn running_leases_in(conn: &Connection) -> rusqlite::Result<Vec<(TaskId, u64)>> {
+    conn.prepare_cached(
+        "SELECT t.id, coalesce((SELECT max(attempt) FROM attempts a WHERE a.task_id = t.id), 0) \
+         FROM tasks t WHERE t.state = 'running' ORDER BY t.id",
+    )?
+    .query_map([], |r| {
+        Ok((r.get::<_, TaskId>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+    })?
+    .collect()
+}
+
+/// The hosts recorded, each with the count of RUNNING tasks (one host
+/// serves a SQLite store at a time: they are its).
+pub(super) fn hosts_in(conn: &Connection) -> rusqlite::Result<Vec<HostInfo>> {
+    let running: i64 = conn.query_row("SELECT count(*) FROM tasks WHERE state = 'running'", [], |r| r.get(0))?;
+    conn.prepare_cached("SELECT id, incarnation, started_at, renewed_at FROM hosts ORDER BY started_at DESC")?
+        .query_map([], |r| {
+            Ok(HostInfo {
+                id: r.get(0)?,
+                incarnation: r.get(1)?,
+                started_at: r.get(2)?,
+                renewed_at: r.get(3)?,
+                expires_at: None,
+                live: false,
+                running: usize::try_from(running).unwrap_or(0),
+            })
+        })?
+        .collect()
 }

@@ -12,7 +12,7 @@ use super::{Fail, snapshot};
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 pub(super) const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 5;
+pub(super) const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -33,6 +33,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // task's runs no longer overwrite each other; `run_attempt` is the
     // attempt count the run saw (NULL in older rows: the key).
     "ALTER TABLE attempts ADD COLUMN run_attempt INTEGER;",
+    // 5 -> 6: the hosts that serve the store (`workhost hosts`).
+    "CREATE TABLE IF NOT EXISTS hosts (id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, started_at INTEGER NOT NULL, \
+     renewed_at INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 pub(super) const SCHEMA: &str = r#"
@@ -92,6 +95,7 @@ CREATE TABLE attempts (
 ) WITHOUT ROWID;
 CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE hosts (id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, started_at INTEGER NOT NULL, renewed_at INTEGER NOT NULL) WITHOUT ROWID;
 "#;
 
 /// What opening a connection read of the database's header.
