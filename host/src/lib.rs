@@ -98,14 +98,14 @@ pub use outbound::{ResolveFuture, Resolver, SystemResolver};
 pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
 pub use progress::PROGRESS_INTERVAL;
-pub use retry::{RetryFacts, Transition, decide};
+pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
-    Change, Claimed, ClockJump, HandlerWait, PERIODIC_ATTEMPTS_KEPT, Query, Selector, SqliteStore, StoreError,
-    TaskStore,
+    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, PERIODIC_ATTEMPTS_KEPT,
+    Query, Selector, SqliteStore, StoreFuture, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
-    ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
-    backoff_delay, limits, millis,
+    ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, StoreError, TaskId, TaskInfo, TaskState, WorkError,
+    WorkRequest, backoff_delay, limits, millis,
 };

@@ -33,6 +33,11 @@ pub enum StopReason {
     /// start (the pooling allocator's limit, or memory refused by the
     /// system). Retried like any stop, never a failure of the handler.
     HostBusy,
+    /// The host's lease on a shared store ran out before it could renew it
+    /// (the database was unreachable, or the host was frozen): another host
+    /// may run the task again, so this host stops its own run. Retried
+    /// like any stop.
+    LeaseLost,
 }
 
 impl StopReason {
@@ -47,6 +52,7 @@ impl StopReason {
             StopReason::ConstraintLost => "constraint-lost",
             StopReason::HostShutdown => "host-shutdown",
             StopReason::HostBusy => "host-busy",
+            StopReason::LeaseLost => "lease-lost",
         }
     }
 }

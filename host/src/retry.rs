@@ -145,6 +145,27 @@ pub fn decide(t: &RetryFacts, result: &RunResult, now: Millis) -> Transition {
     }
 }
 
+/// What follows a run whose host died during it (a host starting finds it
+/// RUNNING, left by its dead predecessor): the rule [`decide`] gives a run
+/// stopped by `host-shutdown`, except that a retry is due at once, not
+/// after the backoff: the handler did nothing wrong, its host went away.
+/// The attempt stays counted, so a run that kills its host each time still
+/// reaches its limit: then the task fails (periodic work moves on to its
+/// next period), saying its last attempt died with its host.
+pub fn decide_orphaned(t: &RetryFacts, now: Millis) -> Transition {
+    let mut next = decide(t, &RunResult::Stopped(StopReason::HostShutdown), now);
+    if t.attempts >= t.max_attempts {
+        let plural = if t.attempts == 1 { "" } else { "s" };
+        next.error = Some(format!(
+            "gave up after {} attempt{plural}; the last one died with its host",
+            t.attempts
+        ));
+    } else if next.state == TaskState::Enqueued {
+        next.next_run_at = now;
+    }
+    next
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -165,6 +186,27 @@ mod tests {
             backoff: BackoffPolicy::Exponential,
             backoff_delay_ms: 30_000,
         }
+    }
+
+    #[test]
+    fn a_run_its_host_died_during_is_due_again_at_once_until_its_last_attempt() {
+        let now = 1_000_000;
+        let t = decide_orphaned(&facts(TaskKind::OneOff, 1), now);
+        assert_eq!(
+            (t.state, t.next_run_at, t.attempts, t.stop_reason.as_deref()),
+            (TaskState::Enqueued, now, 1, Some("host-shutdown"))
+        );
+        let t = decide_orphaned(&facts(TaskKind::OneOff, 3), now);
+        assert_eq!(
+            (t.state, t.error.as_deref()),
+            (
+                TaskState::Failed,
+                Some("gave up after 3 attempts; the last one died with its host")
+            )
+        );
+        // Periodic work on its last attempt moves on to its next period.
+        let t = decide_orphaned(&facts(TaskKind::Periodic, 3), now);
+        assert_eq!((t.state, t.attempts), (TaskState::Enqueued, 0));
     }
 
     #[test]

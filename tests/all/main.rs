@@ -11,6 +11,7 @@ mod exec_cli;
 mod files;
 mod guides;
 mod hostile;
+mod hosts;
 mod http;
 mod languages;
 mod load;

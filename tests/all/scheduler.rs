@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use workhost::{
-    BackoffPolicy, Data, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo, TaskState, TaskStore,
-    TestDriver, Value, WorkRequest,
+    BackoffPolicy, Data, EnqueueHooks, ExistingWorkPolicy, Periodic, PeriodicFloor, Selector, TaskId, TaskInfo,
+    TaskState, TestDriver, Value, WorkRequest,
 };
 use workhost_tests::host_config;
 
@@ -557,7 +557,7 @@ async fn enqueue_elsewhere(d: &TestDriver, handler: &str, n: usize) -> Vec<TaskI
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         let (store, request, now) = (d.queue().store().clone(), WorkRequest::one_off(handler, "t"), d.now());
-        set.spawn_blocking(move || store.enqueue(request, now).unwrap().0.id);
+        set.spawn(async move { store.enqueue(request, now, EnqueueHooks::default()).await.unwrap().0.id });
     }
     let mut ids = set.join_all().await;
     ids.sort();

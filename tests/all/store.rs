@@ -1,5 +1,6 @@
 //! The `TaskStore` conformance suite: every backend must pass each case.
-//! Cases speak only the trait; `BACKENDS` lists the implementations.
+//! Cases speak only the trait, through [`Store`], which runs each of its
+//! async methods to completion; `BACKENDS` lists the implementations.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -7,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use workhost::{
-    Constraints, Data, DeviceOverrides, DeviceState, ExistingWorkPolicy, HandlerWait, NetworkType, Query, RunOutcome,
-    RunResult, Selector, SqliteStore, StopReason, TaskState, TaskStore, Value, WorkRequest, decide,
+    Change, Claimed, ClockJump, Constraints, Data, DeviceOverrides, DeviceState, EnqueueHooks, Enqueued,
+    ExistingWorkPolicy, HandlerWait, HostIdentity, KvStore, Millis, NetworkType, Query, RunOutcome, RunResult,
+    Selector, SqliteStore, StopReason, StoreError, TaskId, TaskInfo, TaskState, TaskStore, Transition, Value,
+    WorkError, WorkRequest, decide,
 };
 
 type Open = fn(&Path) -> Arc<dyn TaskStore>;
@@ -17,13 +20,113 @@ type Open = fn(&Path) -> Arc<dyn TaskStore>;
 const BACKENDS: &[(&str, Open)] = &[("sqlite", |dir| SqliteStore::open(dir).unwrap())];
 
 /// Runs `case` on a fresh store of every backend; `open` reopens the same
-/// directory (a second process, or a restart).
-fn each_backend(case: impl Fn(&dyn Fn() -> Arc<dyn TaskStore>)) {
+/// store (a second process, or a restart).
+fn each_backend(case: impl Fn(&dyn Fn() -> Arc<Store>)) {
     for (name, open) in BACKENDS {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_path_buf();
         eprintln!("backend {name}");
-        case(&|| open(&path));
+        case(&|| Arc::new(Store(open(&path))));
+    }
+}
+
+/// The runtime every case's store calls run on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    })
+}
+
+/// The host the cases claim as.
+fn me() -> HostIdentity {
+    HostIdentity {
+        id: "conformance".into(),
+        incarnation: "1".into(),
+    }
+}
+
+/// A store as a case drives it: each method awaits the trait's own (the
+/// path production runs) on the suite's runtime.
+struct Store(Arc<dyn TaskStore>);
+
+impl Store {
+    fn on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        runtime().block_on(f)
+    }
+    fn enqueue(&self, r: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), WorkError> {
+        self.on(self.0.enqueue(r, now, EnqueueHooks::default()))
+    }
+    fn claim(
+        &self,
+        now: Millis,
+        limit: usize,
+        may_run: &HashMap<String, usize>,
+        device: &DeviceState,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.on(self.0.claim(me(), now, limit, may_run.clone(), device.clone()))
+    }
+    fn finish(
+        &self,
+        id: TaskId,
+        lease: u64,
+        t: Transition,
+        outcome: &RunOutcome,
+        now: Millis,
+    ) -> Result<Vec<Change>, StoreError> {
+        self.on(self.0.finish(id, lease, t, outcome, now))
+    }
+    fn set_progress(&self, id: TaskId, lease: u64, progress: &Data) -> Result<(), StoreError> {
+        self.on(self.0.set_progress(id, lease, progress))
+    }
+    fn cancel(&self, selector: &Selector, now: Millis) -> Result<Vec<Change>, StoreError> {
+        self.on(self.0.cancel(selector.clone(), now))
+    }
+    fn make_due(&self, id: TaskId, now: Millis) -> Result<(), WorkError> {
+        self.on(self.0.make_due(id, now))
+    }
+    fn get(&self, id: TaskId) -> Result<Option<TaskInfo>, StoreError> {
+        self.on(self.0.get(id))
+    }
+    fn query(&self, q: &Query) -> Result<Vec<TaskInfo>, StoreError> {
+        self.on(self.0.query(q.clone()))
+    }
+    fn last_id(&self) -> Result<TaskId, StoreError> {
+        self.on(self.0.last_id())
+    }
+    fn count_by_state(&self) -> Result<HashMap<TaskState, usize>, StoreError> {
+        self.on(self.0.count_by_state())
+    }
+    fn next_due(&self, handlers: &[String], device: &DeviceState) -> Result<Option<Millis>, StoreError> {
+        self.on(self.0.next_due(handlers.to_vec(), device.clone()))
+    }
+    fn waiting_for_handler(&self, known: &[String], now: Millis) -> Result<Vec<HandlerWait>, StoreError> {
+        self.on(self.0.waiting_for_handler(known.to_vec(), now))
+    }
+    fn recover(&self, now: Millis) -> Result<Vec<Change>, StoreError> {
+        self.on(self.0.recover(me(), now))
+    }
+    fn set_paused(&self, paused: bool) -> Result<(), StoreError> {
+        self.on(self.0.set_paused(paused))
+    }
+    fn paused(&self) -> Result<bool, StoreError> {
+        self.on(self.0.paused())
+    }
+    fn follow_clock(&self, boot: &str, reading: Millis, threshold: Millis) -> Result<ClockJump, StoreError> {
+        self.on(self.0.follow_clock(boot.to_string(), reading, threshold))
+    }
+    fn prune(&self, before: Millis) -> Result<usize, StoreError> {
+        self.on(self.0.prune(before))
+    }
+    fn oldest_finished(&self) -> Result<Option<Millis>, StoreError> {
+        self.on(self.0.oldest_finished())
+    }
+    fn kv(&self) -> Arc<dyn KvStore> {
+        self.0.kv()
     }
 }
 
@@ -48,20 +151,20 @@ fn outcome(result: RunResult) -> RunOutcome {
     }
 }
 
-fn run(store: &dyn TaskStore, handler_slots: usize, result: RunResult, now: i64) -> Vec<i64> {
+fn run(store: &Store, handler_slots: usize, result: RunResult, now: i64) -> Vec<i64> {
     let claimed = store
         .claim(now, 100, &slots(handler_slots), &DeviceState::default())
         .unwrap();
     for c in &claimed {
         let t = decide(&c.retry_facts(), &result, now);
         store
-            .finish(c.info.id, c.info.run_attempt_count, t, &outcome(result.clone()), now)
+            .finish(c.info.id, c.lease, t, &outcome(result.clone()), now)
             .unwrap();
     }
     claimed.iter().map(|c| c.info.id).collect()
 }
 
-fn state(store: &dyn TaskStore, id: i64) -> TaskState {
+fn state(store: &Store, id: i64) -> TaskState {
     store.get(id).unwrap().unwrap().state
 }
 
@@ -157,7 +260,7 @@ fn a_backlog_of_one_handler_or_of_an_unknown_one_never_holds_up_another_handlers
             [],
             "nothing due yet"
         );
-        assert_eq!(state(&*s, unknown[0]), TaskState::Enqueued);
+        assert_eq!(state(&s, unknown[0]), TaskState::Enqueued);
     });
 }
 
@@ -174,20 +277,21 @@ fn task_data_reads_back_with_its_types_and_a_damaged_row_is_an_error_naming_the_
         let id = s.enqueue(r, NOW).unwrap().0.id;
         let claimed = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap();
         assert_eq!(claimed[0].info.input, empty, "input");
-        s.set_progress(id, &empty).unwrap();
+        s.set_progress(id, claimed[0].lease, &empty).unwrap();
         assert_eq!(s.get(id).unwrap().unwrap().progress, Some(empty.clone()), "progress");
         let done = RunResult::Succeeded(empty.clone());
         let t = decide(&claimed[0].retry_facts(), &done, NOW);
-        s.finish(id, 1, t, &outcome(done), NOW).unwrap();
+        s.finish(id, claimed[0].lease, t, &outcome(done), NOW).unwrap();
         assert_eq!(s.get(id).unwrap().unwrap().output, Some(empty.clone()), "output");
     });
     // Damage is SQLite's own business; the backend here is SQLite.
     let dir = tempfile::tempdir().unwrap();
-    let s = SqliteStore::open(dir.path()).unwrap();
+    let sqlite = SqliteStore::open(dir.path()).unwrap();
+    let s = Store(sqlite.clone());
     let ids: Vec<i64> = (0..4)
         .map(|_| s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id)
         .collect();
-    let raw = rusqlite::Connection::open(s.path()).unwrap();
+    let raw = rusqlite::Connection::open(sqlite.path()).unwrap();
     for (id, set) in ids.iter().zip([
         "input = 'not json'",
         "output = '{\"k\":{\"s64\":\"x\"}}'",
@@ -211,7 +315,7 @@ fn prune_keeps_a_finished_parent_while_its_child_waits() {
     each_backend(|open| {
         let s = open();
         let p1 = s.enqueue(WorkRequest::one_off("a", "p1"), NOW).unwrap().0.id;
-        run(&*s, 1, RunResult::Succeeded(Data::new().with("x", 1i64)), NOW);
+        run(&s, 1, RunResult::Succeeded(Data::new().with("x", 1i64)), NOW);
         let mut p2 = WorkRequest::one_off("a", "p2");
         p2.initial_delay = Duration::from_secs(3600);
         let p2 = s.enqueue(p2, NOW).unwrap().0.id;
@@ -221,12 +325,12 @@ fn prune_keeps_a_finished_parent_while_its_child_waits() {
         assert_eq!(s.oldest_finished().unwrap(), Some(NOW));
         assert_eq!(s.prune(NOW + 1).unwrap(), 0, "p1's child waits");
         assert_eq!(s.get(child).unwrap().unwrap().after, [p1, p2]);
-        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
-        assert_eq!(state(&*s, p2), TaskState::Succeeded);
+        run(&s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
+        assert_eq!(state(&s, p2), TaskState::Succeeded);
         let c = s.get(child).unwrap().unwrap();
         assert_eq!((c.state, c.input.get("x")), (TaskState::Enqueued, Some(&Value::S64(1))));
         assert_eq!(s.prune(NOW + 1).unwrap(), 0, "its child is still unfinished");
-        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
+        run(&s, 1, RunResult::Succeeded(Data::new()), NOW + 3_600_000);
         assert_eq!(s.prune(i64::MAX).unwrap(), 3);
         assert_eq!(s.oldest_finished().unwrap(), None);
     });
@@ -241,7 +345,7 @@ fn a_finish_applies_its_transition_only_to_the_attempt_still_running() {
         s.cancel(&Selector::Id(id), NOW).unwrap();
         let t = decide(&c.retry_facts(), &RunResult::Succeeded(Data::new()), NOW);
         assert_eq!(
-            s.finish(id, 1, t, &outcome(RunResult::Succeeded(Data::new())), NOW)
+            s.finish(id, c.lease, t, &outcome(RunResult::Succeeded(Data::new())), NOW)
                 .unwrap(),
             vec![]
         );
@@ -259,7 +363,7 @@ fn a_finish_applies_its_transition_only_to_the_attempt_still_running() {
 #[test]
 fn unique_names_are_enforced_atomically_across_connections() {
     each_backend(|open| {
-        let stores: Vec<Arc<dyn TaskStore>> = (0..4).map(|_| open()).collect();
+        let stores: Vec<Arc<Store>> = (0..4).map(|_| open()).collect();
         let handles: Vec<_> = stores
             .into_iter()
             .map(|s| {
@@ -285,8 +389,8 @@ fn failure_and_cancellation_propagate_to_dependents_and_success_releases_them() 
         child.after = vec![parent];
         child.input = Data::new().with("own", 1i64);
         let child = s.enqueue(child, NOW).unwrap().0.id;
-        assert_eq!(state(&*s, child), TaskState::Blocked);
-        run(&*s, 1, RunResult::Succeeded(Data::new().with("from", "parent")), NOW);
+        assert_eq!(state(&s, child), TaskState::Blocked);
+        run(&s, 1, RunResult::Succeeded(Data::new().with("from", "parent")), NOW);
         let c = s.get(child).unwrap().unwrap();
         assert_eq!(
             (c.state, c.input),
@@ -301,8 +405,8 @@ fn failure_and_cancellation_propagate_to_dependents_and_success_releases_them() 
         c2.after = vec![p2];
         let c2 = s.enqueue(c2, NOW).unwrap().0.id;
         s.cancel(&Selector::Id(child), NOW).unwrap();
-        run(&*s, 1, RunResult::Failed(workhost::Failure::Error("no".into())), NOW);
-        assert_eq!((state(&*s, p2), state(&*s, c2)), (TaskState::Failed, TaskState::Failed));
+        run(&s, 1, RunResult::Failed(workhost::Failure::Error("no".into())), NOW);
+        assert_eq!((state(&s, p2), state(&s, c2)), (TaskState::Failed, TaskState::Failed));
     });
 }
 
@@ -325,7 +429,7 @@ fn recovery_re_enqueues_work_left_running_and_fails_it_on_its_last_attempt() {
             (TaskState::Enqueued, 1, NOW + 5)
         );
         assert_eq!(a.attempts[0].stop_reason.as_deref(), Some("host-shutdown"));
-        assert_eq!(state(&*s, b), TaskState::Failed);
+        assert_eq!(state(&s, b), TaskState::Failed);
     });
 }
 
@@ -334,14 +438,14 @@ fn retries_return_to_enqueued_with_backoff_and_stops_are_recorded() {
     each_backend(|open| {
         let s = open();
         let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
-        run(&*s, 1, RunResult::Stopped(StopReason::Timeout), NOW);
+        run(&s, 1, RunResult::Stopped(StopReason::Timeout), NOW);
         let t = s.get(id).unwrap().unwrap();
         assert_eq!(
             (t.state, t.next_run_at, t.stop_reason.as_deref()),
             (TaskState::Enqueued, NOW + 30_000, Some("timeout"))
         );
-        assert_eq!(run(&*s, 1, RunResult::Retry, NOW), Vec::<i64>::new(), "not due yet");
-        assert_eq!(run(&*s, 1, RunResult::Retry, NOW + 30_000), vec![id]);
+        assert_eq!(run(&s, 1, RunResult::Retry, NOW), Vec::<i64>::new(), "not due yet");
+        assert_eq!(run(&s, 1, RunResult::Retry, NOW + 30_000), vec![id]);
         assert_eq!(s.get(id).unwrap().unwrap().next_run_at, NOW + 30_000 + 60_000);
     });
 }
@@ -357,7 +461,7 @@ fn pause_is_shared_prune_drops_only_old_finished_work_and_queries_filter() {
         let mut tagged = WorkRequest::one_off("a", "t");
         tagged.tags = vec!["x".into()];
         let done = s.enqueue(tagged, NOW).unwrap().0.id;
-        run(&*s, 1, RunResult::Succeeded(Data::new()), NOW);
+        run(&s, 1, RunResult::Succeeded(Data::new()), NOW);
         let mut waiting = WorkRequest::one_off("a", "w");
         waiting.initial_delay = Duration::from_secs(60);
         let waiting = s.enqueue(waiting, NOW).unwrap().0.id;
@@ -594,5 +698,176 @@ fn a_task_read_while_it_is_claimed_is_never_torn() {
         done.store(true, std::sync::atomic::Ordering::Release);
         let reads = reader.join().unwrap();
         assert!(reads >= ids.len() as u64, "the reader read along: {reads} reads");
+    });
+}
+
+/// A paused store claims nothing, whichever process paused it; resumed, it
+/// claims again.
+#[test]
+fn a_paused_store_claims_nothing_until_resumed() {
+    each_backend(|open| {
+        let (s, other) = (open(), open());
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        other.set_paused(true).unwrap();
+        assert_eq!(s.claim(NOW, 10, &slots(5), &DeviceState::default()).unwrap(), vec![]);
+        assert_eq!(state(&s, id), TaskState::Enqueued);
+        other.set_paused(false).unwrap();
+        let claimed = s.claim(NOW, 10, &slots(5), &DeviceState::default()).unwrap();
+        assert_eq!(claimed.iter().map(|c| c.info.id).collect::<Vec<_>>(), [id]);
+    });
+}
+
+/// Progress and finish carry the run's lease: once the task has been
+/// claimed again (after a recovery), the old run's writes change nothing,
+/// and each claim's lease is larger than any before it.
+#[test]
+fn writes_of_a_run_whose_lease_was_superseded_change_nothing() {
+    each_backend(|open| {
+        let s = open();
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        let first = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap().remove(0);
+        s.set_progress(id, first.lease, &Data::new().with("p", 1i64)).unwrap();
+        // The host is presumed dead: its run is recovered and claimed again.
+        s.recover(NOW + 1).unwrap();
+        let second = s
+            .claim(NOW + 1, 1, &slots(1), &DeviceState::default())
+            .unwrap()
+            .remove(0);
+        assert!(second.lease > first.lease, "{} then {}", first.lease, second.lease);
+        assert_eq!(second.info.progress, None, "a new run starts without progress");
+        s.set_progress(id, first.lease, &Data::new().with("p", 99i64)).unwrap();
+        let done = RunResult::Succeeded(Data::new().with("by", "first"));
+        let t = decide(&first.retry_facts(), &done, NOW + 2);
+        assert_eq!(s.finish(id, first.lease, t, &outcome(done), NOW + 2).unwrap(), vec![]);
+        let info = s.get(id).unwrap().unwrap();
+        assert_eq!(
+            (info.state, info.progress, info.output),
+            (TaskState::Running, None, None)
+        );
+        assert_eq!(
+            info.attempts[0].error.as_deref(),
+            Some("the host died during this run"),
+            "the old run's record keeps what recovery wrote"
+        );
+        s.set_progress(id, second.lease, &Data::new().with("p", 2i64)).unwrap();
+        assert_eq!(s.get(id).unwrap().unwrap().progress, Some(Data::new().with("p", 2i64)));
+        let done = RunResult::Succeeded(Data::new().with("by", "second"));
+        let t = decide(&second.retry_facts(), &done, NOW + 3);
+        let changes = s.finish(id, second.lease, t, &outcome(done), NOW + 3).unwrap();
+        assert_eq!(
+            changes,
+            [Change {
+                id,
+                state: TaskState::Succeeded
+            }]
+        );
+        let info = s.get(id).unwrap().unwrap();
+        assert_eq!(info.output, Some(Data::new().with("by", "second")));
+    });
+}
+
+/// A periodic run moves its task to the next period with its attempts
+/// reset, and the task keeps only its latest attempt records.
+#[test]
+fn a_periodic_finish_moves_to_the_next_period_and_keeps_the_latest_attempts() {
+    each_backend(|open| {
+        let s = open();
+        let period = Duration::from_secs(900);
+        let id = s.enqueue(WorkRequest::periodic("a", "p", period), NOW).unwrap().0.id;
+        let mut now = NOW;
+        for run_no in 0..(workhost::PERIODIC_ATTEMPTS_KEPT + 3) {
+            let due = s.get(id).unwrap().unwrap().next_run_at;
+            now = now.max(due);
+            let c = s.claim(now, 1, &slots(1), &DeviceState::default()).unwrap();
+            assert_eq!(c.len(), 1, "run {run_no} is due at {due}");
+            let result = RunResult::Succeeded(Data::new().with("n", i64::from(run_no)));
+            let t = decide(&c[0].retry_facts(), &result, now);
+            s.finish(id, c[0].lease, t, &outcome(result), now).unwrap();
+            let info = s.get(id).unwrap().unwrap();
+            assert_eq!((info.state, info.run_attempt_count), (TaskState::Enqueued, 0));
+            assert!(info.next_run_at > now, "the next period is later");
+        }
+        let info = s.get(id).unwrap().unwrap();
+        assert_eq!(info.attempts.len(), workhost::PERIODIC_ATTEMPTS_KEPT as usize);
+        assert_eq!(
+            info.output,
+            Some(Data::new().with("n", i64::from(workhost::PERIODIC_ATTEMPTS_KEPT + 2)))
+        );
+    });
+}
+
+/// Every unique-work policy, at the store: what a second enqueue of a name
+/// does while the first task is unfinished, and after it failed.
+#[test]
+fn every_unique_work_policy_holds_at_the_store() {
+    use ExistingWorkPolicy::*;
+    each_backend(|open| {
+        let s = open();
+        let named = |name: &str, policy: ExistingWorkPolicy, task: &str| {
+            let mut r = WorkRequest::one_off("a", task);
+            r.unique = Some((name.into(), policy));
+            r
+        };
+        // KEEP: the unfinished task stays, nothing new.
+        let first = s.enqueue(named("keep", Keep, "one"), NOW).unwrap().0;
+        let again = s.enqueue(named("keep", Keep, "two"), NOW).unwrap().0;
+        assert!(first.created && !again.created && again.id == first.id);
+        // UPDATE: the unfinished task takes the new request's spec.
+        let first = s.enqueue(named("update", Update, "one"), NOW).unwrap().0;
+        let again = s.enqueue(named("update", Update, "two"), NOW).unwrap().0;
+        assert_eq!((again.id, again.created), (first.id, false));
+        assert_eq!(s.get(first.id).unwrap().unwrap().task, "two");
+        // REPLACE and CANCEL_AND_REENQUEUE: the old one is cancelled.
+        for (name, policy) in [("replace", Replace), ("cancel", CancelAndReenqueue)] {
+            let first = s.enqueue(named(name, policy, "one"), NOW).unwrap().0;
+            let (again, changes) = s.enqueue(named(name, policy, "two"), NOW).unwrap();
+            assert!(again.created && again.id != first.id);
+            assert!(changes.contains(&Change {
+                id: first.id,
+                state: TaskState::Cancelled
+            }));
+            assert_eq!(state(&s, first.id), TaskState::Cancelled);
+        }
+        // APPEND: the new task runs after the latest one.
+        let first = s.enqueue(named("append", Append, "one"), NOW).unwrap().0;
+        let again = s.enqueue(named("append", Append, "two"), NOW).unwrap().0;
+        let info = s.get(again.id).unwrap().unwrap();
+        assert_eq!((info.state, info.after.clone()), (TaskState::Blocked, vec![first.id]));
+        // APPEND_OR_REPLACE: after a failed latest one, a fresh start
+        // (handler b, so the claim below takes only this task).
+        let mut r = named("aor", AppendOrReplace, "one");
+        r.handler = "b".into();
+        let first = s.enqueue(r, NOW).unwrap().0;
+        let only_b: HashMap<String, usize> = [("b".to_string(), 1)].into();
+        let c = s.claim(NOW, 1, &only_b, &DeviceState::default()).unwrap().remove(0);
+        assert_eq!(c.info.id, first.id);
+        let failed = RunResult::Failed(workhost::Failure::Error("no".into()));
+        let t = decide(&c.retry_facts(), &failed, NOW);
+        s.finish(first.id, c.lease, t, &outcome(failed), NOW).unwrap();
+        let again = s.enqueue(named("aor", AppendOrReplace, "two"), NOW).unwrap().0;
+        let info = s.get(again.id).unwrap().unwrap();
+        assert_eq!((info.state, info.after), (TaskState::Enqueued, vec![]));
+    });
+}
+
+/// A host registers, is listed with the work it runs, renews (receiving the
+/// tasks it holds and their leases), and leaves.
+#[test]
+fn a_host_is_listed_while_it_serves_with_the_work_it_runs() {
+    each_backend(|open| {
+        let s = open();
+        s.on(s.0.register_host(me(), NOW)).unwrap();
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        let c = s.claim(NOW, 1, &slots(1), &DeviceState::default()).unwrap().remove(0);
+        let held = s.on(s.0.renew_host(me(), NOW + 1)).unwrap();
+        assert_eq!(held, [(id, c.lease)]);
+        let hosts = s.on(s.0.hosts(NOW + 1)).unwrap();
+        assert_eq!(hosts.len(), 1, "{hosts:?}");
+        assert_eq!(
+            (hosts[0].id.as_str(), hosts[0].incarnation.as_str(), hosts[0].started_at),
+            ("conformance", "1", NOW)
+        );
+        s.on(s.0.leave_host(me())).unwrap();
+        assert_eq!(s.on(s.0.hosts(NOW + 2)).unwrap(), vec![]);
     });
 }

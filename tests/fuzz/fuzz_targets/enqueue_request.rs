@@ -8,15 +8,20 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use workhost::units::{parse_duration, parse_size};
-use workhost::{Data, PeriodicFloor, SqliteStore, TaskKind, TaskStore, WorkRequest, millis};
+use workhost::{Data, EnqueueHooks, PeriodicFloor, SqliteStore, TaskKind, TaskStore, WorkRequest, millis};
 
-/// One store for the whole fuzzing process, in a private temporary folder.
-fn store() -> &'static Arc<SqliteStore> {
-    static STORE: OnceLock<Arc<SqliteStore>> = OnceLock::new();
+/// One store for the whole fuzzing process, in a private temporary folder,
+/// and the runtime its calls run on.
+fn store() -> &'static (Arc<SqliteStore>, tokio::runtime::Runtime) {
+    static STORE: OnceLock<(Arc<SqliteStore>, tokio::runtime::Runtime)> = OnceLock::new();
     STORE.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("workhost-fuzz-enqueue-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        SqliteStore::open(&dir).expect("opening the fuzz store")
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        (SqliteStore::open(&dir).expect("opening the fuzz store"), rt)
     })
 }
 
@@ -70,8 +75,14 @@ fuzz_target!(|text: &str| {
         return;
     };
     let now = 1_800_000_000_000;
-    let (enqueued, _) = store().enqueue(checked.clone(), now).expect("a checked request is stored");
-    let t = store().get(enqueued.id).expect("reading it back").expect("it is there");
+    let (store, rt) = store();
+    let (enqueued, _) = rt
+        .block_on(store.enqueue(checked.clone(), now, EnqueueHooks::default()))
+        .expect("a checked request is stored");
+    let t = rt
+        .block_on(store.get(enqueued.id))
+        .expect("reading it back")
+        .expect("it is there");
     assert_eq!(t.input, checked.input);
     assert_eq!(t.max_attempts, checked.max_attempts);
     assert_eq!(t.backoff_delay, checked.backoff_delay);

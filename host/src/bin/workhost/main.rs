@@ -105,6 +105,9 @@ enum Command {
     /// Show the device state, whether the host is paused, and which tasks
     /// wait on which constraint.
     Status(store_cmds::StatusArgs),
+    /// List the hosts serving the store: id, start, last lease renewal,
+    /// whether it serves now, and how many tasks it runs.
+    Hosts(store_cmds::HostsArgs),
 }
 
 fn main() -> ExitCode {
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             Command::Resume(args) => store_cmds::pause(args, false).await,
             Command::Prune(args) => store_cmds::prune(args).await,
             Command::Status(args) => store_cmds::status(args).await,
+            Command::Hosts(args) => store_cmds::hosts(args).await,
         }
     });
     match result {

@@ -641,3 +641,45 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `workhost hosts`.
+#[derive(Debug, Args)]
+pub struct HostsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print JSON (an array of hosts).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the hosts serving the store.
+pub async fn hosts(a: HostsArgs) -> anyhow::Result<ExitCode> {
+    let hosts = a.store.queue()?.hosts().await?;
+    if a.json {
+        out!("{}", serde_json::to_string_pretty(&hosts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if hosts.is_empty() {
+        out!("no host has served this store");
+        return Ok(ExitCode::SUCCESS);
+    }
+    out!(
+        "{:<32} {:<8} {:<24} {:<24} {:>7}",
+        "HOST",
+        "SERVING",
+        "STARTED",
+        "RENEWED",
+        "RUNNING"
+    );
+    for h in hosts {
+        out!(
+            "{:<32} {:<8} {:<24} {:<24} {:>7}",
+            h.id,
+            if h.live { "yes" } else { "no" },
+            rfc3339(h.started_at),
+            rfc3339(h.renewed_at),
+            h.running
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

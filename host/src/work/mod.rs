@@ -10,6 +10,10 @@ use crate::budget::TaskKind;
 use crate::data::Data;
 use crate::runlog::LogLine;
 
+mod error;
+
+pub use error::{StoreError, WorkError};
+
 /// A task's id: unique in its data directory, never reused.
 pub type TaskId = i64;
 
@@ -450,27 +454,6 @@ impl WorkRequest {
         }
         Ok(())
     }
-}
-
-/// Why work could not be enqueued, cancelled or found.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WorkError {
-    /// Bad input data.
-    #[error("input data refused: {0}")]
-    Data(crate::data::DataError),
-    /// A request that makes no sense; the message says why.
-    #[error("{0}")]
-    Invalid(String),
-    /// No handler of that name.
-    #[error("no handler named {0:?}; the manifest's [handlers] table lists the handlers")]
-    UnknownHandler(String),
-    /// No task with that id.
-    #[error("no task with id {0}")]
-    UnknownTask(TaskId),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
 }
 
 /// What an enqueue did.

@@ -1,0 +1,186 @@
+//! One run: from its claim to its recorded outcome, holding its slot.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::budget::TaskKind;
+use crate::data::Data;
+use crate::device::Constraints;
+use crate::executor::{RunRequest, StopHandle};
+use crate::kv::Kv;
+use crate::outcome::RunResult;
+use crate::platform::TaskFacts;
+use crate::retry::decide;
+use crate::store::{Change, Claimed};
+use crate::work::{TaskId, TaskState};
+
+use super::TaskEvent;
+use super::dispatcher::{Inner, Refusals};
+
+/// How long a host waits before offering a run's outcome again to a store
+/// that refused it.
+pub(super) const FINISH_RETRY: Duration = Duration::from_millis(500);
+
+/// A run going on.
+pub(super) struct Running {
+    pub(super) handler: String,
+    pub(super) stop: StopHandle,
+    pub(super) constraints: Constraints,
+    /// The memory limit of the run, reserved from the host's budget.
+    pub(super) memory: u64,
+    /// The run's lease (see [`Claimed::lease`]).
+    pub(super) lease: u64,
+    /// When it was claimed.
+    pub(super) claimed_at: tokio::time::Instant,
+}
+
+/// A run's place in `Inner::running`: given back when dropped, so a run
+/// whose task panics still frees its slot and its memory.
+pub(super) struct Slot {
+    pub(super) inner: Arc<Inner>,
+    pub(super) id: TaskId,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.inner
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+        // A freed slot may let waiting work start.
+        self.inner.queue.wake.notify_one();
+    }
+}
+
+pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
+    let _slot = Slot {
+        inner: inner.clone(),
+        id: claimed.info.id,
+    };
+    let info = &claimed.info;
+    let queue = &inner.queue;
+    let attempt = info.run_attempt_count;
+    let lease = claimed.lease;
+    let _ = queue.events.send(TaskEvent {
+        id: info.id,
+        state: TaskState::Running,
+        event: "started",
+        detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
+        at: queue.now(),
+    });
+    let mut progress = None;
+    let outcome = match inner.handlers.get(&info.handler) {
+        Some(loaded) => {
+            let budget = loaded.config.budget_of(info);
+            let store = queue.store.clone();
+            let id = info.id;
+            progress = Some(crate::progress::ProgressWriter::new(Arc::new(move |d: Data| {
+                let store = store.clone();
+                Box::pin(async move {
+                    let _ = store.set_progress(id, lease, &d).await;
+                })
+            })));
+            let request = RunRequest {
+                task: TaskFacts {
+                    id: info.id.to_string(),
+                    name: info.task.clone(),
+                    unique_name: info.unique_name.clone(),
+                    tags: info.tags.clone(),
+                    kind: info.kind,
+                    attempt,
+                },
+                input: info.input.clone(),
+                budget,
+                kv: Kv::new(queue.store.kv(), info.handler.clone(), loaded.config.kv_limits),
+                progress: progress.as_ref().map(|p| p.sink()),
+                stop,
+                grants: loaded.config.grants.clone(),
+                resolver: Arc::new(crate::outbound::SystemResolver),
+            };
+            loaded.handler.run(request).await
+        }
+        None => crate::outcome::RunOutcome {
+            result: RunResult::Failed(crate::outcome::Failure::Error(format!(
+                "no handler named {:?} in this host's manifest",
+                info.handler
+            ))),
+            duration: Duration::ZERO,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            log: Vec::new(),
+        },
+    };
+    if let Some(p) = &progress {
+        p.finish().await;
+    }
+    let now = queue.now();
+    let transition = decide(&claimed.retry_facts(), &outcome.result, now);
+    let next = crate::units::format_rfc3339(transition.next_run_at);
+    let why = match (&transition.stop_reason, &transition.error) {
+        (Some(r), Some(e)) => format!("{r}: {e}"),
+        (Some(r), None) => r.clone(),
+        (None, Some(e)) => e.clone(),
+        (None, None) => String::new(),
+    };
+    // Periodic work that moved on to its next period resets its attempts.
+    let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
+    let id = info.id;
+    let mut refused = Refusals::default();
+    let changes = loop {
+        match queue.store.finish(id, lease, transition.clone(), &outcome, now).await {
+            Ok(changes) => {
+                if let Some(n) = refused.ended() {
+                    inner.alert(
+                        Some(id),
+                        format!("its run's outcome is recorded, after {n} refused writes"),
+                    );
+                }
+                break changes;
+            }
+            // The store refused the write (a full disk, a lock held too
+            // long). The outcome stays here and is offered again until the
+            // store takes it, so it is recorded once there is room; the task
+            // keeps its slot meanwhile, and the first refusal is reported.
+            // A host stopped first leaves the task RUNNING, and the next
+            // host recovers and reruns it (at least once).
+            Err(e) if !*inner.shutting_down.borrow() => {
+                if refused.refused() {
+                    let change = Change {
+                        id,
+                        state: TaskState::Running,
+                    };
+                    let why = format!(
+                        "the store refused this run's outcome ({e}); it is kept and offered again every {} ms",
+                        FINISH_RETRY.as_millis()
+                    );
+                    inner.alert(Some(id), why.clone());
+                    queue.publish(&[change], |_| ("unrecorded", why.clone()));
+                }
+                tokio::time::sleep(FINISH_RETRY).await
+            }
+            Err(_) => break Vec::new(),
+        }
+    };
+    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    queue.publish(&changes, |c| {
+        if c.id != id {
+            return match c.state {
+                TaskState::Enqueued => ("scheduled", "the work it runs after succeeded".into()),
+                s => (
+                    if s == TaskState::Failed { "failed" } else { "cancelled" },
+                    "the work it runs after ended".into(),
+                ),
+            };
+        }
+        match c.state {
+            TaskState::Succeeded => ("succeeded", String::new()),
+            TaskState::Failed => ("failed", why.clone()),
+            TaskState::Cancelled => ("cancelled", String::new()),
+            TaskState::Enqueued if next_period => ("rescheduled", format!("next period at {next}")),
+            _ if why.is_empty() => ("retrying", format!("next attempt at {next}")),
+            _ => ("retrying", format!("{why}; next attempt at {next}")),
+        }
+    });
+    queue.wake.notify_one();
+}

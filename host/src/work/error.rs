@@ -1,0 +1,101 @@
+//! The errors of the task model: [`WorkError`] (work could not be
+//! enqueued, cancelled or found) and [`StoreError`] (the store failed),
+//! whatever the store's backend.
+
+use std::path::PathBuf;
+
+use super::TaskId;
+
+/// The store failed, or the file is not a workhost database.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The file exists but is not a workhost database (another program's
+    /// SQLite file, or not SQLite at all). Nothing was changed.
+    #[error(
+        "{path:?} is not a workhost database ({detail}); move it away or use another data directory. Nothing was changed"
+    )]
+    Foreign {
+        /// The database file.
+        path: PathBuf,
+        /// What was found.
+        detail: String,
+    },
+    /// The file is a database SQLite finds damaged. Nothing was changed.
+    #[error(
+        "{path:?} is damaged ({detail}); restore it from a backup, or move it away to start an empty store. Nothing was changed"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What SQLite said.
+        detail: String,
+    },
+    /// A task's row holds what no workhost writes (text that is not task
+    /// data, an unknown state or kind): the row was damaged. The task is
+    /// named; nothing is read in its place.
+    #[error(
+        "task {id} is damaged in the store ({detail}); cancel it (`workhost cancel {id}`) and enqueue it again, or restore the database from a backup"
+    )]
+    DamagedTask {
+        /// The task.
+        id: TaskId,
+        /// What is wrong, naming the column.
+        detail: String,
+    },
+    /// SQLite reported an error.
+    #[error("task store error: {0}")]
+    Backend(String),
+    /// This host's lease on a shared store ran out before it renewed it:
+    /// another host may already be running its work again. Its runs are
+    /// stopped (`lease-lost`); it registers again before claiming.
+    #[error(
+        "this host's lease on the task store ran out before it could renew it ({0}); its runs are stopped and retried, and it joins again"
+    )]
+    LeaseLost(String),
+    /// The store's files could not grow: the disk is full, or a quota or
+    /// file-size limit was reached. The change that met it was rolled back;
+    /// everything committed before it is kept.
+    #[error(
+        "the task store could not be written ({0}); most often the disk, or a quota or file-size limit, is full. This change was not made; everything accepted before it is kept. Free some space and try again"
+    )]
+    Full(String),
+    /// The store's files or directory are read-only to this process.
+    #[error(
+        "the task store is read-only to this process ({0}): make the data directory and the files in it writable for this user, or use another data directory. Nothing was changed"
+    )]
+    ReadOnly(String),
+    /// Another process held the store's write lock past the wait (10 s).
+    /// Nothing was changed; try again.
+    #[error("the task store is busy: another process held its lock too long ({0}). Nothing was changed; try again")]
+    Busy(String),
+    /// The data directory could not be used.
+    #[error("cannot use the data directory {path:?}: {detail}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Why work could not be enqueued, cancelled or found.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkError {
+    /// Bad input data.
+    #[error("input data refused: {0}")]
+    Data(crate::data::DataError),
+    /// A request that makes no sense; the message says why.
+    #[error("{0}")]
+    Invalid(String),
+    /// No handler of that name.
+    #[error("no handler named {0:?}; the manifest's [handlers] table lists the handlers")]
+    UnknownHandler(String),
+    /// No task with that id.
+    #[error("no task with id {0}")]
+    UnknownTask(TaskId),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
