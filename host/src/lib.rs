@@ -101,8 +101,8 @@ pub use progress::PROGRESS_INTERVAL;
 pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
-    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, PERIODIC_ATTEMPTS_KEPT,
-    Query, Selector, SqliteStore, StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, DEFAULT_HOST_LEASE, EnqueueHooks, HandlerWait, HostIdentity, HostInfo,
+    PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,

@@ -5,9 +5,13 @@
 //!
 //! - `sqlite`: [`SqliteStore`] (one SQLite database in WAL mode in the
 //!   data directory, one writer thread, group commit).
+//! - `postgres`: [`PgStore`] (one PostgreSQL database that any number of
+//!   hosts share: claims skip locked rows, runs and hosts hold leases).
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{DEFAULT_HOST_LEASE, PgStore};
 pub use sqlite::SqliteStore;
 
 use std::collections::HashMap;

@@ -46,6 +46,28 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("task store error: {0}")]
     Backend(String),
+    /// The database of a shared store could not be reached, or refused
+    /// this host (a wrong password, an unknown database, too many
+    /// connections). Nothing was changed.
+    #[error("cannot use the task store database {database}: {detail}. Nothing was changed")]
+    Unavailable {
+        /// The database, without its password.
+        database: String,
+        /// What the connection or the server said.
+        detail: String,
+    },
+    /// The database holds another program's tables, a `workhost` schema
+    /// without workhost's mark, or a store of a newer schema version.
+    /// Nothing was changed.
+    #[error(
+        "the database {database} is not a workhost store ({detail}); give workhost a database of its own. Nothing was changed"
+    )]
+    ForeignDatabase {
+        /// The database, without its password.
+        database: String,
+        /// What was found.
+        detail: String,
+    },
     /// This host's lease on a shared store ran out before it renewed it:
     /// another host may already be running its work again. Its runs are
     /// stopped (`lease-lost`); it registers again before claiming.

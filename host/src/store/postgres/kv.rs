@@ -1,0 +1,125 @@
+//! The handlers' kv stores on the `kv` table: a new key takes its
+//! namespace's advisory lock before counting, so the key limit holds
+//! across hosts; an increment locks its row.
+
+use std::sync::{Arc, Weak};
+
+use crate::kv::{KvError, KvFuture, KvStore, parse_counter};
+
+use super::rows::Fail;
+use super::{PgStore, TRIES, in_tx, sql};
+
+/// The kv backend of a [`PgStore`].
+pub(super) struct PgKv {
+    pub(super) store: Weak<PgStore>,
+}
+
+impl PgKv {
+    fn store(&self) -> Result<Arc<PgStore>, KvError> {
+        self.store
+            .upgrade()
+            .ok_or_else(|| KvError::Unavailable("the task store is closed".into()))
+    }
+}
+
+/// A kv error of the store: the guest sees "unavailable", naming why.
+fn unavailable(store: &PgStore, f: Fail) -> KvError {
+    match f {
+        Fail::Store(e) => KvError::Unavailable(e.to_string()),
+        other => KvError::Unavailable(store.store_error(other).to_string()),
+    }
+}
+
+/// A kv error the rules raised inside a transaction.
+fn rule(e: KvError) -> Fail {
+    Fail::Kv(e)
+}
+
+/// The rule's own error, or the store's.
+fn back(store: &PgStore, f: Fail) -> KvError {
+    match f {
+        Fail::Kv(e) => e,
+        other => unavailable(store, other),
+    }
+}
+
+/// Whether a new key may be added to `ns` (under the namespace's lock).
+async fn room_for(tx: &deadpool_postgres::Transaction<'_>, ns: &str, key: &str, max_keys: u32) -> Result<(), Fail> {
+    let row = tx.query_one(sql::KV_COUNT, &[&ns, &key]).await?;
+    let exists: bool = row.try_get("exists")?;
+    if !exists {
+        tx.execute(sql::KV_NAMESPACE_LOCK, &[&ns]).await?;
+        let keys: i64 = tx.query_one(sql::KV_COUNT, &[&ns, &key]).await?.try_get("keys")?;
+        if keys >= i64::from(max_keys) {
+            return Err(rule(KvError::TooManyKeys(max_keys)));
+        }
+    }
+    Ok(())
+}
+
+impl KvStore for PgKv {
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let store = self.store()?;
+            let read = async {
+                let client = store.client().await?;
+                let row = client.query_opt(sql::KV_GET, &[&namespace, &key]).await?;
+                Ok::<_, Fail>(row.map(|r| r.get::<_, Vec<u8>>(0)))
+            };
+            read.await.map_err(|f| unavailable(&store, f))
+        })
+    }
+
+    fn set<'a>(&'a self, namespace: &'a str, key: &'a str, value: &'a [u8], max_keys: u32) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            let store = self.store()?;
+            in_tx!(store, |tx| async {
+                room_for(&tx, namespace, key, max_keys).await?;
+                tx.execute(sql::KV_PUT, &[&namespace, &key, &value]).await?;
+                Ok::<_, Fail>(())
+            }
+            .await)
+            .map_err(|f| back(&store, f))
+        })
+    }
+
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, ()> {
+        Box::pin(async move {
+            let store = self.store()?;
+            in_tx!(store, |tx| async {
+                tx.execute(sql::KV_DELETE, &[&namespace, &key]).await?;
+                Ok::<_, Fail>(())
+            }
+            .await)
+            .map_err(|f| back(&store, f))
+        })
+    }
+
+    fn increment<'a>(&'a self, namespace: &'a str, key: &'a str, delta: i64, max_keys: u32) -> KvFuture<'a, i64> {
+        Box::pin(async move {
+            let store = self.store()?;
+            in_tx!(store, |tx| async {
+                let mut current = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await?;
+                if current.is_none() {
+                    // A new key: under the namespace's lock, look again (an
+                    // increment that held it may have just created it).
+                    tx.execute(sql::KV_NAMESPACE_LOCK, &[&namespace]).await?;
+                    current = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await?;
+                    if current.is_none() {
+                        room_for(&tx, namespace, key, max_keys).await?;
+                    }
+                }
+                let current = match current {
+                    Some(row) => parse_counter(&row.get::<_, Vec<u8>>(0)).map_err(rule)?,
+                    None => 0,
+                };
+                let next = current.checked_add(delta).ok_or_else(|| rule(KvError::Overflow))?;
+                tx.execute(sql::KV_PUT, &[&namespace, &key, &next.to_string().into_bytes()])
+                    .await?;
+                Ok::<_, Fail>(next)
+            }
+            .await)
+            .map_err(|f| back(&store, f))
+        })
+    }
+}

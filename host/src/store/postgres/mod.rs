@@ -1,0 +1,696 @@
+//! [`PgStore`]: the store several hosts share, on PostgreSQL. Each
+//! operation is one READ COMMITTED transaction of the statements in
+//! `sql.rs` (retried on a deadlock or serialization failure); claims skip
+//! locked rows, every run holds a lease that fences its writes, hosts hold
+//! leases judged on the database's clock, and LISTEN/NOTIFY tells every
+//! host of every change. Protocol and reasons: docs/scale-out.md.
+//!
+//! - `sql`: the schema migrations and one constant per statement.
+//! - `rows`: task rows to [`TaskInfo`], and the errors of this backend.
+//! - `ops`: the operations that take several statements (enqueue, finish,
+//!   chains, rescue), run inside one transaction.
+//! - `kv`: the handlers' kv stores on the `kv` table.
+
+mod kv;
+mod ops;
+mod rows;
+pub(crate) mod sql;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::data::Data;
+use crate::device::DeviceState;
+use crate::kv::KvStore;
+use crate::outcome::RunOutcome;
+use crate::retry::Transition;
+use crate::store::{
+    Change, Claimed, ClockJump, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, Query, Selector, StoreFuture,
+    TaskStore,
+};
+use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
+
+use rows::{Fail, device_params, task_from_row};
+
+/// How long a host's lease lasts without renewal: a host renews seven
+/// times in it, and a host that has not renewed for this long is presumed
+/// dead and its work rescued.
+pub const DEFAULT_HOST_LEASE: Duration = Duration::from_secs(15);
+
+/// Most connections a host opens to the database (one more listens).
+pub const POOL_SIZE: usize = 8;
+
+/// How many times an operation is tried when the database reports a
+/// deadlock or a serialization failure (both mean "try again").
+const TRIES: usize = 4;
+
+/// Runs `$body` (an expression using the transaction `$tx`, yielding
+/// `Result<T, Fail>`) in one transaction on a pooled connection, commits,
+/// and tries again from the start when the database reports a deadlock or
+/// a serialization failure.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let attempt: Result<_, Fail> = async {
+                let mut client = $store.client().await?;
+                let $tx = client.transaction().await?;
+                let value = $body?;
+                $tx.commit().await?;
+                Ok(value)
+            }
+            .await;
+            match attempt {
+                Err(f) if f.is_retryable() && tries < TRIES => continue,
+                other => break other,
+            }
+        }
+    }};
+}
+pub(super) use in_tx;
+
+/// The store on PostgreSQL: `PgStore::open("postgres://...")`.
+pub struct PgStore {
+    pool: Pool,
+    /// The database, as messages name it (no password).
+    name: String,
+    /// Bumped by the listener at every notification (every commit of a
+    /// change, by any host); see [`TaskStore::change_counter`].
+    changes: Arc<AtomicU64>,
+    /// Whether the listener is connected; while it is not, every read of
+    /// the change counter counts as a change (a poll).
+    listening: Arc<AtomicBool>,
+    listener: tokio::task::JoinHandle<()>,
+    lease: Duration,
+    kv: Arc<kv::PgKv>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("database", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// `url` without its password, to name the database in messages.
+fn display_name(config: &tokio_postgres::Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let db = config.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{}/{db}", hosts.join(","))
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (a `postgres://` URL or a
+    /// `key=value` connection string), and creates or migrates its schema.
+    /// A database that holds another program's tables, a `workhost` schema
+    /// without workhost's mark, or a store of a newer schema version is
+    /// refused, naming it, and left unchanged; so is one that cannot be
+    /// reached or refuses the credentials.
+    pub async fn open(url: &str) -> Result<Arc<PgStore>, StoreError> {
+        Self::open_with_lease(url, DEFAULT_HOST_LEASE).await
+    }
+
+    /// [`Self::open`] with hosts holding leases of `lease`.
+    pub async fn open_with_lease(url: &str, lease: Duration) -> Result<Arc<PgStore>, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable {
+            database: "the database URL".into(),
+            detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
+        })?;
+        let name = display_name(&config);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
+        let changes = Arc::new(AtomicU64::new(0));
+        let listening = Arc::new(AtomicBool::new(false));
+        let listener = tokio::spawn(listen(config, changes.clone(), listening.clone()));
+        let store = Arc::new_cyclic(|weak| PgStore {
+            pool,
+            name,
+            changes,
+            listening,
+            listener,
+            lease,
+            kv: Arc::new(kv::PgKv { store: weak.clone() }),
+        });
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The database, as messages name it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A pooled connection.
+    async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {
+        self.pool.get().await.map_err(|e| Fail::Pool(e.to_string()))
+    }
+
+    /// Turns this backend's error into the store's, naming the database.
+    fn store_error(&self, f: Fail) -> StoreError {
+        f.store(&self.name)
+    }
+
+    fn work_error(&self, f: Fail) -> WorkError {
+        f.work(&self.name)
+    }
+
+    /// Creates or migrates the schema, in one transaction under the
+    /// migration lock (hosts starting at once on an empty database create
+    /// it once). Refuses what is not a workhost store, changing nothing.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        in_tx!(self, |tx| ops::migrate_in(&tx, &self.name).await).map_err(|f| self.store_error(f))
+    }
+}
+
+/// Listens on the store's channel, counting notifications into `changes`,
+/// and reconnects (after a second) when the connection ends; `listening`
+/// says whether it is connected.
+async fn listen(config: tokio_postgres::Config, changes: Arc<AtomicU64>, listening: Arc<AtomicBool>) {
+    loop {
+        if let Ok((client, mut connection)) = config.connect(NoTls).await {
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+            let changes_seen = changes.clone();
+            let driver = tokio::spawn(async move {
+                while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    match message {
+                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                            changes_seen.fetch_add(1, Ordering::AcqRel);
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                drop(ready_tx);
+            });
+            if client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await.is_ok() {
+                listening.store(true, Ordering::Release);
+                // Whatever happened while nobody listened counts as a change.
+                changes.fetch_add(1, Ordering::AcqRel);
+                let _ = ready_rx.await;
+            }
+            listening.store(false, Ordering::Release);
+            driver.abort();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl TaskStore for PgStore {
+    fn enqueue(
+        &self,
+        request: WorkRequest,
+        now: Millis,
+        hooks: EnqueueHooks,
+    ) -> StoreFuture<'_, Result<(Enqueued, Vec<Change>), WorkError>> {
+        Box::pin(async move {
+            let EnqueueHooks {
+                mut before_commit,
+                on_commit,
+            } = hooks;
+            let result = in_tx!(self, |tx| async {
+                let value = ops::enqueue_in(&tx, request.clone(), now).await?;
+                ops::notify(&tx, "enq").await?;
+                if let Some(hook) = before_commit.take() {
+                    hook(&value);
+                }
+                Ok::<_, Fail>(value)
+            }
+            .await)
+            .map_err(|f| self.work_error(f))?;
+            if let Some(hook) = on_commit {
+                hook(&result);
+            }
+            Ok(result)
+        })
+    }
+
+    fn claim(
+        &self,
+        me: HostIdentity,
+        now: Millis,
+        limit: usize,
+        may_run: HashMap<String, usize>,
+        device: DeviceState,
+    ) -> StoreFuture<'_, Result<Vec<Claimed>, StoreError>> {
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let mut handlers: Vec<(&String, &usize)> = may_run.iter().filter(|(_, n)| **n > 0).collect();
+            handlers.sort();
+            let names: Vec<&str> = handlers.iter().map(|(h, _)| h.as_str()).collect();
+            let slots: Vec<i64> = handlers
+                .iter()
+                .map(|(_, n)| i64::try_from(**n).unwrap_or(i64::MAX))
+                .collect();
+            // The deadline backstop of a run without its own timeout: the
+            // longest timeout any run may have.
+            let budget = crate::work::millis(crate::work::limits::MAX_TIMEOUT);
+            let budgets: Vec<i64> = names.iter().map(|_| budget).collect();
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let grace = crate::work::millis(Duration::from_secs(60));
+            let d = device_params(&device);
+            in_tx!(self, |tx| async {
+                let stmt = tx.prepare_cached(sql::CLAIM).await?;
+                let rows = tx
+                    .query(
+                        &stmt,
+                        &[
+                            &d.networks,
+                            &d.charging,
+                            &d.battery_low,
+                            &d.idle,
+                            &d.storage_low,
+                            &me.id,
+                            &me.incarnation,
+                            &names,
+                            &slots,
+                            &limit,
+                            &now,
+                            &budgets,
+                            &grace,
+                        ],
+                    )
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        let (info, period_start) = task_from_row(row)?;
+                        let lease: Option<i64> = row.try_get("lease")?;
+                        Ok(Claimed {
+                            info,
+                            period_start,
+                            lease: lease.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Fail>>()
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        id: TaskId,
+        lease: u64,
+        transition: Transition,
+        outcome: &'a RunOutcome,
+        now: Millis,
+    ) -> StoreFuture<'a, Result<Vec<Change>, StoreError>> {
+        let record = ops::AttemptEnd::of(outcome);
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let changes = ops::finish_in(&tx, id, lease, &transition, &record, now).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "finish").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn set_progress<'a>(
+        &'a self,
+        id: TaskId,
+        lease: u64,
+        progress: &'a Data,
+    ) -> StoreFuture<'a, Result<(), StoreError>> {
+        let json = progress.to_typed_json();
+        Box::pin(async move {
+            let lease = rows::lease_param(lease);
+            in_tx!(self, |tx| async {
+                let n = tx.execute(sql::SET_PROGRESS, &[&id, &lease, &json]).await?;
+                if n == 0 {
+                    tx.query(sql::MARK_FENCED, &[&id, &lease, &crate::work::millis(rows::wall_now())])
+                        .await?;
+                }
+                Ok::<_, Fail>(())
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn cancel(&self, selector: Selector, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let changes = ops::cancel_in(&tx, &selector, now).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "cancel").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                if tx.execute(sql::MAKE_DUE, &[&id, &now]).await? == 0 {
+                    return Err(Fail::Work(WorkError::Invalid(format!("task {id} is not enqueued"))));
+                }
+                ops::notify(&tx, "due").await?;
+                Ok(())
+            }
+            .await)
+            .map_err(|f| self.work_error(f))
+        })
+    }
+
+    fn get(&self, id: TaskId) -> StoreFuture<'_, Result<Option<TaskInfo>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let mut client = self.client().await?;
+                // One snapshot for the task and its attempts.
+                let tx = client
+                    .build_transaction()
+                    .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .await?;
+                let found = ops::get_in(&tx, id).await?;
+                tx.commit().await?;
+                Ok::<_, Fail>(found)
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn query(&self, query: Query) -> StoreFuture<'_, Result<Vec<TaskInfo>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                ops::query_in(&client, &query).await
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn last_id(&self) -> StoreFuture<'_, Result<TaskId, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                Ok::<_, Fail>(client.query_one(sql::LAST_ID, &[]).await?.try_get::<_, i64>(0)?)
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn count_by_state(&self) -> StoreFuture<'_, Result<HashMap<TaskState, usize>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                let mut out = HashMap::new();
+                for row in client.query(sql::COUNT_BY_STATE, &[]).await? {
+                    let state: String = row.try_get(0)?;
+                    let n: i64 = row.try_get(1)?;
+                    if let Some(state) = TaskState::parse(&state) {
+                        out.insert(state, usize::try_from(n).unwrap_or(0));
+                    }
+                }
+                Ok::<_, Fail>(out)
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn next_due(
+        &self,
+        handlers: Vec<String>,
+        device: DeviceState,
+    ) -> StoreFuture<'_, Result<Option<Millis>, StoreError>> {
+        Box::pin(async move {
+            let d = device_params(&device);
+            let read = async {
+                let client = self.client().await?;
+                let stmt = client.prepare_cached(sql::NEXT_DUE).await?;
+                let row = client
+                    .query_one(
+                        &stmt,
+                        &[
+                            &d.networks,
+                            &d.charging,
+                            &d.battery_low,
+                            &d.idle,
+                            &d.storage_low,
+                            &handlers,
+                        ],
+                    )
+                    .await?;
+                Ok::<_, Fail>(row.try_get::<_, Option<i64>>(0)?)
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn waiting_for_handler(
+        &self,
+        known: Vec<String>,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Vec<HandlerWait>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                let stmt = client.prepare_cached(sql::WAITING_FOR_HANDLER).await?;
+                client
+                    .query(&stmt, &[&known, &now])
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok(HandlerWait {
+                            handler: row.try_get("handler")?,
+                            due: usize::try_from(row.try_get::<_, i64>("due")?).unwrap_or(0),
+                            first: row.try_get("first")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Fail>>()
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn recover(&self, me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let changes = ops::rescue_in(&tx, &me, now).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "rescued").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn set_paused(&self, paused: bool) -> StoreFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let value = if paused { "1" } else { "0" };
+            in_tx!(self, |tx| async {
+                tx.execute(sql::SET_SETTING, &[&"paused", &value]).await?;
+                ops::notify(&tx, if paused { "pause" } else { "resume" }).await?;
+                Ok::<_, Fail>(())
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn paused(&self) -> StoreFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                let row = client.query_opt(sql::GET_SETTING, &[&"paused"]).await?;
+                Ok::<_, Fail>(row.map(|r| r.get::<_, String>(0)).is_some_and(|v| v == "1"))
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn follow_clock(
+        &self,
+        boot: String,
+        reading: Millis,
+        threshold: Millis,
+    ) -> StoreFuture<'_, Result<ClockJump, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| ops::follow_clock_in(&tx, &boot, reading, threshold).await)
+                .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn prune(&self, before: Millis) -> StoreFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let mut total = 0;
+            loop {
+                let n = in_tx!(self, |tx| async {
+                    Ok::<_, Fail>(tx.query(sql::PRUNE, &[&before, &ops::PRUNE_BATCH]).await?.len())
+                }
+                .await)
+                .map_err(|f| self.store_error(f))?;
+                total += n;
+                if i64::try_from(n).unwrap_or(i64::MAX) < ops::PRUNE_BATCH {
+                    return Ok(total);
+                }
+            }
+        })
+    }
+
+    fn oldest_finished(&self) -> StoreFuture<'_, Result<Option<Millis>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                Ok::<_, Fail>(
+                    client
+                        .query_one(sql::OLDEST_FINISHED, &[])
+                        .await?
+                        .try_get::<_, Option<i64>>(0)?,
+                )
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    /// The notifications the listener heard; while it is not connected,
+    /// every call counts as a change, so the dispatcher reads the store at
+    /// each poll instead of waiting to be told.
+    fn change_counter(&self) -> Result<u64, StoreError> {
+        if self.listening.load(Ordering::Acquire) {
+            Ok(self.changes.load(Ordering::Acquire))
+        } else {
+            Ok(self.changes.fetch_add(1, Ordering::AcqRel) + 1)
+        }
+    }
+
+    fn kv(&self) -> Arc<dyn KvStore> {
+        self.kv.clone()
+    }
+
+    fn host_lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+
+    /// The caller holds its data directory's `serve.lock`, so an earlier
+    /// incarnation of its id is dead: its row is taken over at once.
+    fn register_host(&self, me: HostIdentity, _now: Millis) -> StoreFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let ttl = crate::work::millis(self.lease);
+            let registered = in_tx!(self, |tx| async {
+                let row = tx
+                    .query_opt(sql::REGISTER_HOST, &[&me.id, &me.incarnation, &ttl, &true])
+                    .await?;
+                Ok::<_, Fail>(row.is_some())
+            }
+            .await)
+            .map_err(|f| self.store_error(f))?;
+            if registered {
+                Ok(())
+            } else {
+                Err(StoreError::Backend(format!(
+                    "another host serves {} as {:?}; give each host its own data directory",
+                    self.name, me.id
+                )))
+            }
+        })
+    }
+
+    fn renew_host(&self, me: HostIdentity, _now: Millis) -> StoreFuture<'_, Result<Vec<(TaskId, u64)>, StoreError>> {
+        Box::pin(async move {
+            let ttl = crate::work::millis(self.lease);
+            in_tx!(self, |tx| async {
+                if tx
+                    .query_opt(sql::RENEW_HOST, &[&me.id, &me.incarnation, &ttl])
+                    .await?
+                    .is_none()
+                {
+                    return Err(Fail::Store(StoreError::LeaseLost(format!(
+                        "{} holds no live lease of {:?}",
+                        self.name, me.id
+                    ))));
+                }
+                tx.query(sql::RUNNING_OF_HOST, &[&me.id, &me.incarnation])
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<_, i64>(0)?,
+                            u64::try_from(r.try_get::<_, i64>(1)?).unwrap_or(0),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, Fail>>()
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn leave_host(&self, me: HostIdentity) -> StoreFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                tx.execute(sql::DEREGISTER_HOST, &[&me.id, &me.incarnation]).await?;
+                Ok::<_, Fail>(())
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn hosts(&self, _now: Millis) -> StoreFuture<'_, Result<Vec<HostInfo>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                client
+                    .query(sql::LIST_HOSTS, &[])
+                    .await?
+                    .iter()
+                    .map(|r| {
+                        Ok(HostInfo {
+                            id: r.try_get("id")?,
+                            incarnation: r.try_get("incarnation")?,
+                            started_at: r.try_get("started_at")?,
+                            renewed_at: r.try_get("renewed_at")?,
+                            expires_at: Some(r.try_get("expires_at")?),
+                            live: r.try_get("live")?,
+                            running: usize::try_from(r.try_get::<_, i64>("running")?).unwrap_or(0),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Fail>>()
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+}

@@ -1,0 +1,657 @@
+//! The operations of several statements, each run inside the one
+//! transaction its caller opened: opening (identity and migrations),
+//! enqueue with its unique-work policy, finish, chains, cancel, reads,
+//! rescue and the clock follower. They port the SQLite backend's
+//! `ops.rs` rule for rule, with row locks where SQLite's single writer
+//! made them unnecessary (docs/scale-out.md).
+
+use deadpool_postgres::{GenericClient, Transaction};
+use tokio_postgres::types::ToSql;
+
+use crate::data::Data;
+use crate::outcome::{RunOutcome, StopReason};
+use crate::retry::Transition;
+use crate::store::{Change, Claimed, ClockJump, HostIdentity, PERIODIC_ATTEMPTS_KEPT, Query, Selector};
+use crate::work::{
+    AttemptRecord, Enqueued, ExistingWorkPolicy, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError,
+    WorkRequest,
+};
+
+use super::rows::{Fail, data_column, lease_param, task_from_row};
+use super::sql;
+
+/// Most tasks one prune transaction deletes.
+pub(super) const PRUNE_BATCH: i64 = 5000;
+
+/// Most runs one rescue transaction ends.
+const RESCUE_BATCH: i64 = 500;
+
+type Tx<'a> = Transaction<'a>;
+
+/// A prepared (and cached, per connection) statement's rows.
+async fn rows(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, Fail> {
+    let stmt = tx.prepare_cached(statement).await?;
+    Ok(tx.query(&stmt, params).await?)
+}
+
+/// A prepared statement's count of rows changed.
+async fn exec(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Fail> {
+    let stmt = tx.prepare_cached(statement).await?;
+    Ok(tx.execute(&stmt, params).await?)
+}
+
+/// Tells every host, at commit, that something changed (`what` is for
+/// anyone reading the channel; hosts count notifications).
+pub(super) async fn notify(tx: &Tx<'_>, what: &str) -> Result<(), Fail> {
+    let payload = format!("{{\"k\":\"{what}\"}}");
+    rows(tx, sql::NOTIFY, &[&payload]).await?;
+    Ok(())
+}
+
+/// Creates or migrates the schema (see `PgStore::migrate`).
+pub(super) async fn migrate_in(tx: &Tx<'_>, database: &str) -> Result<(), Fail> {
+    let foreign = |detail: String| {
+        Fail::Store(StoreError::ForeignDatabase {
+            database: database.to_string(),
+            detail,
+        })
+    };
+    tx.execute(sql::MIGRATION_LOCK, &[]).await?;
+    let found = tx.query_one(sql::IDENTITY, &[]).await?;
+    let (has_schema, has_meta): (bool, bool) = (found.try_get("has_schema")?, found.try_get("has_meta")?);
+    let version = if has_meta {
+        let mark = tx.query_one(sql::READ_IDENTITY, &[]).await?;
+        if mark.try_get::<_, Option<String>>("application")?.as_deref() != Some(sql::APPLICATION) {
+            return Err(foreign(
+                "its schema `workhost` carries no workhost mark in workhost.meta".into(),
+            ));
+        }
+        let version: Option<String> = mark.try_get("schema_version")?;
+        version.and_then(|v| v.parse::<i64>().ok()).unwrap_or(0)
+    } else if has_schema {
+        return Err(foreign("it has a schema `workhost` without workhost.meta".into()));
+    } else {
+        let others: i64 = found.try_get("other_tables")?;
+        if others > 0 {
+            let first: Option<String> = found.try_get("first_other")?;
+            return Err(foreign(format!(
+                "it holds {others} tables of another program (one is {})",
+                first.unwrap_or_default()
+            )));
+        }
+        0
+    };
+    if version > sql::SCHEMA_VERSION {
+        return Err(foreign(format!(
+            "its schema version is {version}, this workhost reads versions up to {}",
+            sql::SCHEMA_VERSION
+        )));
+    }
+    if version < sql::SCHEMA_VERSION {
+        for migration in &sql::MIGRATIONS[usize::try_from(version).unwrap_or(0)..] {
+            tx.batch_execute(migration).await?;
+        }
+        tx.execute(sql::SET_SCHEMA_VERSION, &[&sql::SCHEMA_VERSION.to_string()])
+            .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Enqueue.
+
+/// Enqueues work with its unique-work policy (the SQLite store's rules).
+pub(super) async fn enqueue_in(tx: &Tx<'_>, mut r: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), Fail> {
+    let mut changes = Vec::new();
+    let mut after = std::mem::take(&mut r.after);
+    if let Some((name, policy)) = r.unique.clone() {
+        // Every enqueue of this name waits here for the one before it.
+        tx.execute(sql::UNIQUE_LOCK, &[&name]).await?;
+        let latest = rows(tx, sql::UNIQUE_LATEST, &[&name]).await?;
+        let latest: Option<(TaskId, String)> = match latest.first() {
+            Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
+            None => None,
+        };
+        let unfinished: Vec<TaskId> = rows(tx, sql::UNIQUE_UNFINISHED, &[&name])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        let latest_state = latest.as_ref().and_then(|(_, s)| TaskState::parse(s));
+        let kept = |id| {
+            Ok((
+                Enqueued {
+                    id,
+                    created: false,
+                    warnings: Vec::new(),
+                },
+                Vec::new(),
+            ))
+        };
+        use ExistingWorkPolicy::*;
+        match policy {
+            Keep if !unfinished.is_empty() => return kept(unfinished[0]),
+            Update if !unfinished.is_empty() => {
+                let id = unfinished[0];
+                let spec = Spec::of(&r);
+                exec(
+                    tx,
+                    sql::UPDATE_SPEC,
+                    &[
+                        &id,
+                        &spec.handler,
+                        &spec.task,
+                        &spec.input,
+                        &spec.max_attempts,
+                        &spec.frequency,
+                        &spec.flex,
+                        &spec.backoff,
+                        &spec.backoff_delay,
+                        &spec.timeout,
+                        &spec.fuel,
+                        &spec.max_memory,
+                        &spec.network,
+                        &spec.charging,
+                        &spec.battery,
+                        &spec.idle,
+                        &spec.storage,
+                    ],
+                )
+                .await?;
+                exec(tx, sql::DELETE_TAGS, &[&id]).await?;
+                exec(tx, sql::INSERT_TAGS, &[&id, &r.tags]).await?;
+                return kept(id);
+            }
+            Replace | CancelAndReenqueue => cancel_ids(tx, &unfinished, now, &mut changes).await?,
+            Append => after.extend(latest.map(|(id, _)| id)),
+            AppendOrReplace => {
+                if !matches!(latest_state, Some(TaskState::Failed) | Some(TaskState::Cancelled)) {
+                    after.extend(latest.map(|(id, _)| id));
+                }
+            }
+            Keep | Update => {}
+        }
+    }
+    let id = insert_task(tx, &r, &after, now, &mut changes).await?;
+    Ok((
+        Enqueued {
+            id,
+            created: true,
+            warnings: Vec::new(),
+        },
+        changes,
+    ))
+}
+
+/// The columns a request sets, as the statements bind them.
+struct Spec {
+    handler: String,
+    task: String,
+    input: String,
+    max_attempts: i64,
+    frequency: Option<i64>,
+    flex: Option<i64>,
+    backoff: &'static str,
+    backoff_delay: i64,
+    timeout: Option<i64>,
+    fuel: Option<i64>,
+    max_memory: Option<i64>,
+    network: i64,
+    charging: bool,
+    battery: bool,
+    idle: bool,
+    storage: bool,
+}
+
+impl Spec {
+    fn of(r: &WorkRequest) -> Spec {
+        let big = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        Spec {
+            handler: r.handler.clone(),
+            task: r.task.clone(),
+            input: r.input.to_typed_json(),
+            max_attempts: i64::from(r.max_attempts),
+            frequency: r.periodic.map(|p| crate::work::millis(p.frequency)),
+            flex: r.periodic.map(|p| crate::work::millis(p.flex)),
+            backoff: r.backoff.as_str(),
+            backoff_delay: crate::work::millis(r.backoff_delay),
+            timeout: r.budget.timeout.map(crate::work::millis),
+            fuel: r.budget.fuel.map(big),
+            max_memory: r.budget.max_memory_bytes.map(big),
+            network: r.constraints.network.code(),
+            charging: r.constraints.charging,
+            battery: r.constraints.battery_not_low,
+            idle: r.constraints.device_idle,
+            storage: r.constraints.storage_not_low,
+        }
+    }
+}
+
+async fn insert_task(
+    tx: &Tx<'_>,
+    r: &WorkRequest,
+    after: &[TaskId],
+    now: Millis,
+    changes: &mut Vec<Change>,
+) -> Result<TaskId, Fail> {
+    let delay = crate::work::millis(r.initial_delay);
+    let (period_start, next_run_at) = match r.periodic {
+        Some(p) => (now.saturating_add(delay), p.due_in_period(now.saturating_add(delay))),
+        None => (0, now.saturating_add(delay)),
+    };
+    // The parents first, locked so none finishes unseen (FOR SHARE).
+    if !after.is_empty() {
+        let found: Vec<TaskId> = rows(tx, sql::LOCK_PARENTS, &[&after])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        if let Some(missing) = after.iter().find(|p| !found.contains(p)) {
+            return Err(WorkError::UnknownTask(*missing).into());
+        }
+    }
+    let state = if after.is_empty() {
+        TaskState::Enqueued
+    } else {
+        TaskState::Blocked
+    };
+    let spec = Spec::of(r);
+    let kind = r.kind.as_str();
+    let unique = r.unique.as_ref().map(|(n, _)| n.as_str());
+    let row = rows(
+        tx,
+        sql::INSERT_TASK,
+        &[
+            &spec.handler,
+            &spec.task,
+            &spec.input,
+            &spec.max_attempts,
+            &spec.frequency,
+            &spec.flex,
+            &spec.backoff,
+            &spec.backoff_delay,
+            &spec.timeout,
+            &spec.fuel,
+            &spec.max_memory,
+            &kind,
+            &state.as_str(),
+            &unique,
+            &next_run_at,
+            &delay,
+            &period_start,
+            &now,
+            &spec.network,
+            &spec.charging,
+            &spec.battery,
+            &spec.idle,
+            &spec.storage,
+        ],
+    )
+    .await?;
+    let id: TaskId = row
+        .first()
+        .ok_or_else(|| Fail::Store(StoreError::Backend("the insert returned no id".into())))?
+        .try_get(0)?;
+    if !r.tags.is_empty() {
+        exec(tx, sql::INSERT_TAGS, &[&id, &r.tags]).await?;
+    }
+    if after.is_empty() {
+        changes.push(Change { id, state });
+    } else {
+        exec(tx, sql::INSERT_DEPS, &[&after, &id]).await?;
+        if try_release(tx, id, now, changes).await? == TaskState::Blocked {
+            changes.push(Change {
+                id,
+                state: TaskState::Blocked,
+            });
+        }
+    }
+    Ok(id)
+}
+
+// ---------------------------------------------------------------------------
+// Chains.
+
+/// Decides a dependent task's state from its parents, with the task locked
+/// first: FAILED or CANCELLED if one did, ENQUEUED (with the parents'
+/// outputs merged over its input) if all succeeded, else BLOCKED.
+async fn try_release(tx: &Tx<'_>, child: TaskId, now: Millis, changes: &mut Vec<Change>) -> Result<TaskState, Fail> {
+    let locked = rows(tx, sql::LOCK_TASK, &[&child]).await?;
+    let Some(me) = locked.first() else {
+        return Ok(TaskState::Blocked);
+    };
+    if me.try_get::<_, String>("state")? != "blocked" {
+        return Ok(TaskState::parse(&me.try_get::<_, String>("state")?).unwrap_or(TaskState::Blocked));
+    }
+    let input: String = me.try_get("input")?;
+    let delay: i64 = me.try_get("initial_delay_ms")?;
+    let parents: Vec<(TaskId, String, Option<String>)> = rows(tx, sql::PARENT_STATES, &[&child])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect::<Result<_, Fail>>()?;
+    for (parent, state, _) in &parents {
+        let state = TaskState::parse(state);
+        if let Some(s @ (TaskState::Failed | TaskState::Cancelled)) = state {
+            let error = (s == TaskState::Failed).then(|| format!("task {parent} that this task runs after failed"));
+            set_state(tx, child, s, error.as_deref(), now).await?;
+            changes.push(Change { id: child, state: s });
+            propagate(tx, &[child], s, now, changes).await?;
+            return Ok(s);
+        }
+    }
+    if parents.iter().any(|(_, s, _)| s != "succeeded") {
+        return Ok(TaskState::Blocked);
+    }
+    let mut merged = data_column(child, "input", Some(input))?.unwrap_or_default();
+    for (parent, _, output) in &parents {
+        if let Some(out) = data_column(*parent, "output", output.clone())? {
+            merged.merge(&out);
+        }
+    }
+    if let Err(e) = merged.validate() {
+        set_state(
+            tx,
+            child,
+            TaskState::Failed,
+            Some(&format!("merged input refused: {e}")),
+            now,
+        )
+        .await?;
+        changes.push(Change {
+            id: child,
+            state: TaskState::Failed,
+        });
+        propagate(tx, &[child], TaskState::Failed, now, changes).await?;
+        return Ok(TaskState::Failed);
+    }
+    exec(
+        tx,
+        sql::RELEASE,
+        &[&child, &merged.to_typed_json(), &now.saturating_add(delay)],
+    )
+    .await?;
+    changes.push(Change {
+        id: child,
+        state: TaskState::Enqueued,
+    });
+    Ok(TaskState::Enqueued)
+}
+
+async fn set_state(tx: &Tx<'_>, id: TaskId, state: TaskState, error: Option<&str>, now: Millis) -> Result<(), Fail> {
+    let finished = state.is_finished().then_some(now);
+    exec(tx, sql::SET_STATE, &[&id, &state.as_str(), &error, &finished]).await?;
+    Ok(())
+}
+
+/// Fails or cancels every unfinished dependent of `ids`, transitively.
+async fn propagate(
+    tx: &Tx<'_>,
+    ids: &[TaskId],
+    state: TaskState,
+    now: Millis,
+    changes: &mut Vec<Change>,
+) -> Result<(), Fail> {
+    for row in rows(tx, sql::PROPAGATE, &[&ids, &state.as_str(), &now]).await? {
+        changes.push(Change {
+            id: row.try_get(0)?,
+            state,
+        });
+    }
+    Ok(())
+}
+
+/// Releases the BLOCKED dependents of `id` whose parents all succeeded.
+async fn unblock(tx: &Tx<'_>, id: TaskId, now: Millis, changes: &mut Vec<Change>) -> Result<(), Fail> {
+    let children: Vec<TaskId> = rows(tx, sql::BLOCKED_CHILDREN, &[&id])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for child in children {
+        Box::pin(try_release(tx, child, now, changes)).await?;
+    }
+    Ok(())
+}
+
+async fn cancel_ids(tx: &Tx<'_>, ids: &[TaskId], now: Millis, changes: &mut Vec<Change>) -> Result<(), Fail> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let cancelled: Vec<TaskId> = rows(tx, sql::CANCEL, &[&ids, &now])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    changes.extend(cancelled.iter().map(|&id| Change {
+        id,
+        state: TaskState::Cancelled,
+    }));
+    propagate(tx, &cancelled, TaskState::Cancelled, now, changes).await
+}
+
+/// Cancels the unfinished tasks `selector` picks, and their dependents.
+pub(super) async fn cancel_in(tx: &Tx<'_>, selector: &Selector, now: Millis) -> Result<Vec<Change>, Fail> {
+    let found = match selector {
+        Selector::Id(id) => rows(tx, sql::SELECT_BY_ID, &[id]).await?,
+        Selector::UniqueName(n) => rows(tx, sql::SELECT_BY_UNIQUE_NAME, &[n]).await?,
+        Selector::Tag(t) => rows(tx, sql::SELECT_BY_TAG, &[t]).await?,
+        Selector::All => rows(tx, sql::SELECT_ALL, &[]).await?,
+    };
+    let ids: Vec<TaskId> = found.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+    let mut changes = Vec::new();
+    cancel_ids(tx, &ids, now, &mut changes).await?;
+    Ok(changes)
+}
+
+// ---------------------------------------------------------------------------
+// Finish and rescue.
+
+/// What an attempt's row records of its run.
+pub(super) struct AttemptEnd {
+    outcome: String,
+    stop_reason: Option<String>,
+    error: Option<String>,
+    fuel: Option<i64>,
+    peak_memory: i64,
+    log: String,
+}
+
+impl AttemptEnd {
+    pub(super) fn of(outcome: &RunOutcome) -> AttemptEnd {
+        AttemptEnd {
+            outcome: outcome.kind().to_string(),
+            stop_reason: outcome.stop_reason().map(str::to_string),
+            error: outcome.error().map(str::to_string),
+            fuel: outcome.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
+            peak_memory: i64::try_from(outcome.peak_memory_bytes).unwrap_or(i64::MAX),
+            log: serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()),
+        }
+    }
+
+    /// The record of a run its host died during.
+    fn orphaned() -> AttemptEnd {
+        AttemptEnd {
+            outcome: "stopped".into(),
+            stop_reason: Some(StopReason::HostShutdown.as_str().into()),
+            error: Some("the host died during this run".into()),
+            fuel: None,
+            peak_memory: 0,
+            log: "[]".into(),
+        }
+    }
+}
+
+/// Records how the run holding `lease` ended and applies its transition if
+/// that run is still the task's current one; then releases, fails or
+/// cancels dependents. A refused (fenced) finish changes only the run's own
+/// attempt row.
+pub(super) async fn finish_in(
+    tx: &Tx<'_>,
+    id: TaskId,
+    lease: u64,
+    t: &Transition,
+    a: &AttemptEnd,
+    now: Millis,
+) -> Result<Vec<Change>, Fail> {
+    let lease = lease_param(lease);
+    let finished = t.state.is_finished().then_some(now);
+    let output = t.output.as_ref().map(Data::to_typed_json);
+    let row = rows(
+        tx,
+        sql::FINISH,
+        &[
+            &id,
+            &lease,
+            &now,
+            &a.outcome,
+            &a.stop_reason,
+            &a.error,
+            &a.fuel,
+            &a.peak_memory,
+            &a.log,
+            &t.state.as_str(),
+            &t.next_run_at,
+            &t.period_start,
+            &i64::from(t.attempts),
+            &output,
+            &t.stop_reason,
+            &t.error,
+            &finished,
+        ],
+    )
+    .await?;
+    let applied: bool = row.first().map(|r| r.try_get("applied")).transpose()?.unwrap_or(false);
+    let mut changes = Vec::new();
+    if applied {
+        exec(
+            tx,
+            sql::TRIM_PERIODIC_ATTEMPTS,
+            &[&id, &i64::from(PERIODIC_ATTEMPTS_KEPT)],
+        )
+        .await?;
+        changes.push(Change { id, state: t.state });
+        match t.state {
+            TaskState::Succeeded => unblock(tx, id, now, &mut changes).await?,
+            TaskState::Failed | TaskState::Cancelled => propagate(tx, &[id], t.state, now, &mut changes).await?,
+            _ => {}
+        }
+    }
+    Ok(changes)
+}
+
+/// Ends the runs of hosts that are gone (see `TaskStore::recover`): each
+/// decided by `retry::decide_orphaned` and applied as a finish under the
+/// dead run's lease.
+pub(super) async fn rescue_in(tx: &Tx<'_>, me: &HostIdentity, now: Millis) -> Result<Vec<Change>, Fail> {
+    let orphans = rows(tx, sql::RESCUE, &[&me.id, &me.incarnation, &RESCUE_BATCH]).await?;
+    let mut changes = Vec::new();
+    for row in &orphans {
+        let (info, period_start) = task_from_row(row)?;
+        let lease: Option<i64> = row.try_get("lease")?;
+        let lease = lease.and_then(|l| u64::try_from(l).ok()).unwrap_or(0);
+        let id = info.id;
+        let claimed = Claimed {
+            info,
+            period_start,
+            lease,
+        };
+        let t = crate::retry::decide_orphaned(&claimed.retry_facts(), now);
+        changes.extend(finish_in(tx, id, lease, &t, &AttemptEnd::orphaned(), now).await?);
+    }
+    Ok(changes)
+}
+
+// ---------------------------------------------------------------------------
+// Reads.
+
+/// Task `id` with its attempt history.
+pub(super) async fn get_in(tx: &Tx<'_>, id: TaskId) -> Result<Option<TaskInfo>, Fail> {
+    let found = rows(tx, sql::GET_TASK, &[&id]).await?;
+    let Some(row) = found.first() else {
+        return Ok(None);
+    };
+    let (mut info, _) = task_from_row(row)?;
+    for r in rows(tx, sql::GET_ATTEMPTS, &[&id]).await? {
+        let log: Option<String> = r.try_get("log")?;
+        let count = |v: Option<i64>| v.map(|n| u64::try_from(n).unwrap_or(0));
+        info.attempts.push(AttemptRecord {
+            attempt: u32::try_from(r.try_get::<_, i64>("run_attempt")?).unwrap_or(u32::MAX),
+            started_at: r.try_get("started_at")?,
+            ended_at: r.try_get("ended_at")?,
+            outcome: r.try_get("outcome")?,
+            stop_reason: r.try_get("stop_reason")?,
+            error: r.try_get("error")?,
+            fuel_consumed: count(r.try_get("fuel")?),
+            peak_memory_bytes: count(r.try_get("peak_memory")?),
+            log: match log {
+                Some(l) => serde_json::from_str(&l).map_err(|e| {
+                    Fail::Store(StoreError::DamagedTask {
+                        id,
+                        detail: format!("its attempt log is not a log: {e}"),
+                    })
+                })?,
+                None => Vec::new(),
+            },
+        });
+    }
+    Ok(Some(info))
+}
+
+/// Tasks matching `q`, by id.
+pub(super) async fn query_in(client: &impl GenericClient, q: &Query) -> Result<Vec<TaskInfo>, Fail> {
+    let state = q.state.map(|s| s.as_str());
+    let ids: Option<Vec<TaskId>> = q.ids.clone();
+    let limit: Option<i64> = q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let stmt = client.prepare_cached(sql::QUERY).await?;
+    client
+        .query(&stmt, &[&state, &q.tag, &q.unique_name, &ids, &q.after_id, &limit])
+        .await?
+        .iter()
+        .map(|r| task_from_row(r).map(|(i, _)| i))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// The clock follower.
+
+/// See `TaskStore::follow_clock`; serialized across hosts by an advisory
+/// lock, so a jump moves every task once.
+pub(super) async fn follow_clock_in(
+    tx: &Tx<'_>,
+    boot: &str,
+    reading: Millis,
+    threshold: Millis,
+) -> Result<ClockJump, Fail> {
+    tx.execute(sql::CLOCK_LOCK, &[]).await?;
+    let setting = |key: &'static str| async move {
+        let row = tx.query_opt(sql::GET_SETTING, &[&key]).await?;
+        Ok::<_, Fail>(row.map(|r| r.get::<_, String>(0)))
+    };
+    let recorded = match (setting("clock_boot").await?, setting("clock_reading").await?) {
+        (Some(b), Some(r)) if b == boot => r.parse::<Millis>().ok(),
+        _ => None,
+    };
+    let mut jump = ClockJump::default();
+    if let Some(recorded) = recorded {
+        let by = reading.saturating_sub(recorded);
+        if by.saturating_abs() < threshold {
+            return Ok(jump);
+        }
+        jump.by = by;
+        for row in tx.query(sql::CLOCK_WAITING, &[]).await? {
+            let state: String = row.try_get(1)?;
+            if let Some(state) = TaskState::parse(&state) {
+                jump.moved.push(Change {
+                    id: row.try_get(0)?,
+                    state,
+                });
+            }
+        }
+        tx.execute(sql::CLOCK_MOVE, &[&by]).await?;
+    }
+    tx.execute(sql::SET_SETTING, &[&"clock_boot", &boot]).await?;
+    tx.execute(sql::SET_SETTING, &[&"clock_reading", &reading.to_string()])
+        .await?;
+    Ok(jump)
+}
