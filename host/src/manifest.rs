@@ -48,6 +48,7 @@ pub enum ManifestError {
 #[serde(deny_unknown_fields)]
 struct File {
     data_dir: Option<String>,
+    database: Option<SecretFile>,
     cache_dir: Option<String>,
     cache_max_size: Option<String>,
     max_concurrency: Option<usize>,
@@ -56,6 +57,7 @@ struct File {
     min_flex: Option<String>,
     retention: Option<String>,
     shutdown_grace: Option<String>,
+    host_lease: Option<String>,
     #[serde(default)]
     handlers: BTreeMap<String, HandlerFile>,
     device: Option<DeviceFile>,
@@ -223,6 +225,24 @@ pub fn parse_manifest_for(
         None => base.join(file.data_dir.as_deref().unwrap_or("workhost-data")),
     };
     let mut config = HostConfig::new(data_dir);
+    config.database = match file.database {
+        None => None,
+        Some(SecretFile::Literal(url)) => Some(url),
+        Some(SecretFile::FromEnv(EnvRef { env })) => Some(std::env::var(&env).map_err(|_| {
+            invalid(
+                "database".into(),
+                format!("the environment variable {env:?} is not set (or not UTF-8)"),
+            )
+        })?),
+    };
+    if let Some(url) = &config.database
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('='))
+    {
+        return Err(invalid(
+            "database".into(),
+            "expected a PostgreSQL URL (postgres://user@host/db) or connection string (host=... dbname=...)".into(),
+        ));
+    }
     if let Some(cache) = &file.cache_dir {
         config.engine.cache_dir = Some(base.join(cache));
     }
@@ -254,6 +274,12 @@ pub fn parse_manifest_for(
     }
     if let Some(d) = duration("shutdown_grace", &file.shutdown_grace, HOUR)? {
         config.shutdown_grace = d;
+    }
+    if let Some(d) = duration("host_lease", &file.host_lease, HOUR)? {
+        if d < Duration::from_secs(1) {
+            return Err(invalid("host_lease".into(), "must be at least 1s".into()));
+        }
+        config.host_lease = d;
     }
     if let Some(d) = &file.device {
         let c = &mut config.device;

@@ -19,6 +19,7 @@ mod load;
 #[path = "../../host/src/store/postgres/sql.rs"]
 mod pg_sql;
 mod postgres;
+mod scaleout;
 mod scheduler;
 mod stops;
 mod store;

@@ -112,6 +112,16 @@ pub struct HostConfig {
     /// The task store; `None` (the default): the embedded SQLite store in
     /// `data_dir`. Any [`TaskStore`](crate::TaskStore) backend serves.
     pub store: Option<Arc<dyn crate::store::TaskStore>>,
+    /// A PostgreSQL database for the store, shared by every host that
+    /// names it (`postgres://user@host/db`, or a `key=value` connection
+    /// string); `None`: the embedded SQLite store in `data_dir`. Ignored
+    /// when [`Self::store`] is set.
+    pub database: Option<String>,
+    /// How long a host's lease on a shared database lasts without renewal
+    /// (default [`DEFAULT_HOST_LEASE`](crate::DEFAULT_HOST_LEASE), 15 s):
+    /// a host renews seven times in it, and another host rescues the work
+    /// of one that has not renewed for this long.
+    pub host_lease: Duration,
 }
 
 /// Half the machine's physical memory (Linux `/proc/meminfo`), or 4 GiB
@@ -152,6 +162,19 @@ impl Default for DeviceConfig {
 }
 
 impl HostConfig {
+    /// Opens the store this configuration names: [`Self::store`], else the
+    /// PostgreSQL [`Self::database`], else the SQLite store in
+    /// [`Self::data_dir`].
+    pub async fn open_store(&self) -> Result<Arc<dyn crate::store::TaskStore>, crate::work::StoreError> {
+        if let Some(store) = &self.store {
+            return Ok(store.clone());
+        }
+        match &self.database {
+            Some(url) => Ok(crate::store::PgStore::open_with_lease(url, self.host_lease).await?),
+            None => Ok(crate::store::SqliteStore::open(&self.data_dir)?),
+        }
+    }
+
     /// Defaults: 16 runs at once, WorkManager's periodic floors, 1 day of
     /// retention, a 10 s shutdown grace, a 25 ms poll, the compile cache
     /// in `<data_dir>/cache`, and half the physical memory for runs.
@@ -172,6 +195,8 @@ impl HostConfig {
             device: DeviceConfig::default(),
             memory_budget: default_memory_budget(),
             store: None,
+            database: None,
+            host_lease: crate::store::DEFAULT_HOST_LEASE,
         }
     }
 }

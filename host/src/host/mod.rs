@@ -217,10 +217,8 @@ impl Host {
             return Err(HostError::AlreadyServing(config.data_dir.clone()));
         }
         let names = config.handlers.iter().map(|h| h.name.clone()).collect();
-        let mut queue = match &config.store {
-            Some(store) => Queue::with_store(store.clone(), names, config.periodic_floor, config.retention),
-            None => Queue::open(&config.data_dir, names, config.periodic_floor, config.retention)?,
-        };
+        let store = config.open_store().await?;
+        let mut queue = Queue::with_store(store, names, config.periodic_floor, config.retention);
         queue.clock = clock;
         // Registered before the handlers load, so `workhost hosts` shows a
         // starting host as soon as it holds the data directory.

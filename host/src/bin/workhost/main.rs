@@ -43,6 +43,9 @@ fn flag_hint(e: &anyhow::Error) -> Option<&'static str> {
             Some(workhost::StoreError::Foreign { .. } | workhost::StoreError::ReadOnly(_)) => {
                 Some("`--data-dir DIR` uses another data directory")
             }
+            Some(workhost::StoreError::ForeignDatabase { .. } | workhost::StoreError::Unavailable { .. }) => {
+                Some("`--database URL` names another database (or set the manifest's `database`)")
+            }
             _ => None,
         }
     })

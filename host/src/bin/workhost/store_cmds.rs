@@ -22,33 +22,45 @@ pub struct StoreArgs {
     /// The data directory (overrides the manifest's `data_dir`).
     #[arg(long = "data-dir", value_name = "DIR", global = true)]
     data_dir: Option<PathBuf>,
+    /// The PostgreSQL database of a store several hosts share, as a
+    /// `postgres://` URL (overrides the manifest's `database`).
+    #[arg(long = "database", value_name = "URL", global = true)]
+    database: Option<String>,
 }
 
 impl StoreArgs {
     fn host_config(&self) -> anyhow::Result<HostConfig> {
-        Ok(workhost::load_manifest(&self.config, self.data_dir.as_deref())?)
+        let mut config = workhost::load_manifest(&self.config, self.data_dir.as_deref())?;
+        self.override_database(&mut config);
+        Ok(config)
+    }
+
+    fn override_database(&self, config: &mut HostConfig) {
+        if let Some(url) = &self.database {
+            config.database = Some(url.clone());
+        }
     }
 
     /// The manifest as the commands that only work on the store need it: a
     /// missing component file or an unset secret variable does not stop them.
     fn store_config(&self) -> anyhow::Result<HostConfig> {
-        Ok(workhost::load_manifest_for(
-            &self.config,
-            self.data_dir.as_deref(),
-            workhost::ManifestUse::Store,
-        )?)
+        let mut config =
+            workhost::load_manifest_for(&self.config, self.data_dir.as_deref(), workhost::ManifestUse::Store)?;
+        self.override_database(&mut config);
+        Ok(config)
     }
 
-    fn queue(&self) -> anyhow::Result<Queue> {
-        Ok(self.queue_and_handlers()?.0)
+    async fn queue(&self) -> anyhow::Result<Queue> {
+        Ok(self.queue_and_handlers().await?.0)
     }
 
     /// The queue, and the names of the manifest's handlers.
-    fn queue_and_handlers(&self) -> anyhow::Result<(Queue, Vec<String>)> {
+    async fn queue_and_handlers(&self) -> anyhow::Result<(Queue, Vec<String>)> {
         let c = self.store_config()?;
         let names: Vec<String> = c.handlers.iter().map(|h| h.name.clone()).collect();
+        let store = c.open_store().await?;
         Ok((
-            Queue::open(&c.data_dir, names.clone(), c.periodic_floor, c.retention)?,
+            Queue::with_store(store, names.clone(), c.periodic_floor, c.retention),
             names,
         ))
     }
@@ -255,7 +267,7 @@ pub async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
         device_idle: a.requires_device_idle,
         storage_not_low: a.requires_storage_not_low,
     };
-    let queue = a.store.queue()?;
+    let queue = a.store.queue().await?;
     let e = queue.enqueue(r).await?;
     for w in &e.warnings {
         eprintln!("warning: {w}");
@@ -291,7 +303,7 @@ pub struct ListArgs {
 }
 
 pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
-    let (queue, handlers) = a.store.queue_and_handlers()?;
+    let (queue, handlers) = a.store.queue_and_handlers().await?;
     let q = Query {
         state: a.state.as_deref().and_then(TaskState::parse),
         tag: a.tag.clone(),
@@ -375,7 +387,7 @@ pub struct InspectArgs {
 }
 
 pub async fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
-    let queue = a.store.queue()?;
+    let queue = a.store.queue().await?;
     let Some(t) = queue.get(a.id).await? else {
         bail!("no task with id {}", a.id)
     };
@@ -437,7 +449,7 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
         (_, _, Some(t), _) => Selector::Tag(t.clone()),
         _ => Selector::All,
     };
-    let queue = a.store.queue()?;
+    let queue = a.store.queue().await?;
     let ids = queue.cancel(selector).await?;
     out!(
         "cancelled {} task(s){}",
@@ -469,7 +481,7 @@ pub struct PruneArgs {
 }
 
 pub async fn pause(a: SimpleArgs, paused: bool) -> anyhow::Result<ExitCode> {
-    let queue = a.store.queue()?;
+    let queue = a.store.queue().await?;
     if paused {
         queue.pause().await?
     } else {
@@ -487,7 +499,7 @@ pub async fn pause(a: SimpleArgs, paused: bool) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let n = a.store.queue()?.prune(a.all).await?;
+    let n = a.store.queue().await?.prune(a.all).await?;
     out!("pruned {n} finished task(s)");
     Ok(ExitCode::SUCCESS)
 }
@@ -538,7 +550,7 @@ pub struct StatusArgs {
 /// on which constraint.
 pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let config = a.store.store_config()?;
-    let (queue, handlers) = a.store.queue_and_handlers()?;
+    let (queue, handlers) = a.store.queue_and_handlers().await?;
     let device = config.device.clone();
     let dir = config.data_dir.clone();
     let readings = tokio::task::spawn_blocking(move || {
@@ -654,7 +666,7 @@ pub struct HostsArgs {
 
 /// Prints the hosts serving the store.
 pub async fn hosts(a: HostsArgs) -> anyhow::Result<ExitCode> {
-    let hosts = a.store.queue()?.hosts().await?;
+    let hosts = a.store.queue().await?.hosts().await?;
     if a.json {
         out!("{}", serde_json::to_string_pretty(&hosts)?);
         return Ok(ExitCode::SUCCESS);

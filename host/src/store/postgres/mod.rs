@@ -172,7 +172,10 @@ impl PgStore {
 
     /// A pooled connection.
     async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {
-        self.pool.get().await.map_err(|e| Fail::Pool(e.to_string()))
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => Fail::Pg(e),
+            other => Fail::Pool(other.to_string()),
+        })
     }
 
     /// Turns this backend's error into the store's, naming the database.

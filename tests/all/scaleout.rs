@@ -1,0 +1,310 @@
+//! Several `workhost serve` processes sharing one PostgreSQL database: one
+//! queue, each task run by one host, a dead or frozen host's work rescued,
+//! unique work and periodic work exact across hosts, and a database that
+//! is not workhost's refused at start.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use workhost_tests::{CliRun, Daemon, pg, workhost, write_manifest};
+
+/// The lease hosts hold in these tests (the default is 15 s).
+const LEASE: Duration = Duration::from_secs(2);
+
+/// A host's own folder (data directory, manifest, logs) with a manifest
+/// naming the shared database.
+fn host_dir(root: &Path, name: &str, url: &str) -> PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let m = write_manifest(&dir);
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(
+        &m,
+        format!("database = {url:?}\nhost_lease = \"{}s\"\n{text}", LEASE.as_secs()),
+    )
+    .unwrap();
+    m
+}
+
+fn wh(manifest: &Path, args: &[&str]) -> CliRun {
+    let mut all = args.to_vec();
+    all.extend(["--config", manifest.to_str().unwrap()]);
+    workhost(&all, manifest.parent().unwrap())
+}
+
+fn ok(manifest: &Path, args: &[&str]) -> String {
+    let run = wh(manifest, args);
+    assert_eq!(run.code, 0, "{args:?}: {run:?}");
+    run.stdout.trim().to_string()
+}
+
+fn task(manifest: &Path, id: &str) -> serde_json::Value {
+    let run = wh(manifest, &["inspect", id, "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    run.json()
+}
+
+fn wait_for(
+    manifest: &Path,
+    id: &str,
+    within: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let t = task(manifest, id);
+        if done(&t) {
+            return t;
+        }
+        assert!(start.elapsed() < within, "task {id} never got there in {within:?}: {t}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn live_hosts(manifest: &Path) -> Vec<serde_json::Value> {
+    let hosts: serde_json::Value = serde_json::from_str(&ok(manifest, &["hosts", "--json"])).unwrap();
+    hosts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["live"] == true)
+        .cloned()
+        .collect()
+}
+
+fn wait_hosts(manifest: &Path, n: usize) {
+    let start = Instant::now();
+    while live_hosts(manifest).len() != n {
+        assert!(start.elapsed() < Duration::from_secs(60), "never {n} live hosts");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_hosts_share_one_queue_and_run_each_task_once() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let ms: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| host_dir(root.path(), n, db.url()))
+        .collect();
+    let _hosts: Vec<Daemon> = ms.iter().map(|m| Daemon::start(m)).collect();
+    wait_hosts(&ms[0], 3);
+    let ids: Vec<String> = (0..45)
+        .map(|i| {
+            ok(
+                &ms[i % 3],
+                &["enqueue", "echo", "--task", &format!("t{i}"), "--input", "n=1"],
+            )
+        })
+        .collect();
+    for id in &ids {
+        let t = wait_for(&ms[0], id, Duration::from_secs(60), |t| t["state"] == "succeeded");
+        assert_eq!(t["attempts"].as_array().unwrap().len(), 1, "ran once: {t}");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&ms[2], &["list", "--state", "succeeded", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), ids.len());
+    let table = ok(&ms[1], &["hosts"]);
+    assert_eq!(table.lines().filter(|l| l.contains(" yes ")).count(), 3, "{table}");
+}
+
+#[test]
+fn a_killed_hosts_running_work_is_rescued_by_another_within_its_lease() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let (ma, mb) = (
+        host_dir(root.path(), "a", db.url()),
+        host_dir(root.path(), "b", db.url()),
+    );
+    let a = Daemon::start(&ma);
+    wait_hosts(&ma, 1);
+    let spin = ok(&ma, &["enqueue", "spin", "--task", "forever"]);
+    wait_for(&ma, &spin, Duration::from_secs(30), |t| t["state"] == "running");
+    let _b = Daemon::start(&mb);
+    wait_hosts(&mb, 2);
+    a.kill9();
+    let killed = Instant::now();
+    let t = wait_for(&mb, &spin, LEASE * 4 + Duration::from_secs(10), |t| {
+        t["run_attempt_count"] == 2 && t["state"] == "running"
+    });
+    let rescued_after = killed.elapsed();
+    assert!(
+        rescued_after <= LEASE + Duration::from_secs(5),
+        "rescued {rescued_after:?} after the kill (lease {LEASE:?})"
+    );
+    assert_eq!(t["attempts"][0]["stop_reason"], "host-shutdown", "{t}");
+    assert_eq!(t["attempts"][0]["error"], "the host died during this run");
+    ok(&mb, &["cancel", &spin]);
+    wait_for(&mb, &spin, Duration::from_secs(10), |t| {
+        t["state"] == "cancelled" && t["attempts"][1]["ended_at"].is_i64()
+    });
+}
+
+#[test]
+fn a_frozen_host_past_its_lease_stops_its_own_run_and_its_writes_change_nothing() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let (ma, mb) = (
+        host_dir(root.path(), "a", db.url()),
+        host_dir(root.path(), "b", db.url()),
+    );
+    let a = Daemon::start(&ma);
+    wait_hosts(&ma, 1);
+    let spin = ok(&ma, &["enqueue", "spin", "--task", "forever"]);
+    wait_for(&ma, &spin, Duration::from_secs(30), |t| t["state"] == "running");
+    let _b = Daemon::start(&mb);
+    wait_hosts(&mb, 2);
+    let pid = a.0.id() as i32;
+    // SAFETY-free: signals through the kill(1) program.
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    // b rescues the frozen host's run and runs it again.
+    wait_for(&mb, &spin, LEASE * 4 + Duration::from_secs(10), |t| {
+        t["run_attempt_count"] == 2 && t["state"] == "running"
+    });
+    signal("-CONT");
+    // a wakes past its lease: it stops its own run (lease-lost); the
+    // task keeps b's run, and a's record of the first run is the rescue's.
+    let log = ma.with_file_name("serve.log");
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("lease on the store ran out") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a never said its lease ran out: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let t = task(&mb, &spin);
+    assert_eq!(
+        (t["state"].as_str(), t["run_attempt_count"].as_i64()),
+        (Some("running"), Some(2)),
+        "{t}"
+    );
+    assert_eq!(t["attempts"][0]["stop_reason"], "host-shutdown", "{t}");
+    assert!(t["attempts"][1]["ended_at"].is_null(), "b's run goes on: {t}");
+    // a joined again as a new incarnation.
+    wait_hosts(&mb, 2);
+    ok(&mb, &["cancel", &spin]);
+    drop(a);
+}
+
+#[test]
+fn racing_enqueues_of_one_unique_name_from_several_processes_create_one_task() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let ms: Vec<PathBuf> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| host_dir(root.path(), n, db.url()))
+        .collect();
+    let runs: Vec<_> = ms
+        .iter()
+        .map(|m| {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                ok(
+                    &m,
+                    &[
+                        "enqueue", "echo", "--task", "once", "--unique", "daily", "--policy", "keep", "--delay", "1h",
+                    ],
+                )
+            })
+        })
+        .collect();
+    let ids: Vec<String> = runs.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&ms[0], &["list", "--unique", "daily", "--json"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+#[test]
+fn a_periodic_task_runs_once_per_period_with_three_hosts_serving() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let ms: Vec<PathBuf> = ["a", "b", "c"]
+        .iter()
+        .map(|n| host_dir(root.path(), n, db.url()))
+        .collect();
+    let _hosts: Vec<Daemon> = ms.iter().map(|m| Daemon::start(m)).collect();
+    wait_hosts(&ms[0], 3);
+    let id = ok(
+        &ms[0],
+        &["enqueue", "counter", "--task", "tick", "--every", "1s", "--flex", "1s"],
+    );
+    std::thread::sleep(Duration::from_millis(5500));
+    ok(&ms[0], &["cancel", &id]);
+    let t = task(&ms[0], &id);
+    let starts: Vec<i64> = t["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["started_at"].as_i64().unwrap())
+        .collect();
+    assert!(
+        (4..=7).contains(&starts.len()),
+        "about one run per second over 5.5 s: {starts:?}"
+    );
+    for pair in starts.windows(2) {
+        assert!(pair[1] - pair[0] >= 900, "two runs in one period: {starts:?}");
+    }
+}
+
+#[test]
+fn a_database_that_is_unreachable_or_another_programs_is_refused_at_start_naming_the_problem() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let m = host_dir(root.path(), "a", db.url());
+    let refused = |url: &str, says: &str| {
+        let run = workhost_tests::workhost_expecting_exit(
+            &["serve", "--config", m.to_str().unwrap(), "--database", url],
+            root.path(),
+        );
+        assert_eq!(run.code, 1, "{url}: {run:?}");
+        assert!(run.stderr.contains(says), "{url}: {}", run.stderr);
+    };
+    refused(
+        "postgresql:///workhost?host=/nonexistent-socket-dir",
+        "cannot use the task store database",
+    );
+    refused(&pg::url_with_database(db.url(), "no_such_database"), "does not exist");
+    let mut nobody = db.url().replace("user=workhost", "user=no_such_role");
+    if nobody == db.url() {
+        nobody = format!(
+            "{}{}user=no_such_role",
+            db.url(),
+            if db.url().contains('?') { "&" } else { "?" }
+        );
+    }
+    refused(&nobody, "no_such_role");
+    // Another program's database: refused, and left as it was.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = db.connect().await;
+        client.batch_execute("CREATE TABLE users (id int)").await.unwrap();
+    });
+    refused(db.url(), "is not a workhost store");
+    rt.block_on(async {
+        let client = db.connect().await;
+        let schema: Option<String> = client
+            .query_one("SELECT nspname::text FROM pg_namespace WHERE nspname = 'workhost'", &[])
+            .await
+            .map(|r| r.get(0))
+            .ok();
+        assert_eq!(schema, None, "nothing was created");
+    });
+}
