@@ -308,3 +308,33 @@ fn a_database_that_is_unreachable_or_another_programs_is_refused_at_start_naming
         assert_eq!(schema, None, "nothing was created");
     });
 }
+
+#[test]
+fn a_task_cancelled_from_another_process_stops_on_the_host_running_it_within_250_ms() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let (ma, mb) = (
+        host_dir(root.path(), "a", db.url()),
+        host_dir(root.path(), "b", db.url()),
+    );
+    let _a = Daemon::start(&ma);
+    wait_hosts(&ma, 1);
+    let spin = ok(&ma, &["enqueue", "spin", "--task", "forever"]);
+    wait_for(&ma, &spin, Duration::from_secs(30), |t| t["state"] == "running");
+    // The cancel comes from a process with the other host's manifest.
+    ok(&mb, &["cancel", &spin]);
+    let cancelled_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t = wait_for(&mb, &spin, Duration::from_secs(10), |t| {
+        t["attempts"][0]["ended_at"].is_i64()
+    });
+    let ended = t["attempts"][0]["ended_at"].as_i64().unwrap();
+    assert_eq!(t["state"], "cancelled", "{t}");
+    assert!(
+        ended - cancelled_at <= 250,
+        "the run stopped {} ms after the cancel committed",
+        ended - cancelled_at
+    );
+}
