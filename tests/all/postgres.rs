@@ -1107,3 +1107,63 @@ fn db_error(e: &tokio_postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// A run's kv writes go through its lease: once its task was recovered and
+/// claimed again, the old run's set, increment and delete are refused (the
+/// guest sees the kv store unavailable), change nothing, and mark the old
+/// run fenced; the current run's writes go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runs_kv_writes_are_refused_once_its_lease_was_taken_away() {
+    use workhost::{DeviceState, EnqueueHooks, HostIdentity, PgStore, TaskStore, WorkRequest};
+    let db = pg::database();
+    let store = PgStore::open(db.url()).await.unwrap();
+    let me = HostIdentity {
+        id: "h".into(),
+        incarnation: "1".into(),
+    };
+    store.register_host(me.clone(), NOW).await.unwrap();
+    let id = store
+        .enqueue(WorkRequest::one_off("a", "t"), NOW, EnqueueHooks::default())
+        .await
+        .unwrap()
+        .0
+        .id;
+    let slots: std::collections::HashMap<String, usize> = [("a".to_string(), 1)].into();
+    let claim = || store.claim(me.clone(), NOW, 1, slots.clone(), DeviceState::default());
+    let old = claim().await.unwrap().remove(0);
+    let old_kv = store.run_kv(id, old.lease);
+    old_kv.set("a", "k", b"old", 10).await.unwrap();
+    // A restart of the host rescues the run; it is claimed again.
+    let restarted = HostIdentity {
+        incarnation: "2".into(),
+        ..me.clone()
+    };
+    store.register_host(restarted.clone(), NOW).await.unwrap();
+    store.recover(restarted.clone(), NOW).await.unwrap();
+    let new = store
+        .claim(restarted, NOW, 1, slots.clone(), DeviceState::default())
+        .await
+        .unwrap()
+        .remove(0);
+    let refused = old_kv.set("a", "k", b"zombie", 10).await;
+    assert!(
+        matches!(&refused, Err(workhost::KvError::Unavailable(m)) if m.contains("no longer holds its task")),
+        "{refused:?}"
+    );
+    assert!(old_kv.increment("a", "n", 1, 10).await.is_err());
+    assert!(old_kv.delete("a", "k").await.is_err());
+    assert_eq!(store.kv().get("a", "k").await.unwrap(), Some(b"old".to_vec()));
+    let new_kv = store.run_kv(id, new.lease);
+    new_kv.set("a", "k", b"new", 10).await.unwrap();
+    assert_eq!(store.kv().get("a", "k").await.unwrap(), Some(b"new".to_vec()));
+    let client = db.connect().await;
+    let fenced: Option<i64> = client
+        .query_one(
+            "SELECT fenced_at FROM workhost.attempts WHERE task_id = $1 AND lease = $2",
+            &[&id, &(old.lease as i64)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(fenced.is_some(), "the old run is marked fenced");
+}

@@ -3,7 +3,8 @@
 //!
 //! 1. Throughput: N `echo` tasks enqueued (64 enqueues in flight, so they
 //!    group-commit), claimed, run and finished, next to the executor-only
-//!    rate for the same N runs.
+//!    rate for the same N runs; then the same on the PostgreSQL store, and
+//!    due-to-started of paced work another queue enqueues.
 //! 2. Due-to-started latency (attempt start − enqueue time; ms resolution)
 //!    at a paced load: 10,000 tasks/s (the target) and 2,000 tasks/s.
 //! 3. Due-to-started latency of paced `echo` at 2,000 tasks/s beside four
@@ -42,6 +43,41 @@ fn main() {
         let (p50, p99) = latencies(host.queue(), &ids).await;
         println!("  due-to-started in that burst (queueing included): p50 {p50} ms, p99 {p99} ms");
         host.shutdown().await;
+
+        // The same burst on the PostgreSQL store (the tests' private
+        // server, which runs with fsync off: the figure is the protocol's
+        // cost, not a disk's), then paced work enqueued through a queue of
+        // its own (its own pool and connections, as another process),
+        // reaching the host by NOTIFY.
+        {
+            let db = workhost_tests::pg::database();
+            let url = db.url().to_string();
+            let (host, _dir) = start_host_with(|c| c.database = Some(url.clone())).await;
+            let start = Instant::now();
+            let pg_ids = enqueue_burst(host.queue(), N).await;
+            wait_done(host.queue(), N).await;
+            let pg_rate = N as f64 / start.elapsed().as_secs_f64();
+            println!(
+                "postgres, end to end, one host: {pg_rate:.0} tasks/s ({:.2}x SQLite's {rate:.0}, {:.2}x the executor-only rate)",
+                pg_rate / rate,
+                pg_rate / exec_rate
+            );
+            let (p50, p99) = latencies(host.queue(), &pg_ids).await;
+            println!("  due-to-started in that burst (queueing included): p50 {p50} ms, p99 {p99} ms");
+            let other = Queue::with_store(
+                workhost::PgStore::open(&url).await.unwrap(),
+                vec!["echo".into()],
+                workhost::PeriodicFloor::default(),
+                Duration::from_secs(86_400),
+            );
+            let (ids, achieved) = enqueue_paced(&other, 2_000, Duration::from_secs(2)).await;
+            wait_done(host.queue(), N + ids.len()).await;
+            let (p50, p99) = latencies(host.queue(), &ids).await;
+            println!(
+                "postgres, paced 2000 tasks/s enqueued by another queue (at {achieved:.0}/s): due-to-started p50 {p50} ms, p99 {p99} ms"
+            );
+            host.shutdown().await;
+        }
 
         let mut paced_alone = (0, 0);
         for per_sec in [10_000u64, 2_000] {

@@ -92,7 +92,11 @@ pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHand
                 },
                 input: info.input.clone(),
                 budget,
-                kv: Kv::new(queue.store.kv(), info.handler.clone(), loaded.config.kv_limits),
+                kv: Kv::new(
+                    queue.store.run_kv(info.id, lease),
+                    info.handler.clone(),
+                    loaded.config.kv_limits,
+                ),
                 progress: progress.as_ref().map(|p| p.sink()),
                 stop,
                 grants: loaded.config.grants.clone(),

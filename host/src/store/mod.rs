@@ -318,6 +318,15 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     fn change_counter(&self) -> Result<u64, StoreError>;
     /// The durable kv backend on this store.
     fn kv(&self) -> Arc<dyn KvStore>;
+    /// The kv backend a run of task `id` holding `lease` writes through:
+    /// on a store several hosts share, its writes change nothing once the
+    /// run's lease was taken away (the guest sees the kv store
+    /// unavailable, and the run's attempt is marked fenced). The default,
+    /// for a store one host serves at a time: [`Self::kv`].
+    fn run_kv(&self, id: TaskId, lease: u64) -> Arc<dyn KvStore> {
+        let _ = (id, lease);
+        self.kv()
+    }
 }
 
 /// How many attempts a periodic task keeps: its latest runs, over every

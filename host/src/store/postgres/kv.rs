@@ -12,6 +12,36 @@ use super::{PgStore, TRIES, in_tx, sql};
 /// The kv backend of a [`PgStore`].
 pub(super) struct PgKv {
     pub(super) store: Weak<PgStore>,
+    /// The run whose writes these are (task, lease): each write first
+    /// checks, and holds, that the run is still the task's current one.
+    pub(super) fence: Option<(i64, i64)>,
+}
+
+/// Refuses a write of a run that is no longer its task's current one
+/// (cancelled, or rescued after its host lost its lease), marking the run
+/// fenced; holds the task's row (`FOR SHARE`) so a rescue waits for the
+/// write to commit.
+async fn check_fence(tx: &deadpool_postgres::Transaction<'_>, fence: Option<(i64, i64)>) -> Result<(), Fail> {
+    let Some((task, lease)) = fence else {
+        return Ok(());
+    };
+    if tx.query_opt(sql::KV_FENCE, &[&task, &lease]).await?.is_some() {
+        return Ok(());
+    }
+    Err(Fail::Fenced)
+}
+
+/// Marks run `fence` fenced, in a transaction of its own (the refused
+/// write's rolled back).
+async fn mark_fenced(store: &PgStore, fence: Option<(i64, i64)>) {
+    if let Some((task, lease)) = fence {
+        let now = crate::work::millis(super::rows::wall_now());
+        let _ = in_tx!(store, |tx| async {
+            tx.query(sql::MARK_FENCED, &[&task, &lease, &now]).await?;
+            Ok::<_, Fail>(())
+        }
+        .await);
+    }
 }
 
 impl PgKv {
@@ -57,6 +87,24 @@ async fn room_for(tx: &deadpool_postgres::Transaction<'_>, ns: &str, key: &str, 
     Ok(())
 }
 
+impl PgKv {
+    /// A write's result for the guest; a fenced write marks its run.
+    async fn settle<T>(&self, store: &PgStore, done: Result<T, Fail>) -> Result<T, KvError> {
+        match done {
+            Ok(v) => Ok(v),
+            Err(Fail::Fenced) => {
+                mark_fenced(store, self.fence).await;
+                Err(KvError::Unavailable(
+                    "this run no longer holds its task (it was cancelled, or its host's lease ran out and another \
+                     host runs it): its kv writes are refused"
+                        .into(),
+                ))
+            }
+            Err(f) => Err(back(store, f)),
+        }
+    }
+}
+
 impl KvStore for PgKv {
     fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
         Box::pin(async move {
@@ -73,32 +121,35 @@ impl KvStore for PgKv {
     fn set<'a>(&'a self, namespace: &'a str, key: &'a str, value: &'a [u8], max_keys: u32) -> KvFuture<'a, ()> {
         Box::pin(async move {
             let store = self.store()?;
-            in_tx!(store, |tx| async {
+            let done = in_tx!(store, |tx| async {
+                check_fence(&tx, self.fence).await?;
                 room_for(&tx, namespace, key, max_keys).await?;
                 tx.execute(sql::KV_PUT, &[&namespace, &key, &value]).await?;
                 Ok::<_, Fail>(())
             }
-            .await)
-            .map_err(|f| back(&store, f))
+            .await);
+            self.settle(&store, done).await
         })
     }
 
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> KvFuture<'a, ()> {
         Box::pin(async move {
             let store = self.store()?;
-            in_tx!(store, |tx| async {
+            let done = in_tx!(store, |tx| async {
+                check_fence(&tx, self.fence).await?;
                 tx.execute(sql::KV_DELETE, &[&namespace, &key]).await?;
                 Ok::<_, Fail>(())
             }
-            .await)
-            .map_err(|f| back(&store, f))
+            .await);
+            self.settle(&store, done).await
         })
     }
 
     fn increment<'a>(&'a self, namespace: &'a str, key: &'a str, delta: i64, max_keys: u32) -> KvFuture<'a, i64> {
         Box::pin(async move {
             let store = self.store()?;
-            in_tx!(store, |tx| async {
+            let done = in_tx!(store, |tx| async {
+                check_fence(&tx, self.fence).await?;
                 let mut current = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await?;
                 if current.is_none() {
                     // A new key: under the namespace's lock, look again (an
@@ -118,8 +169,8 @@ impl KvStore for PgKv {
                     .await?;
                 Ok::<_, Fail>(next)
             }
-            .await)
-            .map_err(|f| back(&store, f))
+            .await);
+            self.settle(&store, done).await
         })
     }
 }

@@ -159,7 +159,10 @@ impl PgStore {
             listening,
             listener,
             lease,
-            kv: Arc::new(kv::PgKv { store: weak.clone() }),
+            kv: Arc::new(kv::PgKv {
+                store: weak.clone(),
+                fence: None,
+            }),
         });
         store.migrate().await?;
         Ok(store)
@@ -601,6 +604,13 @@ impl TaskStore for PgStore {
 
     fn kv(&self) -> Arc<dyn KvStore> {
         self.kv.clone()
+    }
+
+    fn run_kv(&self, id: TaskId, lease: u64) -> Arc<dyn KvStore> {
+        Arc::new(kv::PgKv {
+            store: self.kv.store.clone(),
+            fence: Some((id, rows::lease_param(lease))),
+        })
     }
 
     fn host_lease(&self) -> Option<Duration> {

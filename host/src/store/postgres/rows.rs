@@ -24,6 +24,8 @@ pub(super) enum Fail {
     Work(WorkError),
     /// A kv rule refused the call (too many keys, not a counter, overflow).
     Kv(crate::kv::KvError),
+    /// A write of a run that no longer holds its task.
+    Fenced,
 }
 
 impl From<tokio_postgres::Error> for Fail {
@@ -69,6 +71,7 @@ impl Fail {
             Fail::Store(e) | Fail::Work(WorkError::Store(e)) => e,
             Fail::Work(e) => StoreError::Backend(e.to_string()),
             Fail::Kv(e) => StoreError::Backend(e.to_string()),
+            Fail::Fenced => StoreError::Backend("the run no longer holds its task".into()),
             Fail::Pool(detail) => StoreError::Unavailable {
                 database: database.to_string(),
                 detail,

@@ -726,7 +726,6 @@ pub const KV_GET_FOR_UPDATE: &str = "SELECT value FROM workhost.kv WHERE namespa
 /// task `$1` (`i64`) is RUNNING with lease `$2` (`i64`), held `FOR SHARE`
 /// so a rescue or cancel of it waits for the write to commit; no row: the
 /// write is refused (and [`MARK_FENCED`]).
-#[allow(dead_code)] // Prepared by tests/all/postgres.rs; kv writes are not fenced yet (docs/scale-out.md).
 pub const KV_FENCE: &str = "\
 SELECT 1 AS held FROM workhost.tasks WHERE id = $1 AND state = 'running' AND lease = $2 FOR SHARE";
 
