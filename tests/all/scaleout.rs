@@ -338,3 +338,86 @@ fn a_task_cancelled_from_another_process_stops_on_the_host_running_it_within_250
         ended - cancelled_at
     );
 }
+
+#[test]
+fn postgres_stopped_and_started_under_load_loses_nothing_and_hosts_keep_their_runs() {
+    let mut server = pg::OwnServer::start();
+    let url = server.database("queue");
+    let root = tempfile::tempdir().unwrap();
+    let m = host_dir(root.path(), "a", &url);
+    // A lease longer than the outage; spin gives up after 3 s and one
+    // attempt, so its outcome comes while the database is down.
+    let text = std::fs::read_to_string(&m)
+        .unwrap()
+        .replace(
+            &format!("host_lease = \"{}s\"", LEASE.as_secs()),
+            "host_lease = \"10s\"",
+        )
+        .replace("timeout = \"60s\"", "timeout = \"3s\"");
+    std::fs::write(&m, text).unwrap();
+    let _host = Daemon::start(&m);
+    wait_hosts(&m, 1);
+    let echoes: Vec<String> = (0..10)
+        .map(|i| ok(&m, &["enqueue", "echo", "--task", &format!("e{i}")]))
+        .collect();
+    for id in &echoes {
+        wait_for(&m, id, Duration::from_secs(30), |t| t["state"] == "succeeded");
+    }
+    let spin = ok(
+        &m,
+        &["enqueue", "spin", "--task", "three-seconds", "--max-attempts", "1"],
+    );
+    wait_for(&m, &spin, Duration::from_secs(30), |t| t["state"] == "running");
+
+    server.stop();
+    let refused = wh(&m, &["enqueue", "echo", "--task", "while-down"]);
+    assert_eq!(
+        refused.code, 1,
+        "an enqueue while the database is down is refused: {refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("cannot use the task store database"),
+        "{}",
+        refused.stderr
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    server.restart();
+
+    // The run went on through the outage and its outcome, refused while
+    // the database was down, is recorded once it is back.
+    let t = wait_for(&m, &spin, Duration::from_secs(30), |t| t["state"] == "failed");
+    assert_eq!(t["run_attempt_count"], 1, "the same run, never rescued: {t}");
+    assert_eq!(t["attempts"][0]["stop_reason"], "timeout", "{t}");
+    for id in &echoes {
+        assert_eq!(task(&m, id)["state"], "succeeded");
+    }
+    let after = ok(&m, &["enqueue", "echo", "--task", "after"]);
+    wait_for(&m, &after, Duration::from_secs(30), |t| t["state"] == "succeeded");
+    let log_path = m.with_file_name("serve.log");
+    let start = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("takes this host's lease renewals again") || start.elapsed() > Duration::from_secs(20) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let count = |needle: &str| log.matches(needle).count();
+    assert_eq!(
+        count("refused the dispatcher's claim"),
+        count("takes the dispatcher's claims again"),
+        "{log}"
+    );
+    assert!(
+        count("refused the dispatcher's claim") <= 1,
+        "one alert while down: {log}"
+    );
+    assert_eq!(count("refused this host's lease renewal"), 1, "{log}");
+    assert_eq!(count("takes this host's lease renewals again"), 1, "{log}");
+    assert!(count("refused this run's outcome") <= 1, "{log}");
+    assert_eq!(
+        count("lease on the store ran out"),
+        0,
+        "the outage was shorter than the lease: {log}"
+    );
+}

@@ -539,3 +539,90 @@ mod tests {
         }
     }
 }
+
+/// A private server that one test owns and may stop and start again (the
+/// shared one serves every other test of the process). It needs the
+/// server programs even when `WORKHOST_TEST_DATABASE_URL` names a server:
+/// a test cannot stop that one. Stopped and removed when dropped.
+#[derive(Debug)]
+pub struct OwnServer {
+    dir: PathBuf,
+    bin: PathBuf,
+    owner: Option<(u32, u32)>,
+    pid: Option<libc::pid_t>,
+}
+
+impl OwnServer {
+    /// Creates and starts it; panics naming the failed step.
+    pub fn start() -> OwnServer {
+        let start = || -> Result<OwnServer, String> {
+            let bin = server_programs()?;
+            let owner = unprivileged_owner()?;
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
+                .tempdir()
+                .map_err(|e| format!("creating its directory: {e}"))?
+                .keep();
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("chown {dir:?}: {e}"))?;
+            }
+            let initdb = command(&bin.join("initdb"), &dir, owner, libc::SIGTERM)
+                .arg("-D")
+                .arg(dir.join("data"))
+                .args(["-U", ROLE, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+                .output()
+                .map_err(|e| format!("running initdb: {e}"))?;
+            if !initdb.status.success() {
+                return Err(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr)));
+            }
+            let mut server = OwnServer {
+                dir,
+                bin,
+                owner,
+                pid: None,
+            };
+            server.start_again()?;
+            Ok(server)
+        };
+        start().unwrap_or_else(|e| panic!("a test's own PostgreSQL server did not start: {e}"))
+    }
+
+    fn admin(&self) -> tokio_postgres::Config {
+        format!("postgresql:///postgres?host={}&user={ROLE}", self.dir.display())
+            .parse()
+            .expect("a socket URL parses")
+    }
+
+    fn start_again(&mut self) -> Result<(), String> {
+        let pid = spawn_postgres(&self.bin.join("postgres"), &self.dir, self.owner)?;
+        self.pid = Some(pid);
+        wait_until_ready(&self.dir, pid, &self.admin())
+    }
+
+    /// Starts it again after [`Self::stop`].
+    pub fn restart(&mut self) {
+        self.start_again()
+            .unwrap_or_else(|e| panic!("the test's own PostgreSQL server did not start again: {e}"));
+    }
+
+    /// Stops it (fast shutdown: every session ends).
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            stop(pid, true);
+        }
+    }
+
+    /// Creates database `name`; returns its URL.
+    pub fn database(&self, name: &str) -> String {
+        run_admin(self.admin(), format!("CREATE DATABASE {}", quote_ident(name)))
+            .unwrap_or_else(|e| panic!("creating database {name:?}: {e}"));
+        format!("postgresql:///{name}?host={}&user={ROLE}", self.dir.display())
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -395,26 +395,25 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
             let claimed = store.claim(me, now, free, per, device).await;
             // Look again at once: what this claim left may be due too.
             look = true;
-            claimed
+            Some(claimed)
         } else {
-            Ok(Vec::new())
+            None
         };
         // A refused claim is tried again at the next wake or poll; the
-        // first refusal of a streak and its end are alerts.
+        // first refusal of a streak and its end (a claim the store took,
+        // not a wake that claimed nothing) are alerts.
         match &claimed {
-            Err(e) => {
-                if claims_refused.refused() {
-                    inner.alert(
-                        None,
-                        format!(
-                            "the store refused the dispatcher's claim ({e}); no work starts until it takes writes \
-                             again (tried every {} ms)",
-                            inner.poll.as_millis()
-                        ),
-                    );
-                }
+            Some(Err(e)) if claims_refused.refused() => {
+                inner.alert(
+                    None,
+                    format!(
+                        "the store refused the dispatcher's claim ({e}); no work starts until it takes writes \
+                         again (tried every {} ms)",
+                        inner.poll.as_millis()
+                    ),
+                );
             }
-            Ok(_) => {
+            Some(Ok(_)) => {
                 if let Some(n) = claims_refused.ended() {
                     inner.alert(
                         None,
@@ -422,15 +421,16 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
                     );
                 }
             }
+            _ => {}
         }
         // Report tasks other processes enqueued before any of them is
         // reported started.
         if inner.queue.events.receiver_count() > 0
-            && (counter != last_change || claimed.as_ref().is_ok_and(|c| !c.is_empty()))
+            && (counter != last_change || matches!(&claimed, Some(Ok(c)) if !c.is_empty()))
         {
             last_seen = Some(report_foreign_enqueues(&inner, last_seen).await);
         }
-        for c in claimed.unwrap_or_default() {
+        for c in claimed.and_then(Result::ok).unwrap_or_default() {
             let stop = StopHandle::new();
             let memory = inner
                 .handlers
