@@ -133,10 +133,24 @@ impl PgStore {
 
     /// [`Self::open`] with hosts holding leases of `lease`.
     pub async fn open_with_lease(url: &str, lease: Duration) -> Result<Arc<PgStore>, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable {
             database: "the database URL".into(),
             detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
         })?;
+        // A host frozen (SIGSTOP, a paused VM) inside a transaction would
+        // hold its row locks, and with them every other host's rescue of
+        // its work, until it woke: the server ends such a session after a
+        // lease, releasing them. This workhost's transactions never wait
+        // on anything but the database.
+        let idle = format!(
+            "-c idle_in_transaction_session_timeout={}",
+            crate::work::millis(lease).max(1000)
+        );
+        let options = match config.get_options() {
+            Some(given) if !given.is_empty() => format!("{given} {idle}"),
+            _ => idle,
+        };
+        config.options(&options);
         let name = display_name(&config);
         let manager = Manager::from_config(
             config.clone(),

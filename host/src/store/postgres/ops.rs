@@ -544,6 +544,10 @@ pub(super) async fn finish_in(
 /// decided by `retry::decide_orphaned` and applied as a finish under the
 /// dead run's lease.
 pub(super) async fn rescue_in(tx: &Tx<'_>, me: &HostIdentity, now: Millis) -> Result<Vec<Change>, Fail> {
+    // A dead host's row locked by its own unfinished transaction (it froze
+    // mid-renewal) is not waited for: the next round tries again, once the
+    // server has ended that session.
+    tx.batch_execute("SET LOCAL lock_timeout = '1s'").await?;
     let orphans = rows(tx, sql::RESCUE, &[&me.id, &me.incarnation, &RESCUE_BATCH]).await?;
     let mut changes = Vec::new();
     for row in &orphans {
