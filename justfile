@@ -48,9 +48,10 @@ lint: setup
     RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p workhost
 
 # The crash harness, longer: SIGKILL a serving daemon KILLS times at random
-# moments (reproducible from SEED), then check every promise.
-chaos SEED="1" KILLS="20" TASKS="20": guests
-    cargo run --quiet -p workhost-tests --example chaos -- {{SEED}} {{KILLS}} {{TASKS}}
+# moments (reproducible from SEED), then check every promise; STORE sqlite
+# (default) or postgres (a database of the tests' PostgreSQL server).
+chaos SEED="1" KILLS="20" TASKS="20" STORE="sqlite": guests
+    cargo run --quiet -p workhost-tests --example chaos -- {{SEED}} {{KILLS}} {{TASKS}} {{STORE}}
 
 # Fuzz the parsers of untrusted text (task input JSON, CLI values, manifests,
 # enqueue requests with every duration and count)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::{Daemon, guests, workhost_bin, write_manifest};
 
 /// What to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ChaosConfig {
     /// Seeds every random choice: the same seed makes the same workload and
     /// kill delays.
@@ -19,6 +19,9 @@ pub struct ChaosConfig {
     pub kills: usize,
     /// One-off tasks enqueued between two kills.
     pub tasks_per_round: usize,
+    /// The PostgreSQL database of the store (`database` in the manifest,
+    /// with a 2 s host lease); `None`: the embedded SQLite store.
+    pub database: Option<String>,
 }
 
 /// What happened; [`run`] has already checked every promise.
@@ -116,7 +119,7 @@ struct Expect {
 /// - a unique name enqueued with `keep` before and after kills is one
 ///   pending task;
 /// - the periodic task is still scheduled and ran;
-/// - SQLite's `integrity_check` passes.
+/// - SQLite's `integrity_check` passes (on the SQLite store).
 ///
 /// Panics naming the first broken promise.
 pub fn run(config: ChaosConfig) -> ChaosReport {
@@ -124,6 +127,9 @@ pub fn run(config: ChaosConfig) -> ChaosReport {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let manifest = write_manifest(dir.path());
     let mut text = std::fs::read_to_string(&manifest).unwrap();
+    if let Some(url) = &config.database {
+        text = format!("database = {url:?}\nhost_lease = \"2s\"\n{text}");
+    }
     text.push_str(&format!(
         "\n[handlers.ledger]\ncomponent = {:?}\nconcurrency = 4\n",
         guests::LEDGER
@@ -275,7 +281,10 @@ pub fn run(config: ChaosConfig) -> ChaosReport {
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "unique name `only`: {listed}");
     assert_eq!(listed[0]["state"], "enqueued", "unique name `only`: {listed}");
 
-    integrity_check(&dir.path().join("data").join("workhost.db"));
+    // PostgreSQL checks its own pages; SQLite's file gets an integrity check.
+    if config.database.is_none() {
+        integrity_check(&dir.path().join("data").join("workhost.db"));
+    }
     report.elapsed = started.elapsed();
     report
 }
