@@ -4,7 +4,9 @@
 //! 1. Throughput: N `echo` tasks enqueued (64 enqueues in flight, so they
 //!    group-commit), claimed, run and finished, next to the executor-only
 //!    rate for the same N runs; then the same on the PostgreSQL store, and
-//!    due-to-started of paced work another queue enqueues.
+//!    due-to-started of paced work another queue enqueues; and scale-out,
+//!    1, 2 and 4 hosts on one database running tasks that wait on I/O,
+//!    against linear.
 //! 2. Due-to-started latency (attempt start − enqueue time; ms resolution)
 //!    at a paced load: 10,000 tasks/s (the target) and 2,000 tasks/s.
 //! 3. Due-to-started latency of paced `echo` at 2,000 tasks/s beside four
@@ -24,6 +26,9 @@ use workhost::{Data, EngineConfig, Executor, Host, Queue, RunRequest, TaskId, Ta
 use workhost_tests::{guests, host_config};
 
 const N: usize = 20_000;
+
+/// Run slots per host in the scale-out case.
+const SCALE_SLOTS: usize = 32;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -77,6 +82,56 @@ fn main() {
                 "postgres, paced 2000 tasks/s enqueued by another queue (at {achieved:.0}/s): due-to-started p50 {p50} ms, p99 {p99} ms"
             );
             host.shutdown().await;
+        }
+
+        // Scale-out: 1, 2 and 4 hosts on one database (in this process),
+        // running `ledger` tasks that sleep 100 ms in a host call, so hosts
+        // wait on I/O, not on this machine's two cores.
+        {
+            let mut one = 0.0;
+            for hosts in [1usize, 2, 4] {
+                let db = workhost_tests::pg::database();
+                let mut running = Vec::new();
+                for _ in 0..hosts {
+                    let url = db.url().to_string();
+                    running.push(
+                        start_host_with(move |c| {
+                            c.database = Some(url);
+                            c.max_concurrency = SCALE_SLOTS;
+                            let mut ledger = workhost::HandlerConfig::new("ledger", guests::LEDGER);
+                            ledger.concurrency = SCALE_SLOTS;
+                            ledger.kv_limits.max_keys = 1_000_000;
+                            c.handlers.push(ledger);
+                        })
+                        .await,
+                    );
+                }
+                let n = 300 * hosts;
+                let q = running[0].0.queue().clone();
+                let start = Instant::now();
+                let mut set = tokio::task::JoinSet::new();
+                for i in 0..n {
+                    let q = q.clone();
+                    set.spawn(async move {
+                        let mut r = WorkRequest::one_off("ledger", format!("s{i}"));
+                        r.input = Data::new().with("sleep_ms", 100i64);
+                        q.enqueue(r).await.unwrap();
+                    });
+                }
+                while set.join_next().await.is_some() {}
+                wait_done(&q, n).await;
+                let rate = n as f64 / start.elapsed().as_secs_f64();
+                if hosts == 1 {
+                    one = rate;
+                }
+                println!(
+                    "scale-out, {hosts} host(s) x {SCALE_SLOTS} slots, tasks waiting 100 ms on I/O: {rate:.0} tasks/s ({:.2}x linear from one host's {one:.0})",
+                    rate / (one * hosts as f64)
+                );
+                for (host, _dir) in running {
+                    host.shutdown().await;
+                }
+            }
         }
 
         let mut paced_alone = (0, 0);

@@ -351,7 +351,15 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             in_tx!(self, |tx| async {
                 let changes = ops::finish_in(&tx, id, lease, &transition, &record, now).await?;
-                if !changes.is_empty() {
+                // Other hosts need to hear of a finish only when it leaves
+                // work to claim: the task itself back in the queue (a retry,
+                // a next period) or dependents released. A plain success or
+                // failure changes nothing they could act on, and each
+                // notification costs every host a read.
+                let leaves_work = changes
+                    .iter()
+                    .any(|c| c.id != id || c.state == TaskState::Enqueued);
+                if leaves_work {
                     ops::notify(&tx, "finish").await?;
                 }
                 Ok::<_, Fail>(changes)
