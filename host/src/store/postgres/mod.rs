@@ -356,9 +356,7 @@ impl TaskStore for PgStore {
                 // a next period) or dependents released. A plain success or
                 // failure changes nothing they could act on, and each
                 // notification costs every host a read.
-                let leaves_work = changes
-                    .iter()
-                    .any(|c| c.id != id || c.state == TaskState::Enqueued);
+                let leaves_work = changes.iter().any(|c| c.id != id || c.state == TaskState::Enqueued);
                 if leaves_work {
                     ops::notify(&tx, "finish").await?;
                 }
