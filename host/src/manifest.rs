@@ -44,6 +44,19 @@ pub enum ManifestError {
     },
 }
 
+/// A duration in the manifest, read as it is deserialized
+/// ([`parse_duration`]: `500ms`, `1h30m`, `2 days`), so a value that is
+/// not one is an error at its line and column.
+#[derive(Debug, Clone, Copy)]
+struct Dur(Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(Dur).map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -53,11 +66,11 @@ struct File {
     cache_max_size: Option<String>,
     max_concurrency: Option<usize>,
     memory_budget: Option<String>,
-    min_periodic_interval: Option<String>,
-    min_flex: Option<String>,
-    retention: Option<String>,
-    shutdown_grace: Option<String>,
-    host_lease: Option<String>,
+    min_periodic_interval: Option<Dur>,
+    min_flex: Option<Dur>,
+    retention: Option<Dur>,
+    shutdown_grace: Option<Dur>,
+    host_lease: Option<Dur>,
     #[serde(default)]
     handlers: BTreeMap<String, HandlerFile>,
     device: Option<DeviceFile>,
@@ -68,7 +81,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct DeviceFile {
     read_machine: Option<bool>,
-    refresh: Option<String>,
+    refresh: Option<Dur>,
     charging: Option<bool>,
     battery_low: Option<bool>,
     connected: Option<bool>,
@@ -87,8 +100,8 @@ struct DeviceFile {
 struct HandlerFile {
     component: String,
     concurrency: Option<usize>,
-    timeout: Option<String>,
-    processing_timeout: Option<String>,
+    timeout: Option<Dur>,
+    processing_timeout: Option<Dur>,
     fuel: Option<Fuel>,
     max_memory: Option<String>,
     #[serde(default)]
@@ -96,7 +109,7 @@ struct HandlerFile {
     data_dir: Option<bool>,
     max_http_requests: Option<u32>,
     max_http_response_bytes: Option<String>,
-    http_timeout: Option<String>,
+    http_timeout: Option<Dur>,
     data_quota: Option<String>,
     #[serde(default)]
     config: BTreeMap<String, String>,
@@ -191,13 +204,8 @@ pub fn parse_manifest_for(
     };
     // Every duration of the manifest has an upper bound (see README,
     // "Budgets and defaults"), checked here so nothing inside wraps.
-    let duration = |key: &str, value: &Option<String>, max: Duration| -> Result<Option<Duration>, ManifestError> {
-        let d = value
-            .as_deref()
-            .map(parse_duration)
-            .transpose()
-            .map_err(|e| invalid(key.to_string(), e.to_string()))?;
-        match d {
+    let duration = |key: &str, value: &Option<Dur>, max: Duration| -> Result<Option<Duration>, ManifestError> {
+        match value.map(|d| d.0) {
             Some(d) if d > max => Err(invalid(
                 key.to_string(),
                 format!(

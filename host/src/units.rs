@@ -1,5 +1,6 @@
 //! Durations and sizes as people write them: `500ms`, `30s`, `15m`, `2h`,
-//! `1h30m`; `64MiB`, `1GiB`, `512KiB`, `4096`; and instants as RFC 3339.
+//! `1h30m`, `2 days` (jiff's friendly format); `64MiB`, `1GiB`, `512KiB`,
+//! `4096`; and instants as RFC 3339.
 
 use std::time::Duration;
 
@@ -8,43 +9,31 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum UnitError {
     /// Not a duration.
-    #[error("{0:?} is not a duration; write a number and a unit such as 500ms, 30s, 15m, 2h or 1h30m")]
+    #[error(
+        "{0:?} is not a duration; write a number and a unit such as 500ms, 30s, 15m, 2h, 1h30m or 2 days (months and years are not durations)"
+    )]
     BadDuration(String),
     /// Not a size.
     #[error("{0:?} is not a size; write bytes or a number and a unit such as 512KiB, 64MiB or 1GiB")]
     BadSize(String),
 }
 
-/// Parses a duration: one or more `<integer><unit>` parts, unit one of
-/// `ms`, `s`, `m`, `h`, `d`.
+/// Parses a duration in jiff's "friendly" format: one or more
+/// `<number><unit>` parts, with or without spaces (`500ms`, `30s`, `15m`,
+/// `2h`, `1h30m`, `1d`, `2 days 4 hours`, `1w`), or ISO 8601 (`PT1H30M`).
+/// A day is 24 hours and a week 7 days; months and years, whose length
+/// depends on the date, and negative durations are refused.
 pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
     let bad = || UnitError::BadDuration(text.to_string());
-    let mut rest = text.trim();
-    if rest.is_empty() {
+    let text_trimmed = text.trim();
+    if text_trimmed.is_empty() {
         return Err(bad());
     }
-    let mut total = Duration::ZERO;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
-        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(bad)?;
-    }
-    Ok(total)
+    let span: jiff::Span = text_trimmed.parse().map_err(|_| bad())?;
+    let signed = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|_| bad())?;
+    Duration::try_from(signed).map_err(|_| bad())
 }
 
 /// Parses a size in bytes: a plain integer, or an integer with `B`, `KiB`,
@@ -153,6 +142,10 @@ mod tests {
             ("2h", 7_200_000),
             ("1h30m", 5_400_000),
             ("1d", 86_400_000),
+            ("1.5s", 1_500),
+            ("2 days 4 hours", 187_200_000),
+            ("1w", 604_800_000),
+            ("PT1H30M", 5_400_000),
         ] {
             assert_eq!(parse_duration(text), Ok(Duration::from_millis(ms)), "{text}");
             assert_eq!(
@@ -160,7 +153,7 @@ mod tests {
                 Ok(Duration::from_millis(ms))
             );
         }
-        for bad in ["", "10", "ms", "1x", "1.5s", "-1s", "99999999999999999999h"] {
+        for bad in ["", "10", "ms", "1x", "-1s", "1mo", "1y", "99999999999999999999h"] {
             assert_eq!(parse_duration(bad), Err(UnitError::BadDuration(bad.into())), "{bad:?}");
         }
     }

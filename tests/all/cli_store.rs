@@ -224,8 +224,8 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
         ("[handlers.x]\ncompnent = \"a.wasm\"\n", &["compnent"]),
         ("max_concurrency = \"lots\"\n", &["max_concurrency"]),
         (
-            "retention = \"forever\"\n",
-            &["retention", "\"forever\" is not a duration"],
+            "data_dir = \"d\"\nretention = \"forever\"\n",
+            &["line 2, column 13", "retention", "\"forever\" is not a duration"],
         ),
         ("this is not toml", &["workhost.toml"]),
         (

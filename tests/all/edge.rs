@@ -62,7 +62,9 @@ fn durations_and_counts_past_their_bounds_are_refused_at_enqueue_and_nothing_is_
     let long = "x".repeat(300);
     let many_tags: Vec<String> = (0..65).flat_map(|i| ["--tag".to_string(), format!("t{i}")]).collect();
     let mut cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--delay", "106751991167d"], "initial delay"),
+        (vec!["--delay", "7000000d"], "initial delay"),
+        // Past what a duration can hold at all (the due time would wrap).
+        (vec!["--delay", "106751991167d"], "\"106751991167d\" is not a duration"),
         (vec!["--delay", "3651d"], "longer than the limit of 3650d"),
         (vec!["--every", "3651d"], "the period"),
         (vec!["--every", "1h", "--flex", "4000d"], "the flex"),
