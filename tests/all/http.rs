@@ -296,3 +296,42 @@ async fn a_name_resolving_into_any_internal_range_is_refused() {
         assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1);
     }
 }
+
+/// HTTPS takes the same path as HTTP: the run's resolver is asked once, an
+/// internal answer is refused, and the connection goes to the address the
+/// gate checked (here a plain-HTTP server, so the TLS handshake fails;
+/// a second lookup by the system's resolver would not know the name at
+/// all and fail before connecting).
+#[tokio::test]
+async fn https_resolves_once_is_refused_inside_and_connects_to_the_checked_address() {
+    let resolver = TableResolver::new(&[("inside.test", &["10.1.2.3"])]);
+    let outcome = fetch_resolving("https://inside.test/", "https://*.test", resolver.clone()).await;
+    assert!(
+        host_log(&outcome).contains("resolves to the internal address 10.1.2.3"),
+        "{}",
+        host_log(&outcome)
+    );
+    assert!(outcome.error().unwrap().contains("refused by the host"));
+    assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1);
+
+    let server = TestServer::start();
+    let p = server.port;
+    let resolver = TableResolver::new(&[("secure.test", &["127.0.0.1"])]);
+    let outcome = fetch_resolving(
+        &format!("https://secure.test:{p}/"),
+        &format!("https://secure.test:{p}"),
+        resolver.clone(),
+    )
+    .await;
+    assert_eq!(resolver.lookups.load(Ordering::SeqCst), 1, "one lookup, no second one");
+    let log: Vec<&str> = outcome.log.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        !host_log(&outcome).contains("resolves to the internal address"),
+        "listed exactly, the loopback address is allowed: {log:?}"
+    );
+    // The handler met the plain-HTTP server's answer to its TLS hello: it
+    // connected to the checked address (a new lookup of `secure.test` by
+    // the system would have failed as a DNS error before any connection).
+    assert_eq!(outcome.result, RunResult::Retry, "{log:?}");
+    assert!(log.iter().any(|l| l.contains("TlsProtocolError")), "{log:?}");
+}
