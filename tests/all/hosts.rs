@@ -20,6 +20,27 @@ use workhost_tests::{Daemon, host_config, workhost, write_manifest};
 struct Unreachable {
     inner: Arc<SqliteStore>,
     down: AtomicBool,
+    /// Runs get a kv backend whose increments panic (a bug in a backend),
+    /// to see that a run whose task panics gives back its slot.
+    panicking_kv: AtomicBool,
+}
+
+/// A kv backend with a bug: every increment panics.
+struct PanickingKv(Arc<dyn KvStore>);
+
+impl KvStore for PanickingKv {
+    fn get<'a>(&'a self, ns: &'a str, key: &'a str) -> workhost::KvFuture<'a, Option<Vec<u8>>> {
+        self.0.get(ns, key)
+    }
+    fn set<'a>(&'a self, ns: &'a str, key: &'a str, value: &'a [u8], max: u32) -> workhost::KvFuture<'a, ()> {
+        self.0.set(ns, key, value, max)
+    }
+    fn delete<'a>(&'a self, ns: &'a str, key: &'a str) -> workhost::KvFuture<'a, ()> {
+        self.0.delete(ns, key)
+    }
+    fn increment<'a>(&'a self, _: &'a str, _: &'a str, _: i64, _: u32) -> workhost::KvFuture<'a, i64> {
+        panic!("a kv backend with a bug")
+    }
 }
 
 const LEASE: Duration = Duration::from_millis(700);
@@ -121,6 +142,14 @@ impl TaskStore for Unreachable {
     fn kv(&self) -> Arc<dyn KvStore> {
         self.inner.kv()
     }
+    fn run_kv(&self, id: TaskId, lease: u64) -> Arc<dyn KvStore> {
+        let kv = self.inner.run_kv(id, lease);
+        if self.panicking_kv.load(Ordering::SeqCst) {
+            Arc::new(PanickingKv(kv))
+        } else {
+            kv
+        }
+    }
     fn register_host(&self, me: HostIdentity, now: Millis) -> StoreFuture<'_, Result<(), StoreError>> {
         if self.down.load(Ordering::SeqCst) {
             return Box::pin(async { Err(StoreError::Backend("connection refused".into())) });
@@ -149,6 +178,7 @@ async fn a_host_that_cannot_renew_its_lease_in_time_stops_its_runs_lease_lost_an
     let store = Arc::new(Unreachable {
         inner: SqliteStore::open(&dir.path().join("store")).unwrap(),
         down: AtomicBool::new(false),
+        panicking_kv: AtomicBool::new(false),
     });
     let mut config = host_config(dir.path());
     config.store = Some(store.clone());
@@ -269,4 +299,41 @@ fn hosts_lists_the_serving_daemon_and_no_longer_serving_after_it_died() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A run whose task panics (here a kv backend with a bug panics inside a
+/// host call) gives back its slot: the handler's only slot serves the
+/// next run, and the host keeps dispatching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_task_panics_gives_back_its_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Unreachable {
+        inner: SqliteStore::open(&dir.path().join("store")).unwrap(),
+        down: AtomicBool::new(false),
+        panicking_kv: AtomicBool::new(true),
+    });
+    let mut config = host_config(dir.path());
+    config.store = Some(store.clone());
+    for h in &mut config.handlers {
+        h.concurrency = 1;
+    }
+    let host = Host::start(config).await.unwrap();
+    let queue = host.queue().clone();
+    let panicked = queue.enqueue(WorkRequest::one_off("counter", "boom")).await.unwrap().id;
+    wait_until("the run's task panicked and its slot is free", async || {
+        let t = queue.get(panicked).await.unwrap().unwrap();
+        t.state == TaskState::Running && t.attempts.len() == 1 && host.running().is_empty()
+    })
+    .await;
+    store.panicking_kv.store(false, Ordering::SeqCst);
+    let next = queue
+        .enqueue(WorkRequest::one_off("counter", "after"))
+        .await
+        .unwrap()
+        .id;
+    wait_until("the next run takes the handler's one slot", async || {
+        queue.get(next).await.unwrap().unwrap().state == TaskState::Succeeded
+    })
+    .await;
+    host.shutdown().await;
 }
