@@ -85,8 +85,9 @@ fn main() {
         }
 
         // Scale-out: 1, 2 and 4 hosts on one database (in this process),
-        // running `ledger` tasks that sleep 100 ms in a host call, so hosts
-        // wait on I/O, not on this machine's two cores.
+        // running `ledger` tasks that sleep 100 ms in a host call and write
+        // nothing (`count = false`), so hosts wait on I/O, not on this
+        // machine's two cores or on one kv namespace's lock.
         {
             let mut one = 0.0;
             for hosts in [1usize, 2, 4] {
@@ -114,7 +115,7 @@ fn main() {
                     let q = q.clone();
                     set.spawn(async move {
                         let mut r = WorkRequest::one_off("ledger", format!("s{i}"));
-                        r.input = Data::new().with("sleep_ms", 100i64);
+                        r.input = Data::new().with("sleep_ms", 100i64).with("count", false);
                         q.enqueue(r).await.unwrap();
                     });
                 }
