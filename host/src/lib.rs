@@ -17,6 +17,9 @@
 //! - [`TestDriver`], [`ManualClock`]: a host on a manual clock for tests.
 //! - [`WorkRequest`], [`TaskInfo`], [`TaskState`], [`ExistingWorkPolicy`],
 //!   [`BackoffPolicy`], [`Periodic`]: what is enqueued and what is known.
+//! - [`CronSchedule`], [`CatchUp`], [`Rate`], [`OutOfQuotaPolicy`],
+//!   [`claim_key`], and the [`cron`] expressions: cron schedules in time
+//!   zones, priorities, expedited work and rates (docs/schedules.md).
 //! - [`decide`]: the retry policy, from a run's result to the next state.
 //! - [`TaskStore`], [`SqliteStore`]: the durable store (docs/store.md).
 //! - [`Constraints`], [`DeviceState`], [`DeviceOverrides`]: when work may run.
@@ -54,6 +57,7 @@
 mod bindings;
 mod budget;
 mod config_values;
+pub mod cron;
 mod data;
 mod device;
 mod engine;
@@ -89,8 +93,8 @@ pub use grants::{
 };
 pub use host::{
     CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
-    HostError, HostStats, MAX_HANDLER_NAME_BYTES, ManualClock, PRUNE_EVERY, Queue, SteadyReading, SystemClock,
-    TaskEvent, TestDriver, check_handler_name, default_memory_budget,
+    HostError, HostStats, MAX_HANDLER_NAME_BYTES, ManualClock, PRUNE_EVERY, Queue, ScheduleConfig, SteadyReading,
+    SystemClock, TaskEvent, TestDriver, check_handler_name, default_memory_budget,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};
@@ -105,7 +109,9 @@ pub use store::{
     PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
 };
 pub use work::{
-    AttemptRecord, BackoffPolicy, BudgetOverride, DEFAULT_BACKOFF, DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, Enqueued,
-    ExistingWorkPolicy, Millis, Periodic, PeriodicFloor, StoreError, TaskId, TaskInfo, TaskState, WorkError,
-    WorkRequest, backoff_delay, limits, millis,
+    AttemptRecord, BackoffPolicy, BudgetOverride, CatchUp, CronSchedule, DEFAULT_BACKOFF, DEFAULT_CATCH_UP_CAP,
+    DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EXPEDITED_LEAD, Enqueued, ExistingWorkPolicy,
+    HIGHEST_PRIORITY, HandlerLimits, LOWEST_PRIORITY, LateStart, MAX_CATCH_UP, MISFIRE_GRACE, Millis, OutOfQuotaPolicy,
+    PRIORITY_STEP, Periodic, PeriodicFloor, Rate, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
+    backoff_delay, claim_key, first_run, limits, millis, quota_spent,
 };

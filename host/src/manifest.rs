@@ -74,6 +74,24 @@ struct File {
     #[serde(default)]
     handlers: BTreeMap<String, HandlerFile>,
     device: Option<DeviceFile>,
+    #[serde(default)]
+    schedules: Vec<ScheduleFile>,
+}
+
+/// `[[schedules]]`: a cron schedule the deployment declares.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    name: String,
+    handler: String,
+    cron: String,
+    tz: Option<String>,
+    task: Option<String>,
+    #[serde(default)]
+    input: toml::Table,
+    catch_up: Option<String>,
+    catch_up_max: Option<u32>,
+    priority: Option<u8>,
 }
 
 /// `[device]`: overrides of what the machine reports, and thresholds.
@@ -116,6 +134,8 @@ struct HandlerFile {
     #[serde(default)]
     secrets: BTreeMap<String, SecretFile>,
     config_env: Option<bool>,
+    rate: Option<String>,
+    expedited_quota: Option<String>,
 }
 
 /// A secret: the value itself, or `{ env = "NAME" }` to read it from the
@@ -415,7 +435,56 @@ pub fn parse_manifest_for(
         }
         grants.config_env = h.config_env.unwrap_or(false);
         hc.grants = std::sync::Arc::new(grants);
+        if let Some(r) = &h.rate {
+            hc.rate = Some(crate::work::Rate::parse(r).map_err(|e| invalid(key("rate"), e.to_string()))?);
+        }
+        if let Some(r) = &h.expedited_quota {
+            hc.expedited_quota =
+                Some(crate::work::Rate::parse(r).map_err(|e| invalid(key("expedited_quota"), e.to_string()))?);
+        }
         config.handlers.push(hc);
+    }
+    for (i, s) in file.schedules.into_iter().enumerate() {
+        let key = |k: &str| format!("schedules[{i}].{k}");
+        if !config.handlers.iter().any(|h| h.name == s.handler) {
+            return Err(invalid(
+                key("handler"),
+                format!("no handler named {:?} in this manifest", s.handler),
+            ));
+        }
+        if s.name.is_empty() || s.name.len() > crate::work::limits::MAX_NAME_BYTES {
+            return Err(invalid(key("name"), "must be 1 to 256 bytes".into()));
+        }
+        if config.schedules.iter().any(|c| c.name == s.name) {
+            return Err(invalid(key("name"), format!("{:?} names two schedules", s.name)));
+        }
+        let catch_up = crate::work::CatchUp::parse(s.catch_up.as_deref().unwrap_or("last"), s.catch_up_max)
+            .map_err(|e| invalid(key("catch_up"), e.to_string()))?;
+        let schedule = crate::work::CronSchedule::new(&s.cron, s.tz.as_deref(), catch_up).map_err(|e| {
+            let k = if e.to_string().contains("time zone") {
+                "tz"
+            } else {
+                "cron"
+            };
+            invalid(key(k), e.to_string())
+        })?;
+        let json = serde_json::to_value(&s.input).map_err(|e| invalid(key("input"), e.to_string()))?;
+        let input = crate::data::Data::from_json_value(&json).map_err(|e| invalid(key("input"), e.to_string()))?;
+        let priority = s.priority.unwrap_or(crate::work::DEFAULT_PRIORITY);
+        if priority > crate::work::LOWEST_PRIORITY {
+            return Err(invalid(
+                key("priority"),
+                format!("{priority} is out of range; use 0 (highest) to 9 (lowest)"),
+            ));
+        }
+        config.schedules.push(crate::host::ScheduleConfig {
+            task: s.task.unwrap_or_else(|| s.name.clone()),
+            name: s.name,
+            handler: s.handler,
+            schedule,
+            input,
+            priority,
+        });
     }
     Ok(config)
 }

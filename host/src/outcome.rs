@@ -38,6 +38,11 @@ pub enum StopReason {
     /// may run the task again, so this host stops its own run. Retried
     /// like any stop.
     LeaseLost,
+    /// Cron work whose fire was missed (no run started within
+    /// [`crate::work::MISFIRE_GRACE`] of it) under catch-up `none`: the
+    /// run was skipped, never started, and the task waits for its next
+    /// fire.
+    MissedFire,
 }
 
 impl StopReason {
@@ -53,6 +58,7 @@ impl StopReason {
             StopReason::HostShutdown => "host-shutdown",
             StopReason::HostBusy => "host-busy",
             StopReason::LeaseLost => "lease-lost",
+            StopReason::MissedFire => "missed-fire",
         }
     }
 }

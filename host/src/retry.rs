@@ -4,7 +4,7 @@
 use crate::budget::TaskKind;
 use crate::data::Data;
 use crate::outcome::{RunResult, StopReason};
-use crate::work::{BackoffPolicy, Millis, Periodic, TaskState, backoff_delay};
+use crate::work::{BackoffPolicy, CronSchedule, Millis, Periodic, TaskState, backoff_delay};
 
 /// The facts of a claimed task the policy needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,7 +13,10 @@ pub struct RetryFacts {
     pub kind: TaskKind,
     /// The periodic schedule, for periodic work.
     pub periodic: Option<Periodic>,
-    /// Start of the current period (periodic work).
+    /// The cron schedule, for cron work (then `periodic` is `None`).
+    pub cron: Option<CronSchedule>,
+    /// Start of the current period (periodic work); for cron work, the
+    /// fire time the run stands for.
     pub period_start: Millis,
     /// Attempts counted so far, the run that just ended included.
     pub attempts: u32,
@@ -65,6 +68,18 @@ pub fn decide(t: &RetryFacts, result: &RunResult, now: Millis) -> Transition {
         error,
     };
     let next_period = |base: Transition| {
+        if let Some(cron) = &t.cron {
+            // The next fire after the one this run stood for; fires missed
+            // meanwhile go by the schedule's catch-up policy.
+            let (period_start, next_run_at) = cron.after_run(t.period_start, now);
+            return Transition {
+                state: TaskState::Enqueued,
+                period_start,
+                next_run_at,
+                attempts: 0,
+                ..base
+            };
+        }
         let p = t.periodic.expect("periodic work has a schedule");
         let frequency = crate::work::millis(p.frequency);
         let mut start = t.period_start.saturating_add(frequency);
@@ -180,6 +195,7 @@ mod tests {
                 frequency: Duration::from_secs(900),
                 flex: Duration::from_secs(300),
             }),
+            cron: None,
             period_start: 0,
             attempts,
             max_attempts: 3,

@@ -98,6 +98,24 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes}B")
 }
 
+/// A time that is not RFC 3339.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an RFC 3339 time with an offset; write it as 2026-12-01T09:00:00+01:00 or 2026-12-01T08:00:00Z")]
+pub struct TimeError(pub String);
+
+/// Reads an RFC 3339 time (`2026-12-01T09:00:00+01:00`, `...Z`), which must
+/// carry its offset, as ms since the epoch.
+pub fn parse_rfc3339(text: &str) -> Result<i64, TimeError> {
+    let t = text.trim();
+    // jiff also reads a bracketed zone annotation; RFC 3339 has none.
+    if t.contains('[') {
+        return Err(TimeError(text.to_string()));
+    }
+    t.parse::<jiff::Timestamp>()
+        .map(|ts| ts.as_millisecond())
+        .map_err(|_| TimeError(text.to_string()))
+}
+
 /// Formats ms since the epoch as RFC 3339 UTC with milliseconds.
 pub fn format_rfc3339(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
@@ -125,6 +143,23 @@ pub fn format_rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_need_their_offset() {
+        assert_eq!(parse_rfc3339("2026-12-01T09:00:00+01:00"), Ok(1_796_112_000_000));
+        assert_eq!(parse_rfc3339("2026-12-01T08:00:00Z"), Ok(1_796_112_000_000));
+        assert_eq!(parse_rfc3339("2026-12-01T08:00:00.250Z"), Ok(1_796_112_000_250));
+        for bad in [
+            "2026-12-01 09:00",
+            "2026-12-01T09:00:00",
+            "tomorrow",
+            "",
+            "2026-13-01T00:00:00Z",
+        ] {
+            let e = parse_rfc3339(bad).unwrap_err().to_string();
+            assert!(e.contains("RFC 3339"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn rfc3339_formats_utc() {

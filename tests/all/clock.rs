@@ -160,3 +160,53 @@ async fn a_jump_made_while_no_host_runs_is_followed_when_one_starts() {
     succeeds_after(&host, forward, enqueued, Duration::from_secs(3)).await;
     host.shutdown().await;
 }
+
+/// Cron fires are wall-clock times: a forward jump leaves them where they
+/// are, and the fires it passed over are missed fires (here `last`: one
+/// run at once, for the latest), while a delayed task's wait keeps its
+/// length. A backward jump repeats no fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_jump_leaves_cron_fires_at_their_wall_clock_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = SteppedClock::new();
+    let host = Host::start_with_clock(host_config(dir.path()), clock.clone())
+        .await
+        .unwrap();
+    let schedule = workhost::CronSchedule::new("0 * * * *", None, workhost::CatchUp::Last).unwrap();
+    let cron = host
+        .queue()
+        .enqueue(WorkRequest::cron("echo", "hourly", schedule))
+        .await
+        .unwrap()
+        .id;
+    let first = task(&host, cron).await.next_run_at;
+    assert_eq!(first % HOUR, 0, "on the hour");
+    let (delayed, enqueued) = delayed_echo(&host, Duration::from_secs(3)).await;
+    // Forward by three hours: the fire at `first` (and those after it,
+    // up to now) were passed over: one run, standing for the latest.
+    clock.step(3 * HOUR);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let t = loop {
+        let t = task(&host, cron).await;
+        if t.attempts.iter().any(|a| a.outcome.is_some()) && t.state == TaskState::Enqueued {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "the cron task never ran: {t:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(t.attempts.len(), 1, "one run for the missed fires: {:?}", t.attempts);
+    let now = SystemClock.now() + 3 * HOUR;
+    assert_eq!(
+        t.next_run_at,
+        (now / HOUR + 1) * HOUR,
+        "the next fire on the new wall clock's hour"
+    );
+    still_waiting_a_second_later(&host, delayed).await;
+    succeeds_after(&host, delayed, enqueued, Duration::from_secs(3)).await;
+    // Back by two hours: the next fire stays at its wall-clock time.
+    clock.step(-2 * HOUR);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = task(&host, cron).await;
+    assert_eq!((after.next_run_at, after.attempts.len()), (t.next_run_at, 1));
+    host.shutdown().await;
+}

@@ -121,6 +121,9 @@ impl TaskStore for Unreachable {
         let _ = (me, now);
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn set_limits(&self, limits: std::collections::HashMap<String, workhost::HandlerLimits>) {
+        self.inner.set_limits(limits)
+    }
     fn set_paused(&self, p: bool) -> StoreFuture<'_, Result<(), StoreError>> {
         self.inner.set_paused(p)
     }

@@ -21,5 +21,6 @@ mod pg_sql;
 mod postgres;
 mod scaleout;
 mod scheduler;
+mod schedules;
 mod stops;
 mod store;

@@ -985,6 +985,7 @@ fn facts(run: &Row) -> RetryFacts {
             frequency: ms(f),
             flex: ms(flex.unwrap_or(f)),
         }),
+        cron: None,
         period_start: run.get("period_start"),
         attempts: run.get::<_, i64>("attempts") as u32,
         max_attempts: run.get::<_, i64>("max_attempts") as u32,

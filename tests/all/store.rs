@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use workhost::{
     Change, Claimed, ClockJump, Constraints, Data, DeviceOverrides, DeviceState, EnqueueHooks, Enqueued,
-    ExistingWorkPolicy, HandlerWait, HostIdentity, KvStore, Millis, NetworkType, PgStore, Query, RunOutcome, RunResult,
-    Selector, SqliteStore, StopReason, StoreError, TaskId, TaskInfo, TaskState, TaskStore, Transition, Value,
-    WorkError, WorkRequest, decide,
+    ExistingWorkPolicy, HandlerLimits, HandlerWait, HostIdentity, KvStore, Millis, NetworkType, PgStore, Query,
+    RunOutcome, RunResult, Selector, SqliteStore, StopReason, StoreError, TaskId, TaskInfo, TaskState, TaskStore,
+    Transition, Value, WorkError, WorkRequest, decide,
 };
 
 /// Where one case's store lives: a data directory, or a database.
@@ -164,6 +164,10 @@ impl Store {
     }
     fn kv(&self) -> Arc<dyn KvStore> {
         self.0.kv()
+    }
+    fn set_limits(&self, limits: &[(&str, HandlerLimits)]) {
+        self.0
+            .set_limits(limits.iter().map(|(h, l)| (h.to_string(), *l)).collect());
     }
 }
 
@@ -907,5 +911,221 @@ fn a_host_is_listed_while_it_serves_with_the_work_it_runs() {
         assert!(hosts[0].started_at > 0 && hosts[0].renewed_at >= hosts[0].started_at);
         s.on(s.0.leave_host(me())).unwrap();
         assert_eq!(s.on(s.0.hosts(NOW + 2)).unwrap(), vec![]);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Schedules (docs/schedules.md): priorities, expedited work, rates, cron.
+
+fn claim_order(s: &Store, now: Millis, n: usize, device: &DeviceState) -> Vec<TaskId> {
+    let may_run: HashMap<String, usize> = [("a".to_string(), n)].into();
+    s.claim(now, n, &may_run, device)
+        .unwrap()
+        .iter()
+        .map(|c| c.info.id)
+        .collect()
+}
+
+fn with_priority(task: &str, priority: u8) -> WorkRequest {
+    let mut r = WorkRequest::one_off("a", task);
+    r.priority = priority;
+    r
+}
+
+#[test]
+fn priorities_order_claims_within_a_handler_and_waiting_ages_low_priority_work_forward() {
+    each_backend(|open| {
+        let s = open();
+        let low = s.enqueue(with_priority("low", 9), NOW).unwrap().0.id;
+        let normal = s.enqueue(with_priority("normal", 5), NOW).unwrap().0.id;
+        let high = s.enqueue(with_priority("high", 0), NOW).unwrap().0.id;
+        let got = s.get(high).unwrap().unwrap();
+        assert_eq!((got.priority, got.expedited), (0, false));
+        let device = DeviceState::default();
+        assert_eq!(claim_order(&s, NOW, 1, &device), [high]);
+        assert_eq!(claim_order(&s, NOW, 1, &device), [normal]);
+        assert_eq!(claim_order(&s, NOW, 1, &device), [low]);
+        // Ageing: a priority-9 task due 46 minutes before a fresh
+        // priority-0 one goes first; one due 44 minutes before, after it.
+        let min = 60_000;
+        let old = s.enqueue(with_priority("old", 9), NOW).unwrap().0.id;
+        let fresh = s.enqueue(with_priority("fresh", 0), NOW + 46 * min).unwrap().0.id;
+        assert_eq!(claim_order(&s, NOW + 46 * min, 2, &device), [old, fresh]);
+        let old = s.enqueue(with_priority("old", 9), NOW + 100 * min).unwrap().0.id;
+        let fresh = s.enqueue(with_priority("fresh", 0), NOW + 144 * min).unwrap().0.id;
+        assert_eq!(claim_order(&s, NOW + 144 * min, 2, &device), [fresh, old]);
+        // Priority never makes work due early.
+        let mut later = with_priority("later", 0);
+        later.initial_delay = Duration::from_secs(60);
+        s.enqueue(later, NOW + 200 * min).unwrap();
+        assert_eq!(claim_order(&s, NOW + 200 * min, 5, &device), Vec::<TaskId>::new());
+    });
+}
+
+#[test]
+fn expedited_work_goes_first_is_not_held_by_idle_and_keeps_to_its_quota() {
+    each_backend(|open| {
+        let s = open();
+        let hour = 3_600_000;
+        s.set_limits(&[(
+            "a",
+            HandlerLimits {
+                rate: None,
+                expedited_quota: Some(workhost::Rate::parse("2/h").unwrap()),
+            },
+        )]);
+        let idle_only = |mut r: WorkRequest| {
+            r.constraints.device_idle = true;
+            r
+        };
+        let normal = s.enqueue(with_priority("normal", 0), NOW - hour).unwrap().0.id;
+        let waits_for_idle = s
+            .enqueue(idle_only(WorkRequest::one_off("a", "idle")), NOW)
+            .unwrap()
+            .0
+            .id;
+        let mut fast = idle_only(with_priority("fast", 9));
+        fast.expedited = Some(workhost::OutOfQuotaPolicy::RunAsNormal);
+        let (e, _) = s.enqueue(fast.clone(), NOW).unwrap();
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+        assert!(s.get(e.id).unwrap().unwrap().expedited);
+        let busy = DeviceState {
+            idle: false,
+            ..DeviceState::default()
+        };
+        // Expedited first, whatever its priority or age, and not held by
+        // device_idle; the normal idle-only task waits.
+        assert_eq!(claim_order(&s, NOW, 1, &busy), [e.id]);
+        assert_eq!(claim_order(&s, NOW, 5, &busy), [normal]);
+        assert_eq!(state(&s, waits_for_idle), TaskState::Enqueued);
+        // The quota: two per hour. The second is expedited, the third runs
+        // as normal work (with a warning) or is dropped (recorded).
+        let (second, _) = s.enqueue(fast.clone(), NOW + 1).unwrap();
+        assert!(s.get(second.id).unwrap().unwrap().expedited);
+        let (third, _) = s.enqueue(fast.clone(), NOW + 2).unwrap();
+        let t = s.get(third.id).unwrap().unwrap();
+        assert!(!t.expedited && t.state == TaskState::Enqueued);
+        assert!(
+            third.warnings[0].contains("quota") && third.warnings[0].contains("run-as-normal"),
+            "{:?}",
+            third.warnings
+        );
+        let mut drop = fast.clone();
+        drop.expedited = Some(workhost::OutOfQuotaPolicy::Drop);
+        let (dropped, changes) = s.enqueue(drop.clone(), NOW + 3).unwrap();
+        let t = s.get(dropped.id).unwrap().unwrap();
+        assert_eq!(t.state, TaskState::Cancelled);
+        assert!(t.error.as_deref().unwrap().contains("expedited quota"), "{:?}", t.error);
+        assert_eq!(
+            changes,
+            vec![Change {
+                id: dropped.id,
+                state: TaskState::Cancelled
+            }]
+        );
+        assert!(dropped.warnings[0].contains("dropped"));
+        // A window later the quota has room again.
+        let (again, _) = s.enqueue(drop, NOW + hour + 10).unwrap();
+        assert_eq!(s.get(again.id).unwrap().unwrap().state, TaskState::Enqueued);
+        assert!(s.get(again.id).unwrap().unwrap().expedited);
+    });
+}
+
+#[test]
+fn a_rate_lets_no_more_runs_start_per_window_over_every_handle_on_the_store() {
+    each_backend(|open| {
+        let (one, two) = (open(), open());
+        let rate = HandlerLimits {
+            rate: Some(workhost::Rate::parse("2/min").unwrap()),
+            expedited_quota: None,
+        };
+        one.set_limits(&[("a", rate)]);
+        two.set_limits(&[("a", rate)]);
+        let ids: Vec<TaskId> = (0..5)
+            .map(|i| {
+                one.enqueue(WorkRequest::one_off("a", format!("t{i}")), NOW)
+                    .unwrap()
+                    .0
+                    .id
+            })
+            .collect();
+        let device = DeviceState::default();
+        assert_eq!(claim_order(&one, NOW, 10, &device), ids[..2]);
+        assert_eq!(
+            claim_order(&two, NOW + 1000, 10, &device),
+            Vec::<TaskId>::new(),
+            "the other host counts the same window"
+        );
+        // Work over the rate waits: not failed, no attempt spent, due when
+        // the window has room.
+        let t = one.get(ids[2]).unwrap().unwrap();
+        assert_eq!((t.state, t.run_attempt_count), (TaskState::Enqueued, 0));
+        assert_eq!(one.next_due(&handlers(), &device).unwrap(), Some(NOW + 60_000));
+        assert_eq!(claim_order(&two, NOW + 59_999, 10, &device), Vec::<TaskId>::new());
+        assert_eq!(claim_order(&two, NOW + 60_000, 10, &device), ids[2..4]);
+        assert_eq!(claim_order(&one, NOW + 120_000, 10, &device), ids[4..]);
+        // A handler without a rate is not held.
+        let b = one.enqueue(WorkRequest::one_off("b", "free"), NOW).unwrap().0.id;
+        let may_run: HashMap<String, usize> = [("b".to_string(), 5)].into();
+        assert_eq!(one.claim(NOW, 5, &may_run, &device).unwrap()[0].info.id, b);
+    });
+}
+
+#[test]
+fn cron_work_fires_at_its_times_keeps_them_across_a_clock_jump_and_moves_on_after_a_run() {
+    each_backend(|open| {
+        let s = open();
+        let hour = 3_600_000;
+        let schedule = workhost::CronSchedule::new("0 * * * *", Some("UTC"), workhost::CatchUp::Last).unwrap();
+        let id = s
+            .enqueue(WorkRequest::cron("a", "hourly", schedule.clone()), NOW)
+            .unwrap()
+            .0
+            .id;
+        let t = s.get(id).unwrap().unwrap();
+        assert_eq!(t.next_run_at, hour, "the first fire after the enqueue");
+        assert_eq!(t.cron, Some(schedule.clone()));
+        assert_eq!(t.kind, workhost::TaskKind::Periodic);
+        let mut delayed = WorkRequest::one_off("a", "delayed");
+        delayed.initial_delay = Duration::from_secs(600);
+        let delayed = s.enqueue(delayed, NOW).unwrap().0.id;
+        // A jump of the wall clock moves the delayed task, not the fires.
+        s.follow_clock("boot", 0, 1000).unwrap();
+        let jump = s.follow_clock("boot", 2 * hour, 1000).unwrap();
+        assert_eq!(jump.by, 2 * hour);
+        assert!(jump.moved.iter().all(|c| c.id != id), "{jump:?}");
+        assert_eq!(s.get(id).unwrap().unwrap().next_run_at, hour);
+        assert_eq!(s.get(delayed).unwrap().unwrap().next_run_at, NOW + 600_000 + 2 * hour);
+        // A run on time moves on to the next fire.
+        let may_run: HashMap<String, usize> = [("a".to_string(), 1)].into();
+        let c = s.claim(hour + 5, 1, &may_run, &DeviceState::default()).unwrap();
+        assert_eq!((c[0].info.id, c[0].period_start), (id, hour));
+        let result = RunResult::Succeeded(Data::new());
+        let t = decide(&c[0].retry_facts(), &result, hour + 10);
+        s.finish(id, c[0].lease, t, &outcome(result), hour + 10).unwrap();
+        let t = s.get(id).unwrap().unwrap();
+        assert_eq!(
+            (t.state, t.next_run_at, t.run_attempt_count),
+            (TaskState::Enqueued, 2 * hour, 0)
+        );
+        // The UPDATE policy with a changed schedule takes effect at once.
+        let mut r = WorkRequest::cron(
+            "a",
+            "hourly",
+            workhost::CronSchedule::new("30 * * * *", None, workhost::CatchUp::None).unwrap(),
+        );
+        r.unique = Some(("u".into(), ExistingWorkPolicy::Update));
+        let u = s.enqueue(r.clone(), hour + 20).unwrap().0.id;
+        assert_eq!(s.get(u).unwrap().unwrap().next_run_at, hour + hour / 2);
+        r.cron = Some(workhost::CronSchedule::new("45 * * * *", None, workhost::CatchUp::None).unwrap());
+        assert_eq!(s.enqueue(r, hour + 30).unwrap().0.id, u);
+        let t = s.get(u).unwrap().unwrap();
+        assert_eq!(t.next_run_at, hour + hour * 3 / 4);
+        assert_eq!(t.cron.unwrap().expr, "45 * * * *");
+        // make_due (the test driver's "period delay met") makes the fire now.
+        s.make_due(id, 3 * hour).unwrap();
+        let c = s.claim(3 * hour, 5, &slots(5), &DeviceState::default()).unwrap();
+        let c = c.iter().find(|c| c.info.id == id).unwrap();
+        assert_eq!(c.period_start, 3 * hour);
     });
 }

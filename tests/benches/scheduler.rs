@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use workhost::{Data, EngineConfig, Executor, Host, Queue, RunRequest, TaskId, TaskState, WorkRequest};
-use workhost_tests::{guests, host_config};
+use workhost_tests::{guests, host_config, rss_mib};
 
 const N: usize = 20_000;
 
@@ -320,14 +320,4 @@ async fn latencies(q: &Queue, ids: &[TaskId]) -> (i64, i64) {
     l.sort();
     let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
     (pct(0.50), pct(0.99))
-}
-
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }

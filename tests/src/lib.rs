@@ -415,3 +415,14 @@ pub fn parse_rfc3339_ms(text: &str) -> i64 {
     let days = era * 146_097 + doe - 719_468;
     ((days * 86_400 + h * 3600 + mi * 60 + s) * 1000) + ms
 }
+
+/// This process's resident memory (VmRSS), MiB; 0 where it cannot be read.
+pub fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::budget::{Budget, TaskKind};
+use crate::data::Data;
 use crate::device::{DeviceOverrides, Thresholds};
 use crate::engine::EngineConfig;
 use crate::kv::KvLimits;
-use crate::work::{PeriodicFloor, TaskInfo};
+use crate::work::{CronSchedule, HandlerLimits, PeriodicFloor, Rate, TaskInfo};
 
 /// The pattern every handler name matches: lowercase ASCII letters, digits,
 /// `-` and `_`, starting with a letter or digit, 1 to 64 bytes. A name is a
@@ -63,6 +64,12 @@ pub struct HandlerConfig {
     pub kv_limits: KvLimits,
     /// What it may touch (outbound HTTP).
     pub grants: Arc<crate::grants::Grants>,
+    /// Most runs started per window, over every host on the store; work
+    /// over it waits (manifest `rate = "100/min"`).
+    pub rate: Option<Rate>,
+    /// Most expedited requests accepted per window (manifest
+    /// `expedited_quota = "10/h"`); `None`: no quota.
+    pub expedited_quota: Option<Rate>,
 }
 
 impl HandlerConfig {
@@ -77,6 +84,8 @@ impl HandlerConfig {
             fuel: true,
             kv_limits: KvLimits::default(),
             grants: Arc::default(),
+            rate: None,
+            expedited_quota: None,
         }
     }
 }
@@ -122,6 +131,39 @@ pub struct HostConfig {
     /// a host renews seven times in it, and another host rescues the work
     /// of one that has not renewed for this long.
     pub host_lease: Duration,
+    /// Cron schedules the deployment declares (manifest `[[schedules]]`):
+    /// a host registers each as it starts (unique work, policy UPDATE), so
+    /// a changed schedule takes effect and an unchanged one keeps its
+    /// next fire.
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// A cron schedule declared by the deployment (manifest `[[schedules]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleConfig {
+    /// Its unique name: one task per name, kept across restarts.
+    pub name: String,
+    /// The handler it runs.
+    pub handler: String,
+    /// The task name passed to `execute-task` (default: `name`).
+    pub task: String,
+    /// When.
+    pub schedule: CronSchedule,
+    /// Input data of every run.
+    pub input: Data,
+    /// Priority (0 highest to 9 lowest).
+    pub priority: u8,
+}
+
+impl ScheduleConfig {
+    /// The work request that registers it.
+    pub fn request(&self) -> crate::work::WorkRequest {
+        let mut r = crate::work::WorkRequest::cron(&self.handler, &self.task, self.schedule.clone());
+        r.input = self.input.clone();
+        r.priority = self.priority;
+        r.unique = Some((self.name.clone(), crate::work::ExistingWorkPolicy::Update));
+        r
+    }
 }
 
 /// Half the machine's physical memory (Linux `/proc/meminfo`), or 4 GiB
@@ -197,7 +239,26 @@ impl HostConfig {
             store: None,
             database: None,
             host_lease: crate::store::DEFAULT_HOST_LEASE,
+            schedules: Vec::new(),
         }
+    }
+
+    /// Each handler's rate and expedited quota, as the store applies them
+    /// ([`TaskStore::set_limits`](crate::TaskStore::set_limits)).
+    pub fn limits(&self) -> std::collections::HashMap<String, HandlerLimits> {
+        self.handlers
+            .iter()
+            .filter(|h| h.rate.is_some() || h.expedited_quota.is_some())
+            .map(|h| {
+                (
+                    h.name.clone(),
+                    HandlerLimits {
+                        rate: h.rate,
+                        expedited_quota: h.expedited_quota,
+                    },
+                )
+            })
+            .collect()
     }
 }
 

@@ -436,10 +436,16 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
                 .handlers
                 .get(&c.info.handler)
                 .map_or(0, |h| h.config.budget_of(&c.info).max_memory_bytes);
+            // Expedited work is not held by `device_idle` (the store's
+            // claim filter says the same).
+            let mut constraints = c.info.constraints;
+            if c.info.expedited {
+                constraints.device_idle = false;
+            }
             let running = Running {
                 handler: c.info.handler.clone(),
                 stop: stop.clone(),
-                constraints: c.info.constraints,
+                constraints,
                 memory,
                 lease: c.lease,
                 claimed_at: tokio::time::Instant::now(),
@@ -451,7 +457,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
                 // it set the flag before taking this lock to stop what runs,
                 // so each run is stopped either by it or here.
                 let mut all = inner.running.lock().unwrap_or_else(|e| e.into_inner());
-                if !c.info.constraints.hold(&inner.device.borrow()) {
+                if !constraints.hold(&inner.device.borrow()) {
                     stop.stop(StopReason::ConstraintLost);
                 }
                 if *inner.shutting_down.borrow() {

@@ -21,7 +21,7 @@ mod test_driver;
 pub use clock::{CLOCK_JUMP_THRESHOLD, Clock, ManualClock, SteadyReading, SystemClock};
 pub use config::{
     DeviceConfig, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, HostConfig, MAX_HANDLER_NAME_BYTES,
-    check_handler_name, default_memory_budget,
+    ScheduleConfig, check_handler_name, default_memory_budget,
 };
 pub use dispatcher::PRUNE_EVERY;
 pub use queue::Queue;
@@ -41,8 +41,8 @@ use crate::engine::{EngineConfig, EngineError, LoadError};
 use crate::executor::Executor;
 use crate::outcome::StopReason;
 use crate::store::Selector;
-use crate::work::StoreError;
 use crate::work::{Millis, TaskId, TaskState};
+use crate::work::{StoreError, WorkError};
 
 use dispatcher::{Inner, LoadedHandler, dispatch, read_device, refresh_device};
 
@@ -91,6 +91,14 @@ pub enum HostError {
         limit: u64,
         /// The host's memory budget.
         budget: u64,
+    },
+    /// A declared schedule could not be registered.
+    #[error("schedule {name:?}: {source}")]
+    Schedule {
+        /// The schedule's name.
+        name: String,
+        /// Why.
+        source: WorkError,
     },
 }
 
@@ -218,6 +226,7 @@ impl Host {
         }
         let names = config.handlers.iter().map(|h| h.name.clone()).collect();
         let store = config.open_store().await?;
+        store.set_limits(config.limits());
         let mut queue = Queue::with_store(store, names, config.periodic_floor, config.retention);
         queue.clock = clock;
         // Registered before the handlers load, so `workhost hosts` shows a
@@ -297,6 +306,18 @@ impl Host {
         inner.queue.publish(&recovered, |c| {
             ("recovered", format!("was running when its host died; now {}", c.state))
         });
+        // The deployment's schedules: each is unique work updated in place,
+        // so a restart keeps its next fire and a changed one takes effect.
+        for s in &config.schedules {
+            inner
+                .queue
+                .enqueue(s.request())
+                .await
+                .map_err(|source| HostError::Schedule {
+                    name: s.name.clone(),
+                    source,
+                })?;
+        }
         let refresher = inner
             .device_config
             .read_machine

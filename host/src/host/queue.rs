@@ -91,8 +91,22 @@ impl Queue {
         if !self.handlers.contains(&request.handler) {
             return Err(WorkError::UnknownHandler(request.handler));
         }
-        let (request, warnings) = request.checked(&self.floor)?;
+        let (request, mut warnings) = request.checked(&self.floor)?;
         let now = self.now();
+        if let Some(at) = request.run_at {
+            if at > now.saturating_add(crate::work::millis(crate::work::limits::MAX_DURATION)) {
+                return Err(WorkError::Invalid(format!(
+                    "the start time {} is more than ten years away",
+                    crate::units::format_rfc3339(at)
+                )));
+            }
+            if at < now {
+                warnings.push(format!(
+                    "the start time {} is in the past; the work runs at once",
+                    crate::units::format_rfc3339(at)
+                ));
+            }
+        }
         // The events are published in the writer thread right after the
         // commit, before any later write: a task is always `scheduled`
         // before a dispatcher can claim it and report it `started`.
@@ -124,6 +138,7 @@ impl Queue {
             on_commit: Some(on_commit),
         };
         let (mut enqueued, _) = self.store.enqueue(request, now, hooks).await?;
+        warnings.append(&mut enqueued.warnings);
         enqueued.warnings = warnings;
         self.wake.notify_one();
         Ok(enqueued)

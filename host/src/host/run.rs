@@ -53,24 +53,65 @@ impl Drop for Slot {
     }
 }
 
-pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHandle) {
+/// A cron run that starts after its fire's grace: the schedule's catch-up
+/// policy either moves the fire the run stands for (`last`, `all`) or skips
+/// the run (`none`): then the transition to record instead of a run.
+fn late_cron_start(claimed: &mut Claimed, now: crate::work::Millis) -> Option<crate::retry::Transition> {
+    let cron = claimed.info.cron.as_ref()?;
+    // A retry of the same fire is not a missed fire.
+    if claimed.info.run_attempt_count != 1 {
+        return None;
+    }
+    match cron.on_late_start(claimed.period_start, now)? {
+        crate::work::LateStart::Run(fire) => {
+            claimed.period_start = fire;
+            None
+        }
+        crate::work::LateStart::Skip(period_start, next_run_at) => Some(crate::retry::Transition {
+            state: TaskState::Enqueued,
+            next_run_at,
+            period_start,
+            attempts: 0,
+            output: None,
+            stop_reason: Some(crate::outcome::StopReason::MissedFire.as_str().into()),
+            error: Some(format!(
+                "its fire at {} was missed (no run started within {} of it); catch-up \"none\" skips it",
+                crate::units::format_rfc3339(claimed.period_start),
+                crate::units::format_duration(crate::work::MISFIRE_GRACE)
+            )),
+        }),
+    }
+}
+
+pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: StopHandle) {
     let _slot = Slot {
         inner: inner.clone(),
         id: claimed.info.id,
     };
+    let skipped = late_cron_start(&mut claimed, inner.queue.now());
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;
     let lease = claimed.lease;
-    let _ = queue.events.send(TaskEvent {
-        id: info.id,
-        state: TaskState::Running,
-        event: "started",
-        detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
-        at: queue.now(),
-    });
+    // A skipped run never starts.
+    if skipped.is_none() {
+        let _ = queue.events.send(TaskEvent {
+            id: info.id,
+            state: TaskState::Running,
+            event: "started",
+            detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
+            at: queue.now(),
+        });
+    }
     let mut progress = None;
     let outcome = match inner.handlers.get(&info.handler) {
+        _ if skipped.is_some() => crate::outcome::RunOutcome {
+            result: RunResult::Stopped(crate::outcome::StopReason::MissedFire),
+            duration: Duration::ZERO,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            log: Vec::new(),
+        },
         Some(loaded) => {
             let budget = loaded.config.budget_of(info);
             let store = queue.store.clone();
@@ -119,7 +160,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, claimed: Claimed, stop: StopHand
         p.finish().await;
     }
     let now = queue.now();
-    let transition = decide(&claimed.retry_facts(), &outcome.result, now);
+    let transition = skipped.unwrap_or_else(|| decide(&claimed.retry_facts(), &outcome.result, now));
     let next = crate::units::format_rfc3339(transition.next_run_at);
     let why = match (&transition.stop_reason, &transition.error) {
         (Some(r), Some(e)) => format!("{r}: {e}"),

@@ -26,7 +26,7 @@ use crate::device::DeviceState;
 use crate::kv::KvStore;
 use crate::outcome::RunOutcome;
 use crate::retry::{RetryFacts, Transition};
-use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
+use crate::work::{Enqueued, HandlerLimits, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
 /// Which tasks a cancel or query selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,7 @@ impl Claimed {
         RetryFacts {
             kind: self.info.kind,
             periodic: self.info.periodic,
+            cron: self.info.cron.clone(),
             period_start: self.period_start,
             attempts: self.info.run_attempt_count,
             max_attempts: self.info.max_attempts,
@@ -198,9 +199,11 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     /// Claims up to `limit` due ENQUEUED tasks for host `me`, whose handler `may_run` (at
     /// most that handler's count of free slots) and whose constraints hold
     /// in `device`, marking them RUNNING, counting the attempt and issuing
-    /// each a lease. Nothing while the store is paused. Fair across
-    /// handlers: each handler with a free slot gets its oldest due task
-    /// before any handler gets a second (oldest due first within a round),
+    /// each a lease. Nothing while the store is paused, and no more runs of
+    /// a handler than its rate allows (see [`Self::set_limits`]). Fair across
+    /// handlers: each handler with a free slot gets its first due task
+    /// before any handler gets a second; within a handler, expedited work
+    /// first, then by due time aged by priority ([`crate::work::claim_key`]),
     /// so one handler's backlog never holds up another's due task, and work
     /// of a handler not in `may_run` holds up nothing.
     fn claim(
@@ -285,6 +288,12 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     fn leave_host(&self, me: HostIdentity) -> StoreFuture<'_, Result<(), StoreError>>;
     /// Every host recorded as serving this store, at `now`.
     fn hosts(&self, now: Millis) -> StoreFuture<'_, Result<Vec<HostInfo>, StoreError>>;
+    /// Sets each handler's scheduling limits, from this process's
+    /// manifest: its rate (claims start no more of its runs per window,
+    /// counted over every host on the store) and its expedited quota
+    /// (enqueues accept no more expedited requests per window). A handler
+    /// not named has neither.
+    fn set_limits(&self, limits: HashMap<String, HandlerLimits>);
     /// Sets the paused flag shared by every process on this store.
     fn set_paused(&self, paused: bool) -> StoreFuture<'_, Result<(), StoreError>>;
     /// The paused flag.

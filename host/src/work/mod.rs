@@ -11,8 +11,13 @@ use crate::data::Data;
 use crate::runlog::LogLine;
 
 mod error;
+mod schedule;
 
 pub use error::{StoreError, WorkError};
+pub use schedule::{
+    CatchUp, CronSchedule, DEFAULT_CATCH_UP_CAP, DEFAULT_PRIORITY, EXPEDITED_LEAD, HIGHEST_PRIORITY, HandlerLimits,
+    LOWEST_PRIORITY, LateStart, MAX_CATCH_UP, MISFIRE_GRACE, OutOfQuotaPolicy, PRIORITY_STEP, Rate, claim_key,
+};
 
 /// A task's id: unique in its data directory, never reused.
 pub type TaskId = i64;
@@ -297,9 +302,33 @@ pub struct WorkRequest {
     pub budget: BudgetOverride,
     /// What must hold before (and while) it runs.
     pub constraints: crate::device::Constraints,
+    /// Priority within its handler, [`HIGHEST_PRIORITY`] (0) to
+    /// [`LOWEST_PRIORITY`] (9); default [`DEFAULT_PRIORITY`] (5). See
+    /// [`PRIORITY_STEP`] for the order it gives.
+    pub priority: u8,
+    /// Expedited work (WorkManager's `setExpedited`): taken before any
+    /// normal work of its handler and not held by `device_idle`, within the
+    /// handler's expedited quota; the policy says what happens over it.
+    pub expedited: Option<OutOfQuotaPolicy>,
+    /// The exact time of the first run, ms since the epoch, instead of
+    /// `initial_delay` (one-off and processing work); a time already past
+    /// runs at once, with a warning.
+    pub run_at: Option<Millis>,
+    /// A cron schedule: periodic work (kind `Periodic`) that runs at the
+    /// expression's fire times instead of every `periodic.frequency`.
+    pub cron: Option<CronSchedule>,
 }
 
 impl WorkRequest {
+    /// Periodic work on a cron schedule (checked by [`CronSchedule::new`]).
+    pub fn cron(handler: impl Into<String>, task: impl Into<String>, schedule: CronSchedule) -> WorkRequest {
+        WorkRequest {
+            kind: TaskKind::Periodic,
+            cron: Some(schedule),
+            ..WorkRequest::one_off(handler, task)
+        }
+    }
+
     /// One-off work with defaults.
     pub fn one_off(handler: impl Into<String>, task: impl Into<String>) -> WorkRequest {
         WorkRequest {
@@ -317,6 +346,10 @@ impl WorkRequest {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             budget: BudgetOverride::default(),
             constraints: crate::device::Constraints::default(),
+            priority: DEFAULT_PRIORITY,
+            expedited: None,
+            run_at: None,
+            cron: None,
         }
     }
 
@@ -356,10 +389,49 @@ impl WorkRequest {
         }
         self.check_bounds()?;
         let periodic = self.kind == TaskKind::Periodic;
-        if periodic != self.periodic.is_some() {
+        if self.periodic.is_some() && self.cron.is_some() {
             return Err(WorkError::Invalid(
-                "periodic work needs a frequency, and only periodic work has one".into(),
+                "periodic work has a frequency or a cron schedule, not both".into(),
             ));
+        }
+        if periodic != (self.periodic.is_some() || self.cron.is_some()) {
+            return Err(WorkError::Invalid(
+                "periodic work needs a frequency or a cron schedule, and only periodic work has one".into(),
+            ));
+        }
+        if self.priority > LOWEST_PRIORITY {
+            return Err(WorkError::Invalid(format!(
+                "priority {} is out of range; use 0 (highest) to 9 (lowest)",
+                self.priority
+            )));
+        }
+        if periodic && self.run_at.is_some() {
+            return Err(WorkError::Invalid(
+                "an exact start time (--at) is for one-off and processing work; periodic work starts by its schedule"
+                    .into(),
+            ));
+        }
+        if self.run_at.is_some() && !self.initial_delay.is_zero() {
+            return Err(WorkError::Invalid(
+                "give an exact start time (--at) or an initial delay (--delay), not both".into(),
+            ));
+        }
+        if periodic && self.expedited.is_some() {
+            return Err(WorkError::Invalid(
+                "periodic work cannot be expedited (as in WorkManager); expedite one-off or processing work".into(),
+            ));
+        }
+        if let Some(c) = &self.cron {
+            // Re-checked here, so a schedule built by hand is checked too.
+            let checked = CronSchedule::new(&c.expr, Some(&c.tz), c.catch_up)?;
+            if let CatchUp::All(n) = c.catch_up
+                && !(1..=MAX_CATCH_UP).contains(&n)
+            {
+                return Err(WorkError::Invalid(format!(
+                    "the catch-up cap is {n}; it must be 1 to {MAX_CATCH_UP}"
+                )));
+            }
+            self.cron = Some(checked);
         }
         if periodic && !self.after.is_empty() {
             return Err(WorkError::Invalid("periodic work cannot run after other work".into()));
@@ -456,6 +528,40 @@ impl WorkRequest {
     }
 }
 
+/// When new work first runs: `(period_start, next_run_at)`. One-off and
+/// processing work: after its initial delay, or at its exact time (at once
+/// if that is past). Interval work: its first period starts after the
+/// delay. Cron work: its first fire after the delay.
+pub fn first_run(r: &WorkRequest, now: Millis) -> (Millis, Millis) {
+    let start = now.saturating_add(millis(r.initial_delay));
+    if let Some(c) = &r.cron {
+        let fire = c.next_after(start).unwrap_or(Millis::MAX / 2);
+        return (fire, fire);
+    }
+    match r.periodic {
+        Some(p) => (start, p.due_in_period(start)),
+        None => (0, r.run_at.map_or(start, |at| at.max(now))),
+    }
+}
+
+/// What an expedited request of `handler` becomes when its quota `q` is
+/// spent: the reason it is dropped (with [`OutOfQuotaPolicy::Drop`]) and
+/// the warning the enqueue returns.
+pub fn quota_spent(handler: &str, q: Rate, policy: OutOfQuotaPolicy) -> (Option<String>, String) {
+    let spent = format!(
+        "the expedited quota of handler {handler:?} ({} per {}) is spent",
+        q.count,
+        crate::units::format_duration(q.per)
+    );
+    match policy {
+        OutOfQuotaPolicy::RunAsNormal => (None, format!("{spent}; enqueued as normal work (run-as-normal)")),
+        OutOfQuotaPolicy::Drop => (
+            Some(format!("dropped: {spent} (out-of-quota policy drop)")),
+            format!("{spent}; the request was dropped (recorded as cancelled)"),
+        ),
+    }
+}
+
 /// What an enqueue did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enqueued {
@@ -536,12 +642,51 @@ pub struct TaskInfo {
     pub constraints: crate::device::Constraints,
     /// Tasks this one waits for.
     pub after: Vec<TaskId>,
+    /// Priority within its handler (0 highest, 9 lowest).
+    pub priority: u8,
+    /// Whether it is expedited.
+    pub expedited: bool,
+    /// The cron schedule of cron work.
+    pub cron: Option<CronSchedule>,
     /// When it was enqueued.
     pub created_at: Millis,
     /// When it finished, if it did.
     pub finished_at: Option<Millis>,
     /// Attempt history (filled by `inspect`, empty in lists).
     pub attempts: Vec<AttemptRecord>,
+}
+
+impl TaskInfo {
+    /// The next `n` times it is due to run, as far as its schedule says:
+    /// its next run (if it waits to run), then, for periodic work, the runs
+    /// of the periods or cron fires after it. Empty for finished work.
+    pub fn next_runs(&self, n: usize) -> Vec<Millis> {
+        if self.state.is_finished() || n == 0 {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(n);
+        let waiting = matches!(self.state, TaskState::Enqueued);
+        if waiting {
+            out.push(self.next_run_at);
+        }
+        if let Some(c) = &self.cron {
+            let after = if waiting {
+                self.next_run_at
+            } else {
+                self.created_at.max(self.next_run_at)
+            };
+            out.extend(c.upcoming(after, n - out.len()));
+        } else if let Some(p) = self.periodic {
+            let frequency = millis(p.frequency).max(1);
+            let mut at = out.last().copied().unwrap_or(self.next_run_at);
+            while out.len() < n {
+                at = at.saturating_add(frequency);
+                out.push(at);
+            }
+        }
+        out.truncate(n);
+        out
+    }
 }
 
 #[cfg(test)]

@@ -92,7 +92,7 @@ enum Command {
     /// SIGINT/SIGTERM, then shut down gracefully.
     Serve(store_cmds::ServeArgs),
     /// Enqueue work; prints the task id (with KEEP, the kept task's id).
-    Enqueue(store_cmds::EnqueueArgs),
+    Enqueue(Box<store_cmds::EnqueueArgs>),
     /// List tasks with their earliest begin time.
     List(store_cmds::ListArgs),
     /// Show one task with its attempt history and logs.
@@ -111,6 +111,9 @@ enum Command {
     /// List the hosts serving the store: id, start, last lease renewal,
     /// whether it serves now, and how many tasks it runs.
     Hosts(store_cmds::HostsArgs),
+    /// Cron expressions: `cron check EXPR [--tz ZONE]` prints the next
+    /// fire times.
+    Cron(store_cmds::CronArgs),
 }
 
 fn main() -> ExitCode {
@@ -126,7 +129,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Exec(args) => exec::run(args).await,
             Command::Serve(args) => store_cmds::serve(args).await,
-            Command::Enqueue(args) => store_cmds::enqueue(args).await,
+            Command::Enqueue(args) => store_cmds::enqueue(*args).await,
             Command::List(args) => store_cmds::list(args).await,
             Command::Inspect(args) => store_cmds::inspect(args).await,
             Command::Cancel(args) => store_cmds::cancel(args).await,
@@ -135,6 +138,7 @@ fn main() -> ExitCode {
             Command::Prune(args) => store_cmds::prune(args).await,
             Command::Status(args) => store_cmds::status(args).await,
             Command::Hosts(args) => store_cmds::hosts(args).await,
+            Command::Cron(args) => store_cmds::cron(args),
         }
     });
     match result {

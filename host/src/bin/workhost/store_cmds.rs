@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use workhost::units::{format_rfc3339 as rfc3339, parse_duration};
 use workhost::{
-    BackoffPolicy, ExistingWorkPolicy, Host, HostConfig, Periodic, Query, Queue, Selector, TaskInfo, TaskKind,
-    TaskState, WorkRequest,
+    BackoffPolicy, CatchUp, CronSchedule, ExistingWorkPolicy, Host, HostConfig, OutOfQuotaPolicy, Periodic, Query,
+    Queue, Selector, TaskInfo, TaskKind, TaskState, WorkRequest,
 };
 
 /// Where the manifest and data directory are.
@@ -59,6 +59,7 @@ impl StoreArgs {
         let c = self.store_config()?;
         let names: Vec<String> = c.handlers.iter().map(|h| h.name.clone()).collect();
         let store = c.open_store().await?;
+        store.set_limits(c.limits());
         Ok((
             Queue::with_store(store, names.clone(), c.periodic_floor, c.retention),
             names,
@@ -178,6 +179,39 @@ pub struct EnqueueArgs {
     /// Make it periodic with this frequency.
     #[arg(long, value_name = "DUR", conflicts_with = "processing")]
     every: Option<String>,
+    /// Make it periodic on a cron schedule: 5 fields (minute hour
+    /// day-of-month month day-of-week) or 6 (seconds first), e.g.
+    /// "0 9 * * MON-FRI". See docs/schedules.md.
+    #[arg(long, value_name = "EXPR", conflicts_with_all = ["every", "processing"])]
+    cron: Option<String>,
+    /// The IANA time zone of --cron's wall-clock times (default UTC).
+    #[arg(long, value_name = "ZONE", requires = "cron")]
+    tz: Option<String>,
+    /// What fires of --cron that no run started for in time do: none
+    /// (skip them), last (run once for the latest; default) or all (run
+    /// each, at most --catch-up-max).
+    #[arg(long = "catch-up", value_name = "POLICY", requires = "cron",
+          value_parser = clap::builder::PossibleValuesParser::new(CatchUp::NAMES))]
+    catch_up: Option<String>,
+    /// The most missed fires `--catch-up all` runs (default 10).
+    #[arg(long = "catch-up-max", value_name = "N", requires = "catch_up")]
+    catch_up_max: Option<u32>,
+    /// Run first at this exact time, RFC 3339 (2026-12-01T09:00:00+01:00);
+    /// a time already past runs at once, with a warning.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["delay", "every", "cron"])]
+    at: Option<String>,
+    /// Priority within the handler: 0 (highest) to 9 (lowest); default 5.
+    #[arg(long, value_name = "N")]
+    priority: Option<u8>,
+    /// Expedited work: taken before the handler's normal work and not held
+    /// by device idle, within the handler's expedited quota.
+    #[arg(long, conflicts_with_all = ["every", "cron"])]
+    expedited: bool,
+    /// What --expedited work does when the quota is spent: run-as-normal
+    /// (default) or drop.
+    #[arg(long = "out-of-quota", value_name = "POLICY", requires = "expedited",
+          value_parser = clap::builder::PossibleValuesParser::new(OutOfQuotaPolicy::NAMES))]
+    out_of_quota: Option<String>,
     /// Run in the last DUR of each period.
     #[arg(long, value_name = "DUR", requires = "every")]
     flex: Option<String>,
@@ -232,9 +266,32 @@ pub async fn enqueue(a: EnqueueArgs) -> anyhow::Result<ExitCode> {
             r.periodic = Some(Periodic { frequency, flex });
             r
         }
+        None if a.cron.is_some() => {
+            let catch_up =
+                CatchUp::parse(a.catch_up.as_deref().unwrap_or("last"), a.catch_up_max).context("--catch-up")?;
+            if let Some(tz) = &a.tz {
+                workhost::cron::time_zone(tz)
+                    .map_err(anyhow::Error::msg)
+                    .context("--tz")?;
+            }
+            let expr = a.cron.as_deref().unwrap_or_default();
+            let schedule = CronSchedule::new(expr, a.tz.as_deref(), catch_up).context("--cron")?;
+            WorkRequest::cron(&a.handler, &a.task, schedule)
+        }
         None if a.processing => WorkRequest::processing(&a.handler, &a.task),
         None => WorkRequest::one_off(&a.handler, &a.task),
     };
+    if let Some(at) = &a.at {
+        r.run_at = Some(workhost::units::parse_rfc3339(at).context("--at")?);
+    }
+    if let Some(p) = a.priority {
+        r.priority = p;
+    }
+    if a.expedited {
+        r.expedited = Some(
+            OutOfQuotaPolicy::parse(a.out_of_quota.as_deref().unwrap_or("run-as-normal")).expect("clap checked it"),
+        );
+    }
     r.input = crate::exec::read_input(a.input_json.as_deref(), &a.input)?;
     if let Some(name) = &a.unique {
         let default = if r.kind == TaskKind::Periodic { "update" } else { "keep" };
@@ -297,6 +354,9 @@ pub struct ListArgs {
     /// Only tasks with this unique name.
     #[arg(long, value_name = "NAME")]
     unique: Option<String>,
+    /// Also show each task's next N run times (cron fires, periods).
+    #[arg(long, value_name = "N")]
+    next: Option<usize>,
     /// Print a JSON array.
     #[arg(long)]
     json: bool,
@@ -322,6 +382,9 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
                         if waits_for_handler(t, &handlers) {
                             v["waiting_for"] = serde_json::json!(["handler"]);
                         }
+                        if let Some(n) = a.next {
+                            v["next_runs"] = next_runs_json(t, n);
+                        }
                         v
                     })
                     .collect()
@@ -330,6 +393,12 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     print_table(&tasks, &handlers);
+    if let Some(n) = a.next {
+        for t in tasks.iter().filter(|t| !t.state.is_finished()) {
+            let runs: Vec<String> = t.next_runs(n).into_iter().map(rfc3339).collect();
+            out!("task {} next: {}", t.id, runs.join(", "));
+        }
+    }
     if queue.is_paused().await? {
         out!("(paused: nothing new starts until `workhost resume`)");
     }
@@ -381,6 +450,9 @@ pub struct InspectArgs {
     store: StoreArgs,
     /// The task id.
     id: i64,
+    /// Also show its next N run times (default 5 for periodic work).
+    #[arg(long, value_name = "N")]
+    next: Option<usize>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -391,11 +463,19 @@ pub async fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
     let Some(t) = queue.get(a.id).await? else {
         bail!("no task with id {}", a.id)
     };
+    let next = a.next.unwrap_or(if t.kind == TaskKind::Periodic { 5 } else { 0 });
     if a.json {
-        out!("{}", task_json(&t, true));
+        let mut v = task_json(&t, true);
+        if next > 0 {
+            v["next_runs"] = next_runs_json(&t, next);
+        }
+        out!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    let json = task_json(&t, false);
+    let mut json = task_json(&t, false);
+    if next > 0 {
+        json["next_runs"] = next_runs_json(&t, next);
+    }
     for (k, v) in json.as_object().expect("an object") {
         if !v.is_null() {
             out!("{k:<18} {v}");
@@ -505,6 +585,11 @@ pub async fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A task as JSON, with the field names the README documents.
+/// A task's next `n` run times, RFC 3339.
+fn next_runs_json(t: &TaskInfo, n: usize) -> serde_json::Value {
+    serde_json::json!(t.next_runs(n).into_iter().map(rfc3339).collect::<Vec<_>>())
+}
+
 pub fn task_json(t: &TaskInfo, attempts: bool) -> serde_json::Value {
     let mut v = serde_json::json!({
         "id": t.id,
@@ -526,6 +611,11 @@ pub fn task_json(t: &TaskInfo, attempts: bool) -> serde_json::Value {
         "constraints": t.constraints,
         "every_ms": t.periodic.map(|p| p.frequency.as_millis() as u64),
         "flex_ms": t.periodic.map(|p| p.flex.as_millis() as u64),
+        "cron": t.cron.as_ref().map(|c| c.expr.clone()),
+        "tz": t.cron.as_ref().map(|c| c.tz.clone()),
+        "catch_up": t.cron.as_ref().map(|c| c.catch_up.to_text()),
+        "priority": t.priority,
+        "expedited": t.expedited,
         "created_at": rfc3339(t.created_at),
         "finished_at": t.finished_at.map(rfc3339),
     });
@@ -571,7 +661,10 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         .await?
         .iter()
         .map(|t| {
-            let mut unmet = t.constraints.unmet(&state);
+            let mut constraints = t.constraints;
+            // Expedited work is not held by device idle.
+            constraints.device_idle &= !t.expedited;
+            let mut unmet = constraints.unmet(&state);
             if waits_for_handler(t, &handlers) {
                 unmet.insert(0, "handler");
             }
@@ -692,6 +785,75 @@ pub async fn hosts(a: HostsArgs) -> anyhow::Result<ExitCode> {
             rfc3339(h.renewed_at),
             h.running
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `workhost cron`.
+#[derive(Debug, Args)]
+pub struct CronArgs {
+    #[command(subcommand)]
+    command: CronCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CronCommand {
+    /// Check a cron expression and print its next fire times, to try it
+    /// before deploying it. Exit code 2 names what is wrong.
+    Check {
+        /// The expression: 5 fields (minute hour day-of-month month
+        /// day-of-week) or 6 (seconds first), or a macro (@daily).
+        expr: String,
+        /// The IANA time zone of its wall-clock times (default UTC).
+        #[arg(long, value_name = "ZONE")]
+        tz: Option<String>,
+        /// How many fire times to print.
+        #[arg(long, value_name = "N", default_value_t = 5)]
+        next: usize,
+        /// Print JSON: the expression, the zone and the fires.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn cron(a: CronArgs) -> anyhow::Result<ExitCode> {
+    let CronCommand::Check { expr, tz, next, json } = a.command;
+    if let Some(tz) = &tz {
+        workhost::cron::time_zone(tz)
+            .map_err(anyhow::Error::msg)
+            .context("--tz")?;
+    }
+    let schedule = CronSchedule::new(&expr, tz.as_deref(), CatchUp::default())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(workhost::millis)
+        .unwrap_or(0);
+    let fires = schedule.upcoming(now, next);
+    let zone = workhost::cron::time_zone(&schedule.tz).map_err(anyhow::Error::msg)?;
+    let local = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| {
+                t.to_zoned(zone.clone())
+                    .strftime("%Y-%m-%d %H:%M:%S %Z (%:z)")
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "cron": schedule.expr,
+                "tz": schedule.tz,
+                "next": fires.iter().map(|f| rfc3339(*f)).collect::<Vec<_>>(),
+                "next_local": fires.iter().map(|f| local(*f)).collect::<Vec<_>>(),
+            })
+        );
+    } else {
+        out!("{} in {}: next {} fires", schedule.expr, schedule.tz, fires.len());
+        for f in fires {
+            out!("  {}  ({})", local(f), rfc3339(f));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -89,6 +89,8 @@ pub struct PgStore {
     listener: tokio::task::JoinHandle<()>,
     lease: Duration,
     kv: Arc<kv::PgKv>,
+    /// Each handler's rate and expedited quota ([`TaskStore::set_limits`]).
+    limits: std::sync::Mutex<Arc<HashMap<String, crate::work::HandlerLimits>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -177,9 +179,14 @@ impl PgStore {
                 store: weak.clone(),
                 fence: None,
             }),
+            limits: std::sync::Mutex::default(),
         });
         store.migrate().await?;
         Ok(store)
+    }
+
+    fn limits(&self) -> Arc<HashMap<String, crate::work::HandlerLimits>> {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The database, as messages name it.
@@ -257,8 +264,9 @@ impl TaskStore for PgStore {
                 mut before_commit,
                 on_commit,
             } = hooks;
+            let quota = self.limits().get(&request.handler).and_then(|l| l.expedited_quota);
             let result = in_tx!(self, |tx| async {
-                let value = ops::enqueue_in(&tx, request.clone(), now).await?;
+                let value = ops::enqueue_in(&tx, request.clone(), now, quota).await?;
                 ops::notify(&tx, "enq").await?;
                 if let Some(hook) = before_commit.take() {
                     hook(&value);
@@ -289,10 +297,14 @@ impl TaskStore for PgStore {
             let mut handlers: Vec<(&String, &usize)> = may_run.iter().filter(|(_, n)| **n > 0).collect();
             handlers.sort();
             let names: Vec<&str> = handlers.iter().map(|(h, _)| h.as_str()).collect();
-            let slots: Vec<i64> = handlers
+            let free: Vec<i64> = handlers
                 .iter()
                 .map(|(_, n)| i64::try_from(**n).unwrap_or(i64::MAX))
                 .collect();
+            let limits = self.limits();
+            let rates: Vec<Option<crate::work::Rate>> =
+                names.iter().map(|h| limits.get(*h).and_then(|l| l.rate)).collect();
+            let key_bound = crate::work::claim_key(now, crate::work::LOWEST_PRIORITY, false);
             // The deadline backstop of a run without its own timeout: the
             // longest timeout any run may have.
             let budget = crate::work::millis(crate::work::limits::MAX_TIMEOUT);
@@ -301,6 +313,22 @@ impl TaskStore for PgStore {
             let grace = crate::work::millis(Duration::from_secs(60));
             let d = device_params(&device);
             in_tx!(self, |tx| async {
+                // A rate-limited handler gets no more slots than its window
+                // has room for, counted under a lock every host takes.
+                let mut slots = free.clone();
+                for (i, rate) in rates.iter().enumerate() {
+                    if let Some(rate) = rate {
+                        let handler = names[i];
+                        tx.execute(sql::LIMIT_LOCK, &[&format!("rate:{handler}")]).await?;
+                        let since = now.saturating_sub(rate.window_ms());
+                        tx.execute(sql::FORGET_STARTS, &[&handler, &since]).await?;
+                        let used: i64 = tx
+                            .query_one(sql::COUNT_STARTS, &[&handler, &since])
+                            .await?
+                            .try_get("n")?;
+                        slots[i] = slots[i].min((i64::from(rate.count) - used).max(0));
+                    }
+                }
                 let stmt = tx.prepare_cached(sql::CLAIM).await?;
                 let rows = tx
                     .query(
@@ -319,10 +347,12 @@ impl TaskStore for PgStore {
                             &now,
                             &budgets,
                             &grace,
+                            &key_bound,
                         ],
                     )
                     .await?;
-                rows.iter()
+                let claimed = rows
+                    .iter()
                     .map(|row| {
                         let (info, period_start) = task_from_row(row)?;
                         let lease: Option<i64> = row.try_get("lease")?;
@@ -332,7 +362,14 @@ impl TaskStore for PgStore {
                             lease: lease.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
                         })
                     })
-                    .collect::<Result<Vec<_>, Fail>>()
+                    .collect::<Result<Vec<_>, Fail>>()?;
+                for (i, rate) in rates.iter().enumerate() {
+                    let n = claimed.iter().filter(|c| c.info.handler == names[i]).count() as i64;
+                    if rate.is_some() && n > 0 {
+                        tx.execute(sql::RECORD_STARTS, &[&names[i], &n, &now]).await?;
+                    }
+                }
+                Ok::<_, Fail>(claimed)
             }
             .await)
             .map_err(|f| self.store_error(f))
@@ -484,20 +521,41 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 let stmt = client.prepare_cached(sql::NEXT_DUE).await?;
-                let row = client
-                    .query_one(
-                        &stmt,
-                        &[
-                            &d.networks,
-                            &d.charging,
-                            &d.battery_low,
-                            &d.idle,
-                            &d.storage_low,
-                            &handlers,
-                        ],
-                    )
-                    .await?;
-                Ok::<_, Fail>(row.try_get::<_, Option<i64>>(0)?)
+                // Handlers with a rate are looked at one by one: their work
+                // is due no sooner than their window has room.
+                let limits = self.limits();
+                let rated = |h: &String| limits.get(h).and_then(|l| l.rate);
+                let (one_by_one, together): (Vec<String>, Vec<String>) =
+                    handlers.into_iter().partition(|h| rated(h).is_some());
+                let mut groups: Vec<Vec<String>> = one_by_one.into_iter().map(|h| vec![h]).collect();
+                groups.push(together);
+                let mut earliest: Option<i64> = None;
+                for group in groups.into_iter().filter(|g| !g.is_empty()) {
+                    let row = client
+                        .query_one(
+                            &stmt,
+                            &[
+                                &d.networks,
+                                &d.charging,
+                                &d.battery_low,
+                                &d.idle,
+                                &d.storage_low,
+                                &group,
+                            ],
+                        )
+                        .await?;
+                    let mut due = row.try_get::<_, Option<i64>>(0)?;
+                    if let (Some(d), Some(rate)) = (due, rated(&group[0]).filter(|_| group.len() == 1)) {
+                        let nth = i64::from(rate.count) - 1;
+                        let filled = client.query_opt(sql::NTH_START, &[&group[0], &nth]).await?;
+                        if let Some(row) = filled {
+                            let at: i64 = row.try_get("at")?;
+                            due = Some(d.max(at.saturating_add(rate.window_ms())));
+                        }
+                    }
+                    earliest = earliest.into_iter().chain(due).min();
+                }
+                Ok::<_, Fail>(earliest)
             };
             read.await.map_err(|f| self.store_error(f))
         })
@@ -541,6 +599,10 @@ impl TaskStore for PgStore {
             .await)
             .map_err(|f| self.store_error(f))
         })
+    }
+
+    fn set_limits(&self, limits: HashMap<String, crate::work::HandlerLimits>) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
     }
 
     fn set_paused(&self, paused: bool) -> StoreFuture<'_, Result<(), StoreError>> {

@@ -101,8 +101,40 @@ pub(super) async fn migrate_in(tx: &Tx<'_>, database: &str) -> Result<(), Fail> 
 // Enqueue.
 
 /// Enqueues work with its unique-work policy (the SQLite store's rules).
-pub(super) async fn enqueue_in(tx: &Tx<'_>, mut r: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), Fail> {
+pub(super) async fn enqueue_in(
+    tx: &Tx<'_>,
+    mut r: WorkRequest,
+    now: Millis,
+    quota: Option<crate::work::Rate>,
+) -> Result<(Enqueued, Vec<Change>), Fail> {
     let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    // Expedited work within the handler's quota, counted under a lock so
+    // hosts enqueueing at once never both take the last place.
+    if let (Some(policy), Some(q)) = (r.expedited, quota) {
+        exec(tx, sql::LIMIT_LOCK, &[&format!("quota:{}", r.handler)]).await?;
+        let since = now.saturating_sub(q.window_ms());
+        let used: i64 = rows(tx, sql::EXPEDITED_SINCE, &[&r.handler, &since])
+            .await?
+            .first()
+            .map_or(Ok(0), |row| row.try_get("n"))?;
+        if used >= i64::from(q.count) {
+            let (dropped, warning) = crate::work::quota_spent(&r.handler, q, policy);
+            r.expedited = None;
+            warnings.push(warning);
+            if let Some(why) = dropped {
+                let id = insert_task(tx, &r, &[], now, &mut changes, Some(&why)).await?;
+                return Ok((
+                    Enqueued {
+                        id,
+                        created: true,
+                        warnings,
+                    },
+                    changes,
+                ));
+            }
+        }
+    }
     let mut after = std::mem::take(&mut r.after);
     if let Some((name, policy)) = r.unique.clone() {
         // Every enqueue of this name waits here for the one before it.
@@ -123,7 +155,7 @@ pub(super) async fn enqueue_in(tx: &Tx<'_>, mut r: WorkRequest, now: Millis) -> 
                 Enqueued {
                     id,
                     created: false,
-                    warnings: Vec::new(),
+                    warnings: warnings.clone(),
                 },
                 Vec::new(),
             ))
@@ -134,6 +166,11 @@ pub(super) async fn enqueue_in(tx: &Tx<'_>, mut r: WorkRequest, now: Millis) -> 
             Update if !unfinished.is_empty() => {
                 let id = unfinished[0];
                 let spec = Spec::of(&r);
+                // A changed cron schedule takes effect at once.
+                if let Some(c) = &spec.cron {
+                    let (fire, _) = crate::work::first_run(&r, now);
+                    exec(tx, sql::RESCHEDULE_CRON, &[&id, &fire, c]).await?;
+                }
                 exec(
                     tx,
                     sql::UPDATE_SPEC,
@@ -155,6 +192,8 @@ pub(super) async fn enqueue_in(tx: &Tx<'_>, mut r: WorkRequest, now: Millis) -> 
                         &spec.battery,
                         &spec.idle,
                         &spec.storage,
+                        &spec.priority,
+                        &spec.cron,
                     ],
                 )
                 .await?;
@@ -172,12 +211,12 @@ pub(super) async fn enqueue_in(tx: &Tx<'_>, mut r: WorkRequest, now: Millis) -> 
             Keep | Update => {}
         }
     }
-    let id = insert_task(tx, &r, &after, now, &mut changes).await?;
+    let id = insert_task(tx, &r, &after, now, &mut changes, None).await?;
     Ok((
         Enqueued {
             id,
             created: true,
-            warnings: Vec::new(),
+            warnings,
         },
         changes,
     ))
@@ -201,6 +240,8 @@ struct Spec {
     battery: bool,
     idle: bool,
     storage: bool,
+    priority: i64,
+    cron: Option<String>,
 }
 
 impl Spec {
@@ -223,6 +264,8 @@ impl Spec {
             battery: r.constraints.battery_not_low,
             idle: r.constraints.device_idle,
             storage: r.constraints.storage_not_low,
+            priority: i64::from(r.priority),
+            cron: r.cron.as_ref().map(|c| c.to_stored()),
         }
     }
 }
@@ -233,12 +276,10 @@ async fn insert_task(
     after: &[TaskId],
     now: Millis,
     changes: &mut Vec<Change>,
+    dropped: Option<&str>,
 ) -> Result<TaskId, Fail> {
     let delay = crate::work::millis(r.initial_delay);
-    let (period_start, next_run_at) = match r.periodic {
-        Some(p) => (now.saturating_add(delay), p.due_in_period(now.saturating_add(delay))),
-        None => (0, now.saturating_add(delay)),
-    };
+    let (period_start, next_run_at) = crate::work::first_run(r, now);
     // The parents first, locked so none finishes unseen (FOR SHARE).
     if !after.is_empty() {
         let found: Vec<TaskId> = rows(tx, sql::LOCK_PARENTS, &[&after])
@@ -250,12 +291,16 @@ async fn insert_task(
             return Err(WorkError::UnknownTask(*missing).into());
         }
     }
-    let state = if after.is_empty() {
+    let state = if dropped.is_some() {
+        TaskState::Cancelled
+    } else if after.is_empty() {
         TaskState::Enqueued
     } else {
         TaskState::Blocked
     };
     let spec = Spec::of(r);
+    let expedited = r.expedited.is_some();
+    let finished_at = dropped.map(|_| now);
     let kind = r.kind.as_str();
     let unique = r.unique.as_ref().map(|(n, _)| n.as_str());
     let row = rows(
@@ -285,6 +330,11 @@ async fn insert_task(
             &spec.battery,
             &spec.idle,
             &spec.storage,
+            &spec.priority,
+            &spec.cron,
+            &expedited,
+            &finished_at,
+            &dropped,
         ],
     )
     .await?;
@@ -294,6 +344,10 @@ async fn insert_task(
         .try_get(0)?;
     if !r.tags.is_empty() {
         exec(tx, sql::INSERT_TAGS, &[&id, &r.tags]).await?;
+    }
+    if dropped.is_some() {
+        changes.push(Change { id, state });
+        return Ok(id);
     }
     if after.is_empty() {
         changes.push(Change { id, state });

@@ -223,6 +223,12 @@ pub(super) fn task_from_row(r: &Row) -> Result<(TaskInfo, Millis), Fail> {
             device_idle: r.try_get("req_idle")?,
             storage_not_low: r.try_get("req_storage")?,
         },
+        priority: u8::try_from(r.try_get::<_, i64>("priority")?).unwrap_or(crate::work::DEFAULT_PRIORITY),
+        expedited: r.try_get("expedited")?,
+        cron: match r.try_get::<_, Option<String>>("cron")? {
+            None => None,
+            Some(text) => Some(crate::work::CronSchedule::from_stored(&text).ok_or_else(|| named("cron", &text))?),
+        },
         attempts: Vec::new(),
     };
     Ok((info, r.try_get("period_start")?))

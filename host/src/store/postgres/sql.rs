@@ -22,7 +22,7 @@
 /// to `v + 1` (0: an empty database). Run in order under
 /// [`MIGRATION_LOCK`], followed by [`SET_SCHEMA_VERSION`], in the one
 /// transaction that opens the store.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001.sql")];
+pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001.sql"), include_str!("migrations/0002.sql")];
 
 /// The schema version this build writes: a store at a higher one is
 /// refused by name, never read.
@@ -58,7 +58,7 @@ pub const CHANNEL: &str = channel!();
 macro_rules! device_filter {
     () => {
         "t.req_network = ANY($1::bigint[]) AND (NOT t.req_charging OR $2::bool) \
-         AND (NOT t.req_battery OR NOT $3::bool) AND (NOT t.req_idle OR $4::bool) \
+         AND (NOT t.req_battery OR NOT $3::bool) AND (NOT t.req_idle OR $4::bool OR t.expedited) \
          AND (NOT t.req_storage OR NOT $5::bool)"
     };
 }
@@ -72,10 +72,18 @@ macro_rules! task_columns {
         "t.id, t.handler, t.task, t.kind, t.state, t.unique_name, t.input, t.output, t.progress, t.attempts, \
          t.max_attempts, t.next_run_at, t.frequency_ms, t.flex_ms, t.backoff, t.backoff_delay_ms, t.timeout_ms, \
          t.fuel, t.max_memory, t.stop_reason, t.error, t.created_at, t.finished_at, t.period_start, t.req_network, \
-         t.req_charging, t.req_battery, t.req_idle, t.req_storage, \
+         t.req_charging, t.req_battery, t.req_idle, t.req_storage, t.priority, t.expedited, t.cron, \
          ARRAY(SELECT g.tag FROM workhost.tags g WHERE g.task_id = t.id ORDER BY g.tag) AS tags, \
          ARRAY(SELECT d.parent FROM workhost.deps d WHERE d.child = t.id ORDER BY d.parent) AS after, \
          t.lease"
+    };
+}
+
+/// A task row `t`'s claim order (see `work::claim_key`), written as
+/// `tasks_claim_order` indexes it.
+macro_rules! claim_key {
+    () => {
+        "(t.next_run_at + t.priority * 300000 - CASE WHEN t.expedited THEN 31536000000 ELSE 0 END)"
     };
 }
 
@@ -166,12 +174,16 @@ pub const UNIQUE_UNFINISHED: &str = concat!(
 /// `$14` unique_name (`Option<&str>`), `$15` next_run_at, `$16`
 /// initial_delay_ms, `$17` period_start, `$18` created_at (`i64`), `$19`
 /// req_network (`i64`), `$20..$23` req_charging, req_battery, req_idle,
-/// req_storage (`bool`).
+/// req_storage (`bool`), `$24` priority (`i64`), `$25` cron
+/// (`Option<&str>`), `$26` expedited (`bool`), `$27` finished_at
+/// (`Option<i64>`) and `$28` error (`Option<&str>`): set for a request
+/// dropped as out of its expedited quota (state `cancelled`).
 pub const INSERT_TASK: &str = "\
 INSERT INTO workhost.tasks (handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms,
     timeout_ms, fuel, max_memory, kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at,
-    req_network, req_charging, req_battery, req_idle, req_storage)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
+    req_network, req_charging, req_battery, req_idle, req_storage, priority, cron, expedited, finished_at, error)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
+    $24, $25, $26, $27, $28)
 RETURNING id";
 
 /// Tags a task. `$1` `i64` task, `$2` `text[]` tags.
@@ -193,12 +205,21 @@ INSERT INTO workhost.deps (parent, child) SELECT DISTINCT unnest($1::bigint[]), 
 
 /// The UPDATE policy: changes an unfinished task's spec in place (not its
 /// identity, kind, state or schedule). `$1` `i64` task, then [`INSERT_TASK`]'s
-/// `$1..$11` as `$2..$12`, and its `$19..$23` as `$13..$17`.
+/// `$1..$11` as `$2..$12`, its `$19..$23` as `$13..$17`, and its `$24..$25`
+/// as `$18..$19`.
 pub const UPDATE_SPEC: &str = "\
 UPDATE workhost.tasks SET (handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms,
-    timeout_ms, fuel, max_memory, req_network, req_charging, req_battery, req_idle, req_storage)
-    = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+    timeout_ms, fuel, max_memory, req_network, req_charging, req_battery, req_idle, req_storage, priority, cron)
+    = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
 WHERE id = $1";
+
+/// The UPDATE policy on cron work whose schedule changed: a task waiting
+/// for its next fire (not a retry) waits for the new schedule's. `$1`
+/// `i64` task, `$2` `i64` the new first fire, `$3` `text` the new schedule
+/// (stored form).
+pub const RESCHEDULE_CRON: &str = "\
+UPDATE workhost.tasks SET next_run_at = $2, period_start = $2
+WHERE id = $1 AND state = 'enqueued' AND attempts = 0 AND cron IS NOT NULL AND cron <> $3";
 
 /// Removes a task's tags (before the UPDATE policy writes the new ones).
 /// `$1` `i64`: the task.
@@ -227,7 +248,9 @@ pub const NOTIFY: &str = concat!("SELECT pg_notify('", channel!(), "', $1)");
 /// `$6` `text` host id, `$7` `text` incarnation, `$8` `text[]` handlers,
 /// `$9` `bigint[]` their free slots (same order), `$10` `i64` limit, `$11`
 /// `i64` now (ms), `$12` `bigint[]` each handler's longest run budget (ms),
-/// `$13` `i64` grace (ms) added to the budget for the deadline.
+/// `$13` `i64` grace (ms) added to the budget for the deadline, `$14`
+/// `i64` the largest claim key a due task can have (now plus nine priority
+/// steps), which ends the walk of `tasks_claim_order`.
 ///
 /// Returns the claimed tasks, `task_columns!` then `round` (`i64`), in
 /// claim order.
@@ -245,20 +268,26 @@ want AS MATERIALIZED (
       AND NOT EXISTS (SELECT 1 FROM workhost.meta WHERE key = 'paused' AND value = '1')
 ),
 candidates AS (
-    SELECT c.id, c.next_run_at, w.budget_ms,
-           row_number() OVER (PARTITION BY w.handler ORDER BY c.next_run_at, c.id) AS round
+    SELECT c.id, c.key, w.budget_ms,
+           row_number() OVER (PARTITION BY w.handler ORDER BY c.key, c.id) AS round
     FROM want w CROSS JOIN LATERAL (
-        SELECT t.id, t.next_run_at FROM workhost.tasks t
-        WHERE t.state = 'enqueued' AND t.handler = w.handler AND t.next_run_at <= $11 AND ",
+        SELECT t.id, ",
+    claim_key!(),
+    " AS key FROM workhost.tasks t
+        WHERE t.state = 'enqueued' AND t.handler = w.handler AND ",
+    claim_key!(),
+    " <= $14::bigint AND t.next_run_at <= $11 AND ",
     device_filter!(),
     "
-        ORDER BY t.next_run_at, t.id
+        ORDER BY ",
+    claim_key!(),
+    ", t.id
         LIMIT w.slots
         FOR UPDATE SKIP LOCKED
     ) c
 ),
 picked AS (
-    SELECT id, round, budget_ms FROM candidates ORDER BY round, next_run_at, id LIMIT $10
+    SELECT id, round, key, budget_ms FROM candidates ORDER BY round, key, id LIMIT $10
 ),
 claimed AS (
     UPDATE workhost.tasks t
@@ -267,7 +296,7 @@ claimed AS (
         deadline_at = now() + (coalesce(t.timeout_ms, p.budget_ms) + $13::bigint) * interval '1 millisecond'
     FROM picked p
     WHERE t.id = p.id AND t.state = 'enqueued'
-    RETURNING t.*, p.round
+    RETURNING t.*, p.round, p.key
 ),
 opened AS (
     INSERT INTO workhost.attempts (task_id, lease, run_attempt, host, started_at)
@@ -277,7 +306,7 @@ SELECT ",
     task_columns!(),
     ", t.round
 FROM claimed t
-ORDER BY t.round, t.next_run_at, t.id"
+ORDER BY t.round, t.key, t.id"
 );
 
 /// The earliest due time of ENQUEUED work of some handlers whose
@@ -518,7 +547,9 @@ RETURNING t.id, target.lease_host AS host"
 
 /// Makes ENQUEUED task `$1` (`i64`) due at `$2` (`i64`): the test driver's
 /// "delay met". 0 rows: it is not enqueued.
-pub const MAKE_DUE: &str = "UPDATE workhost.tasks SET next_run_at = $2 WHERE id = $1 AND state = 'enqueued'";
+pub const MAKE_DUE: &str = "\
+UPDATE workhost.tasks SET next_run_at = $2, period_start = CASE WHEN cron IS NULL THEN period_start ELSE $2 END
+WHERE id = $1 AND state = 'enqueued'";
 
 // ---------------------------------------------------------------------------
 // Reads. A read of several statements (a task, then its attempts) runs in
@@ -582,16 +613,46 @@ pub const CLOCK_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('wor
 
 /// The tasks a clock jump moves, reported to observers: `id`, `state`.
 pub const CLOCK_WAITING: &str = "\
-SELECT id, state FROM workhost.tasks WHERE state IN ('enqueued', 'blocked') ORDER BY id";
+SELECT id, state FROM workhost.tasks WHERE state IN ('enqueued', 'blocked') AND cron IS NULL ORDER BY id";
 
 /// Moves every unfinished task's due time (and a periodic one's period
-/// start) by `$1` (`i64` ms).
+/// start) by `$1` (`i64` ms); not cron work, whose fire times are
+/// wall-clock times (fires a jump skipped are missed fires).
 pub const CLOCK_MOVE: &str = concat!(
     "UPDATE workhost.tasks SET next_run_at = next_run_at + $1,
     period_start = CASE WHEN frequency_ms IS NULL THEN period_start ELSE period_start + $1 END
-WHERE state IN ",
+WHERE cron IS NULL AND state IN ",
     unfinished!()
 );
+
+// ---------------------------------------------------------------------------
+// Schedules: expedited quota and rates.
+
+/// Serializes what counts against a handler's expedited quota or rate
+/// across hosts, until the transaction ends. `$1` `text`: `quota:` or
+/// `rate:` and the handler.
+pub const LIMIT_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('workhost.limit:' || $1::text, 0))";
+
+/// How many expedited requests of a handler were accepted since a time:
+/// `n` (`i64`). `$1` `text` handler, `$2` `i64` since (exclusive).
+pub const EXPEDITED_SINCE: &str =
+    "SELECT count(*) AS n FROM workhost.tasks WHERE handler = $1 AND expedited AND created_at > $2";
+
+/// Forgets a handler's run starts older than its window. `$1` `text`
+/// handler, `$2` `i64` the window's start (inclusive).
+pub const FORGET_STARTS: &str = "DELETE FROM workhost.starts WHERE handler = $1 AND at <= $2";
+
+/// How many runs of a handler started since a time: `n` (`i64`). `$1`
+/// `text` handler, `$2` `i64` since (exclusive).
+pub const COUNT_STARTS: &str = "SELECT count(*) AS n FROM workhost.starts WHERE handler = $1 AND at > $2";
+
+/// Records `$2` (`i64`) starts of handler `$1` (`text`) at `$3` (`i64`).
+pub const RECORD_STARTS: &str =
+    "INSERT INTO workhost.starts (handler, at) SELECT $1, $3 FROM generate_series(1, $2::bigint)";
+
+/// The start that fills a handler's window when it is the `$2`-th (`i64`,
+/// from 0) most recent: `at` (`i64`). `$1` `text` handler.
+pub const NTH_START: &str = "SELECT at FROM workhost.starts WHERE handler = $1 ORDER BY at DESC LIMIT 1 OFFSET $2";
 
 /// The database's clock, in ms since the epoch (`i64`): what a host anchors
 /// its due times to, so hosts agree on "due".
@@ -767,6 +828,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("INSERT_DEPS", INSERT_DEPS),
     ("UPDATE_SPEC", UPDATE_SPEC),
     ("DELETE_TAGS", DELETE_TAGS),
+    ("RESCHEDULE_CRON", RESCHEDULE_CRON),
     ("NOTIFY", NOTIFY),
     ("CLAIM", CLAIM),
     ("NEXT_DUE", NEXT_DUE),
@@ -787,6 +849,12 @@ pub const ALL: &[(&str, &str)] = &[
     ("SELECT_ALL", SELECT_ALL),
     ("CANCEL", CANCEL),
     ("MAKE_DUE", MAKE_DUE),
+    ("LIMIT_LOCK", LIMIT_LOCK),
+    ("EXPEDITED_SINCE", EXPEDITED_SINCE),
+    ("FORGET_STARTS", FORGET_STARTS),
+    ("COUNT_STARTS", COUNT_STARTS),
+    ("RECORD_STARTS", RECORD_STARTS),
+    ("NTH_START", NTH_START),
     ("GET_TASK", GET_TASK),
     ("GET_ATTEMPTS", GET_ATTEMPTS),
     ("QUERY", QUERY),

@@ -31,7 +31,7 @@ use crate::store::{
     Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, Query, Selector,
     StoreFuture, TaskStore,
 };
-use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
+use crate::work::{Enqueued, HandlerLimits, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
 /// A damaged column of task `id`'s row, carried through rusqlite's error
 /// type out of a row mapper and turned into [`StoreError::DamagedTask`].
@@ -169,6 +169,8 @@ pub struct SqliteStore {
     queue_places: Arc<tokio::sync::Semaphore>,
     reader: Mutex<Connection>,
     kv: Arc<SqliteKv>,
+    /// Each handler's rate and expedited quota ([`TaskStore::set_limits`]).
+    limits: Mutex<Arc<HashMap<String, HandlerLimits>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -207,7 +209,19 @@ impl SqliteStore {
             queue_places: Arc::new(tokio::sync::Semaphore::new(WRITE_QUEUE_CAP)),
             reader: Mutex::new(reader),
             kv: Arc::new(SqliteKv { store: weak.clone() }),
+            limits: Mutex::default(),
         }))
+    }
+
+    fn limits(&self) -> Arc<HashMap<String, HandlerLimits>> {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn rates(&self) -> HashMap<String, crate::work::Rate> {
+        self.limits()
+            .iter()
+            .filter_map(|(h, l)| l.rate.map(|r| (h.clone(), r)))
+            .collect()
     }
 
     /// The database file.
@@ -370,8 +384,9 @@ impl TaskStore for SqliteStore {
             before_commit,
             on_commit,
         } = hooks;
+        let quota = self.limits().get(&request.handler).and_then(|l| l.expedited_quota);
         let job = move |conn: &Connection| {
-            let result = enqueue_in(conn, request, now);
+            let result = enqueue_in(conn, request, now, quota);
             if let (Ok(value), Some(hook)) = (&result, before_commit) {
                 hook(value);
             }
@@ -388,7 +403,8 @@ impl TaskStore for SqliteStore {
         may_run: HashMap<String, usize>,
         device: DeviceState,
     ) -> StoreFuture<'_, Result<Vec<Claimed>, StoreError>> {
-        self.write_sql(move |conn| claim_in(conn, now, limit, may_run, &device))
+        let rates = self.rates();
+        self.write_sql(move |conn| claim_in(conn, now, limit, may_run, &device, &rates))
     }
 
     fn finish<'a>(
@@ -446,7 +462,8 @@ impl TaskStore for SqliteStore {
         handlers: Vec<String>,
         device: DeviceState,
     ) -> StoreFuture<'_, Result<Option<Millis>, StoreError>> {
-        self.read_async(move |conn| next_due_in(conn, &handlers, &device))
+        let rates = self.rates();
+        self.read_async(move |conn| next_due_in(conn, &handlers, &device, &rates))
     }
 
     fn waiting_for_handler(
@@ -465,6 +482,10 @@ impl TaskStore for SqliteStore {
                 .await
                 .map_err(Fail::store)
         })
+    }
+
+    fn set_limits(&self, limits: HashMap<String, HandlerLimits>) {
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
     }
 
     fn set_paused(&self, paused: bool) -> StoreFuture<'_, Result<(), StoreError>> {
@@ -620,7 +641,10 @@ mod tests {
                 .unwrap();
         }
         conn.execute_batch(
-            "ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts",
+            "ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts; \
+             DROP INDEX tasks_claim; DROP INDEX tasks_expedited; DROP TABLE starts; \
+             ALTER TABLE tasks DROP COLUMN priority; ALTER TABLE tasks DROP COLUMN expedited; \
+             ALTER TABLE tasks DROP COLUMN cron",
         )
         .unwrap();
         // Task data as stores before version 4 wrote it: plain JSON.
@@ -633,6 +657,11 @@ mod tests {
         assert_eq!(
             (task.task.as_str(), task.constraints),
             ("kept", crate::device::Constraints::default())
+        );
+        assert_eq!(
+            (task.priority, task.expedited, task.cron),
+            (crate::work::DEFAULT_PRIORITY, false, None),
+            "version 7's columns take their defaults"
         );
         assert_eq!(
             task.input,

@@ -12,10 +12,11 @@ use crate::outcome::RunOutcome;
 use crate::retry::Transition;
 use crate::store::{Change, Claimed, ClockJump, HandlerWait, HostInfo, PERIODIC_ATTEMPTS_KEPT, Query, Selector};
 use crate::work::{
-    AttemptRecord, BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, TaskId, TaskInfo,
-    TaskState, WorkError, WorkRequest,
+    AttemptRecord, BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, Rate, TaskId,
+    TaskInfo, TaskState, WorkError, WorkRequest,
 };
 
+use super::schema::claim_key;
 use super::{Fail, damaged};
 
 /// A value of the `settings` table, shared by every process on the store.
@@ -42,7 +43,8 @@ pub(super) fn backoff_str(b: BackoffPolicy) -> &'static str {
 
 pub(super) const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, output, progress, attempts, max_attempts, \
      next_run_at, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, stop_reason, error, \
-     created_at, finished_at, period_start, req_network, req_charging, req_battery, req_idle, req_storage";
+     created_at, finished_at, period_start, req_network, req_charging, req_battery, req_idle, req_storage, priority, \
+     expedited, cron";
 
 /// Task `id`'s data `column`; damaged text is an error naming the task.
 pub(super) fn data_column(id: TaskId, column: &str, text: Option<String>) -> rusqlite::Result<Option<Data>> {
@@ -99,6 +101,15 @@ pub(super) fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, 
             battery_not_low: r.get(26)?,
             device_idle: r.get(27)?,
             storage_not_low: r.get(28)?,
+        },
+        priority: u8::try_from(r.get::<_, i64>(29)?).unwrap_or(crate::work::DEFAULT_PRIORITY),
+        expedited: r.get(30)?,
+        cron: match r.get::<_, Option<String>>(31)? {
+            None => None,
+            Some(text) => Some(
+                crate::work::CronSchedule::from_stored(&text)
+                    .ok_or_else(|| damaged(id, "cron", format_args!("is {text:?}, which no workhost writes")))?,
+            ),
         },
         attempts: Vec::new(),
     };
@@ -277,25 +288,27 @@ pub(super) fn write_constraints(conn: &Connection, id: TaskId, c: &crate::device
 /// gives their values in this order.
 macro_rules! spec_columns {
     () => {
-        "handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory"
+        "handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, \
+         priority, cron"
     };
 }
 
 pub(super) const INSERT_TASK: &str = concat!(
     "INSERT INTO tasks (",
     spec_columns!(),
-    ", kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    ", kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at, expedited, finished_at, \
+     error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
+     ?23)"
 );
 
 pub(super) const UPDATE_SPEC: &str = concat!(
     "UPDATE tasks SET (",
     spec_columns!(),
-    ") = (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) WHERE id = ?1"
+    ") = (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) WHERE id = ?1"
 );
 
 /// The values of [`spec_columns`], in its order.
-pub(super) fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 11] {
+pub(super) fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 13] {
     use rusqlite::types::Value;
     let int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
     [
@@ -310,6 +323,8 @@ pub(super) fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 11] {
         int(r.budget.timeout.map(crate::work::millis)),
         int(r.budget.fuel.map(|f| i64::try_from(f).unwrap_or(i64::MAX))),
         int(r.budget.max_memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX))),
+        Value::Integer(i64::from(r.priority)),
+        r.cron.as_ref().map_or(Value::Null, |c| Value::Text(c.to_stored())),
     ]
 }
 
@@ -327,13 +342,13 @@ pub(super) fn insert_task(
     after: &[TaskId],
     now: Millis,
     changes: &mut Vec<Change>,
+    dropped: Option<&str>,
 ) -> Result<TaskId, Fail> {
     let delay = crate::work::millis(r.initial_delay);
-    let (period_start, next_run_at) = match r.periodic {
-        Some(p) => (now.saturating_add(delay), p.due_in_period(now.saturating_add(delay))),
-        None => (0, now.saturating_add(delay)),
-    };
-    let state = if after.is_empty() {
+    let (period_start, next_run_at) = crate::work::first_run(r, now);
+    let state = if dropped.is_some() {
+        TaskState::Cancelled
+    } else if after.is_empty() {
         TaskState::Enqueued
     } else {
         TaskState::Blocked
@@ -347,6 +362,9 @@ pub(super) fn insert_task(
         Value::Integer(delay),
         Value::Integer(period_start),
         Value::Integer(now),
+        Value::Integer(i64::from(r.expedited.is_some())),
+        dropped.map_or(Value::Null, |_| Value::Integer(now)),
+        dropped.map_or(Value::Null, |why| Value::Text(why.into())),
     ]);
     conn.prepare_cached(INSERT_TASK)?
         .execute(rusqlite::params_from_iter(values))?;
@@ -355,6 +373,10 @@ pub(super) fn insert_task(
         write_constraints(conn, id, &r.constraints)?;
     }
     write_tags(conn, id, &r.tags)?;
+    if dropped.is_some() {
+        changes.push(Change { id, state });
+        return Ok(id);
+    }
     for parent in after {
         let exists: bool = conn.query_row("SELECT EXISTS(SELECT 1 FROM tasks WHERE id = ?1)", [parent], |r| {
             r.get(0)
@@ -376,8 +398,39 @@ pub(super) fn insert_task(
     Ok(id)
 }
 
-pub(super) fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> Result<(Enqueued, Vec<Change>), Fail> {
+pub(super) fn enqueue_in(
+    conn: &Connection,
+    mut r: WorkRequest,
+    now: Millis,
+    quota: Option<Rate>,
+) -> Result<(Enqueued, Vec<Change>), Fail> {
     let mut changes = Vec::new();
+    let mut warnings = Vec::new();
+    // Expedited work within the handler's quota: the expedited requests it
+    // accepted in the window before now.
+    let mut dropped = None;
+    if let (Some(policy), Some(q)) = (r.expedited, quota) {
+        let used: i64 = conn
+            .prepare_cached("SELECT count(*) FROM tasks WHERE handler = ?1 AND expedited = 1 AND created_at > ?2")?
+            .query_row(params![r.handler, now.saturating_sub(q.window_ms())], |row| row.get(0))?;
+        if used >= i64::from(q.count) {
+            let (why, warning) = crate::work::quota_spent(&r.handler, q, policy);
+            r.expedited = None;
+            warnings.push(warning);
+            dropped = why;
+        }
+    }
+    if let Some(why) = &dropped {
+        let id = insert_task(conn, &r, &[], now, &mut changes, Some(why))?;
+        return Ok((
+            Enqueued {
+                id,
+                created: true,
+                warnings,
+            },
+            changes,
+        ));
+    }
     let mut after = std::mem::take(&mut r.after);
     if let Some((name, policy)) = r.unique.clone() {
         // The latest task with this name, and every unfinished one.
@@ -402,13 +455,23 @@ pub(super) fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> 
                     Enqueued {
                         id: unfinished[0],
                         created: false,
-                        warnings: Vec::new(),
+                        warnings,
                     },
                     changes,
                 ));
             }
             Update if !unfinished.is_empty() => {
                 let id = unfinished[0];
+                // A changed cron schedule takes effect at once: a task
+                // waiting for its next fire waits for the new one instead.
+                if let Some(c) = &r.cron {
+                    let (fire, _) = crate::work::first_run(&r, now);
+                    conn.prepare_cached(
+                        "UPDATE tasks SET next_run_at = ?2, period_start = ?2 WHERE id = ?1 AND state = 'enqueued' \
+                         AND attempts = 0 AND cron IS NOT NULL AND cron <> ?3",
+                    )?
+                    .execute(params![id, fire, c.to_stored()])?;
+                }
                 let values = std::iter::once(rusqlite::types::Value::Integer(id)).chain(spec_values(&r));
                 conn.prepare_cached(UPDATE_SPEC)?
                     .execute(rusqlite::params_from_iter(values))?;
@@ -419,7 +482,7 @@ pub(super) fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> 
                     Enqueued {
                         id,
                         created: false,
-                        warnings: Vec::new(),
+                        warnings,
                     },
                     changes,
                 ));
@@ -434,12 +497,12 @@ pub(super) fn enqueue_in(conn: &Connection, mut r: WorkRequest, now: Millis) -> 
             Keep | Update => {}
         }
     }
-    let id = insert_task(conn, &r, &after, now, &mut changes)?;
+    let id = insert_task(conn, &r, &after, now, &mut changes, None)?;
     Ok((
         Enqueued {
             id,
             created: true,
-            warnings: Vec::new(),
+            warnings,
         },
         changes,
     ))
@@ -453,6 +516,7 @@ pub(super) fn claim_in(
     limit: usize,
     free: HashMap<String, usize>,
     device: &DeviceState,
+    rates: &HashMap<String, Rate>,
 ) -> rusqlite::Result<Vec<Claimed>> {
     if limit == 0 {
         return Ok(Vec::new());
@@ -460,30 +524,44 @@ pub(super) fn claim_in(
     if setting(conn, "paused")?.as_deref() == Some("1") {
         return Ok(Vec::new());
     }
-    // Each handler's oldest due tasks, as many as it has free slots, then
-    // round by round: every handler's first before anyone's second.
+    // Each handler's first due tasks in claim order (expedited, then due
+    // time aged by priority: see `claim_key`), as many as it has free
+    // slots and its rate allows, then round by round: every handler's
+    // first before anyone's second. The index on the claim key is walked
+    // in order; the bound on the key (a due task's key is at most now
+    // plus nine priority steps) ends the walk.
     let sql = format!(
-        "SELECT id, next_run_at FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2{} \
-         ORDER BY next_run_at, id LIMIT ?3",
-        constraint_filter(device)
+        "SELECT id, {key} FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND {key} <= ?4 \
+         AND next_run_at <= ?2{} ORDER BY {key}, id LIMIT ?3",
+        constraint_filter(device),
+        key = claim_key!(),
     );
+    let key_bound = crate::work::claim_key(now, crate::work::LOWEST_PRIORITY, false);
     let mut handlers: Vec<(&String, &usize)> = free.iter().filter(|(_, slots)| **slots > 0).collect();
     handlers.sort();
-    let mut candidates: Vec<(usize, Millis, TaskId)> = Vec::new();
+    let mut candidates: Vec<(usize, Millis, TaskId, Option<&String>)> = Vec::new();
     let mut stmt = conn.prepare_cached(&sql)?;
     for (handler, slots) in handlers {
-        let due = stmt.query_map(params![handler, now, (*slots).min(limit) as i64], |r| {
+        let mut slots = (*slots).min(limit);
+        let rate = rates.get(handler);
+        if let Some(rate) = rate {
+            slots = slots.min(rate_room(conn, handler, *rate, now)?);
+        }
+        if slots == 0 {
+            continue;
+        }
+        let due = stmt.query_map(params![handler, now, slots as i64, key_bound], |r| {
             Ok((r.get::<_, TaskId>(0)?, r.get::<_, Millis>(1)?))
         })?;
         for (round, row) in due.enumerate() {
-            let (id, due_at) = row?;
-            candidates.push((round, due_at, id));
+            let (id, key) = row?;
+            candidates.push((round, key, id, rate.map(|_| handler)));
         }
     }
     drop(stmt);
     candidates.sort_unstable();
     let mut claimed = Vec::new();
-    for (_, _, id) in candidates {
+    for (_, _, id, rated) in candidates {
         if claimed.len() >= limit {
             break;
         }
@@ -495,6 +573,10 @@ pub(super) fn claim_in(
             continue;
         };
         load_tags_and_deps(conn, &mut info)?;
+        if let Some(handler) = rated {
+            conn.prepare_cached("INSERT INTO starts (handler, at) VALUES (?1, ?2)")?
+                .execute(params![handler, now])?;
+        }
         // The attempt row's key, one more than any before it, is the run's
         // lease: it fences the run's progress and finish.
         let lease: i64 = conn
@@ -513,6 +595,29 @@ pub(super) fn claim_in(
     Ok(claimed)
 }
 
+/// How many more runs of `handler` its rate allows at `now`: the rate's
+/// count less the runs started in the window before `now`. Forgets starts
+/// older than the window.
+pub(super) fn rate_room(conn: &Connection, handler: &str, rate: Rate, now: Millis) -> rusqlite::Result<usize> {
+    let since = now.saturating_sub(rate.window_ms());
+    conn.prepare_cached("DELETE FROM starts WHERE handler = ?1 AND at <= ?2")?
+        .execute(params![handler, since])?;
+    let used: i64 = conn
+        .prepare_cached("SELECT count(*) FROM starts WHERE handler = ?1 AND at > ?2")?
+        .query_row(params![handler, since], |r| r.get(0))?;
+    Ok(usize::try_from(i64::from(rate.count) - used).unwrap_or(0))
+}
+
+/// When `handler`'s rate next has room, if its window ever filled: the
+/// `count`-th most recent start plus the window (a time already past means
+/// room now).
+pub(super) fn rate_free_at(conn: &Connection, handler: &str, rate: Rate) -> rusqlite::Result<Option<Millis>> {
+    conn.prepare_cached("SELECT at FROM starts WHERE handler = ?1 ORDER BY at DESC LIMIT 1 OFFSET ?2")?
+        .query_row(params![handler, i64::from(rate.count) - 1], |r| r.get::<_, Millis>(0))
+        .optional()
+        .map(|at| at.map(|at| at.saturating_add(rate.window_ms())))
+}
+
 /// SQL that keeps only tasks whose constraints hold in `device`.
 pub(super) fn constraint_filter(device: &DeviceState) -> String {
     let networks: Vec<String> = crate::device::NetworkType::ALL
@@ -528,7 +633,8 @@ pub(super) fn constraint_filter(device: &DeviceState) -> String {
         sql.push_str(" AND req_battery = 0");
     }
     if !device.idle {
-        sql.push_str(" AND req_idle = 0");
+        // Expedited work is not held by `device_idle` (as WorkManager's).
+        sql.push_str(" AND (req_idle = 0 OR expedited = 1)");
     }
     if device.storage_low {
         sql.push_str(" AND req_storage = 0");
@@ -752,6 +858,7 @@ pub(super) fn next_due_in(
     conn: &Connection,
     handlers: &[String],
     device: &DeviceState,
+    rates: &HashMap<String, Rate>,
 ) -> rusqlite::Result<Option<Millis>> {
     let sql = format!(
         "SELECT min(next_run_at) FROM tasks WHERE state = 'enqueued' AND handler = ?1{}",
@@ -760,7 +867,13 @@ pub(super) fn next_due_in(
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut earliest: Option<Millis> = None;
     for handler in handlers {
-        let due: Option<Millis> = stmt.query_row([handler], |r| r.get(0))?;
+        let mut due: Option<Millis> = stmt.query_row([handler], |r| r.get(0))?;
+        // Work over its handler's rate is due when the window has room.
+        if let (Some(d), Some(rate)) = (due, rates.get(handler))
+            && let Some(free) = rate_free_at(conn, handler, *rate)?
+        {
+            due = Some(d.max(free));
+        }
         earliest = earliest.into_iter().chain(due).min();
     }
     Ok(earliest)
@@ -854,8 +967,11 @@ pub(super) fn follow_clock_in(
             return Ok(jump);
         }
         jump.by = by;
-        let mut waiting =
-            conn.prepare("SELECT id, state FROM tasks WHERE state IN ('enqueued', 'blocked') ORDER BY id")?;
+        // Cron work keeps its fire times: they are wall-clock times, and
+        // fires a jump skipped are missed fires (catch-up decides).
+        let mut waiting = conn.prepare(
+            "SELECT id, state FROM tasks WHERE state IN ('enqueued', 'blocked') AND cron IS NULL ORDER BY id",
+        )?;
         for row in waiting.query_map([], |r| Ok((r.get::<_, TaskId>(0)?, r.get::<_, String>(1)?)))? {
             let (id, state) = row?;
             if let Some(state) = TaskState::parse(&state) {
@@ -865,7 +981,7 @@ pub(super) fn follow_clock_in(
         conn.execute(
             "UPDATE tasks SET next_run_at = next_run_at + ?1, \
              period_start = CASE WHEN frequency_ms IS NULL THEN period_start ELSE period_start + ?1 END \
-             WHERE state IN ('enqueued', 'blocked', 'running')",
+             WHERE state IN ('enqueued', 'blocked', 'running') AND cron IS NULL",
             [by],
         )?;
     }
@@ -908,7 +1024,8 @@ pub(super) fn cancel_in(conn: &Connection, selector: &Selector, now: Millis) -> 
 /// Makes ENQUEUED task `id` due at `now`.
 pub(super) fn make_due_in(conn: &Connection, id: TaskId, now: Millis) -> Result<(), Fail> {
     let n = conn.execute(
-        "UPDATE tasks SET next_run_at = ?2 WHERE id = ?1 AND state = 'enqueued'",
+        "UPDATE tasks SET next_run_at = ?2, \
+         period_start = CASE WHEN cron IS NULL THEN period_start ELSE ?2 END WHERE id = ?1 AND state = 'enqueued'",
         params![id, now],
     )?;
     if n == 0 {

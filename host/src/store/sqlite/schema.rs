@@ -9,10 +9,36 @@ use crate::work::StoreError;
 
 use super::{Fail, snapshot};
 
+/// The claim order of a task row (see [`crate::work::claim_key`]): due
+/// time, plus 5 minutes per priority level, minus a year if expedited.
+/// Written the same in the index and in the claim, so the claim walks the
+/// index in order.
+macro_rules! claim_key {
+    () => {
+        "(next_run_at + priority * 300000 - expedited * 31536000000)"
+    };
+}
+pub(super) use claim_key;
+
+/// What version 7 added, for a new store and for the migration alike.
+macro_rules! schedule_schema {
+    () => {
+        concat!(
+            "CREATE INDEX IF NOT EXISTS tasks_claim ON tasks(state, handler, ",
+            claim_key!(),
+            ");
+CREATE INDEX IF NOT EXISTS tasks_expedited ON tasks(handler, created_at) WHERE expedited = 1;
+CREATE TABLE IF NOT EXISTS starts (handler TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS starts_handler ON starts(handler, at);
+"
+        )
+    };
+}
+
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 pub(super) const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 6;
+pub(super) const SCHEMA_VERSION: i64 = 7;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -36,9 +62,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 5 -> 6: the hosts that serve the store (`workhost hosts`).
     "CREATE TABLE IF NOT EXISTS hosts (id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, started_at INTEGER NOT NULL, \
      renewed_at INTEGER NOT NULL) WITHOUT ROWID;",
+    // 6 -> 7: schedules (docs/schedules.md): priorities, expedited work
+    // and cron schedules; the claim order's index; the run starts a
+    // handler's rate counts.
+    concat!(
+        "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 5;
+     ALTER TABLE tasks ADD COLUMN expedited INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE tasks ADD COLUMN cron TEXT;",
+        schedule_schema!()
+    ),
 ];
 
-pub(super) const SCHEMA: &str = r#"
+pub(super) const SCHEMA: &str = concat!(
+    r#"
 CREATE TABLE tasks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     handler TEXT NOT NULL,
@@ -69,7 +105,10 @@ CREATE TABLE tasks (
     req_charging INTEGER NOT NULL DEFAULT 0,
     req_battery INTEGER NOT NULL DEFAULT 0,
     req_idle INTEGER NOT NULL DEFAULT 0,
-    req_storage INTEGER NOT NULL DEFAULT 0
+    req_storage INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 5,
+    expedited INTEGER NOT NULL DEFAULT 0,
+    cron TEXT
 );
 CREATE INDEX tasks_due ON tasks(state, next_run_at);
 CREATE INDEX tasks_handler_due ON tasks(state, handler, next_run_at);
@@ -96,7 +135,9 @@ CREATE TABLE attempts (
 CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE hosts (id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, started_at INTEGER NOT NULL, renewed_at INTEGER NOT NULL) WITHOUT ROWID;
-"#;
+"#,
+    schedule_schema!()
+);
 
 /// What opening a connection read of the database's header.
 pub(super) struct Header {
