@@ -801,6 +801,11 @@ async fn enqueue(client: &Client, spec: &Spec) -> i64 {
                 &false,
                 &false,
                 &false,
+                &5i64,
+                &None::<&str>,
+                &false,
+                &None::<i64>,
+                &None::<&str>,
             ],
         )
         .await
@@ -882,6 +887,7 @@ async fn claim(
                 &NOW,
                 &budgets,
                 &60_000i64,
+                &workhost::claim_key(NOW, workhost::LOWEST_PRIORITY, false),
             ],
         )
         .await
