@@ -532,6 +532,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The SHA-256 of `bytes`, lowercase hex: a component's digest.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// Feeds `Hash` output into SHA-256, so the compatibility key is stable
 /// across builds (unlike `DefaultHasher`).
 #[derive(Default)]

@@ -120,11 +120,20 @@ impl Executor {
             expected: HANDLER_EXPORT,
             detail: format!("{e:#}"),
         })?;
+        let contract = exports
+            .iter()
+            .find(|e| e.starts_with(COMPATIBLE_EXPORT))
+            .cloned()
+            .unwrap_or_else(|| HANDLER_EXPORT.to_string());
         Ok(Handler {
             inner: Arc::new(HandlerInner {
                 pre,
                 engine: self.engine.clone(),
                 cache,
+                component: ComponentId {
+                    digest: crate::engine::sha256_hex(bytes),
+                    contract,
+                },
             }),
         })
     }
@@ -141,6 +150,17 @@ struct HandlerInner {
     pre: TaskHandlerPre<RunState>,
     engine: Engine,
     cache: CacheStatus,
+    component: ComponentId,
+}
+
+/// Which component a handler is: what every attempt records of the
+/// version it ran (`inspect` shows it; docs/versions.md).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct ComponentId {
+    /// The SHA-256 of the component's bytes, lowercase hex (64 digits).
+    pub digest: String,
+    /// The WIT contract it exports, as found (`workhost:task/handler@0.1.1`).
+    pub contract: String,
 }
 
 impl std::fmt::Debug for Handler {
@@ -247,6 +267,11 @@ impl Handler {
     /// Whether loading this handler compiled it or found it in the cache.
     pub fn cache_status(&self) -> CacheStatus {
         self.inner.cache
+    }
+
+    /// Which component this is: its digest and contract.
+    pub fn component(&self) -> &ComponentId {
+        &self.inner.component
     }
 
     /// Runs one task in a fresh instance and reports how it ended. Never
@@ -356,6 +381,7 @@ impl Handler {
             fuel_consumed,
             peak_memory_bytes: limiter.peak_memory as u64,
             log: log.finish(),
+            component: Some(self.inner.component.clone()),
         }
     }
 }

@@ -87,14 +87,15 @@ pub use device::{
     Constraints, DeviceOverrides, DeviceState, LinuxPaths, NetworkState, NetworkType, Readings, Thresholds,
 };
 pub use engine::{CacheStatus, DEFAULT_CACHE_MAX_BYTES, EPOCH_TICK, Engine, EngineConfig, EngineError, LoadError};
-pub use executor::{Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
+pub use executor::{ComponentId, Executor, HANDLER_EXPORT, Handler, RunRequest, StopHandle};
 pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
     CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
-    HostError, HostStats, MAX_HANDLER_NAME_BYTES, ManualClock, PRUNE_EVERY, Queue, ScheduleConfig, SteadyReading,
-    SystemClock, TaskEvent, TestDriver, check_handler_name, default_memory_budget,
+    HostError, HostStats, MAX_HANDLER_NAME_BYTES, MIN_PIN_DIGITS, ManualClock, PRUNE_EVERY, Queue, RETAINED_VERSIONS,
+    ReloadError, ReloadOptions, ReloadReport, ScheduleConfig, SteadyReading, SystemClock, TaskEvent, TestDriver,
+    check_handler_name, default_memory_budget,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
 pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};

@@ -150,6 +150,9 @@ pub struct RunOutcome {
     pub peak_memory_bytes: u64,
     /// The run's log lines, capped.
     pub log: Vec<LogLine>,
+    /// The component that ran (`None` when none did: the run was skipped
+    /// or its handler was missing).
+    pub component: Option<crate::executor::ComponentId>,
 }
 
 impl RunOutcome {

@@ -377,7 +377,7 @@ fn a_full_disk_refuses_new_work_by_name_and_keeps_everything_accepted() {
         .max()
         .unwrap();
     let full = Restrictions {
-        max_file_bytes: Some(largest + 64 * 1024),
+        max_file_bytes: Some(largest + 256 * 1024),
         ..Restrictions::default()
     };
     let input = format!("text={}", "x".repeat(6000));

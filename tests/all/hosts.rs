@@ -121,6 +121,14 @@ impl TaskStore for Unreachable {
         let _ = (me, now);
         Box::pin(async { Ok(Vec::new()) })
     }
+    fn cancel_because(
+        &self,
+        ids: Vec<TaskId>,
+        reason: String,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.inner.cancel_because(ids, reason, now)
+    }
     fn set_limits(&self, limits: std::collections::HashMap<String, workhost::HandlerLimits>) {
         self.inner.set_limits(limits)
     }

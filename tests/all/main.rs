@@ -24,3 +24,4 @@ mod scheduler;
 mod schedules;
 mod stops;
 mod store;
+mod versions;

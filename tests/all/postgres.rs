@@ -806,6 +806,7 @@ async fn enqueue(client: &Client, spec: &Spec) -> i64 {
                 &false,
                 &None::<i64>,
                 &None::<&str>,
+                &None::<&str>,
             ],
         )
         .await
@@ -963,6 +964,8 @@ async fn finish_in(client: &Client, run: &Row, lease: i64, result: &RunResult) -
                 &t.stop_reason,
                 &t.error,
                 &t.state.is_finished().then_some(NOW),
+                &Some("ab".repeat(32)),
+                &Some("workhost:task/handler@0.1.1"),
             ],
         )
         .await

@@ -189,6 +189,10 @@ fn outcome(result: RunResult) -> RunOutcome {
         fuel_consumed: Some(7),
         peak_memory_bytes: 65536,
         log: Vec::new(),
+        component: Some(workhost::ComponentId {
+            digest: "ab".repeat(32),
+            contract: "workhost:task/handler@0.1.1".into(),
+        }),
     }
 }
 
@@ -1127,5 +1131,17 @@ fn cron_work_fires_at_its_times_keeps_them_across_a_clock_jump_and_moves_on_afte
         let c = s.claim(3 * hour, 5, &slots(5), &DeviceState::default()).unwrap();
         let c = c.iter().find(|c| c.info.id == id).unwrap();
         assert_eq!(c.period_start, 3 * hour);
+    });
+}
+
+#[test]
+fn every_attempt_records_the_component_it_ran() {
+    each_backend(|open| {
+        let s = open();
+        let id = s.enqueue(WorkRequest::one_off("a", "t"), NOW).unwrap().0.id;
+        assert_eq!(run(&s, 1, RunResult::Succeeded(Data::new()), NOW), [id]);
+        let a = &s.get(id).unwrap().unwrap().attempts[0];
+        assert_eq!(a.component.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(a.contract.as_deref(), Some("workhost:task/handler@0.1.1"));
     });
 }

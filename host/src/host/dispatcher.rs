@@ -34,15 +34,38 @@ pub(super) struct LoadedHandler {
     pub(super) config: HandlerConfig,
 }
 
+/// The handlers a host runs, swapped whole by a reload: a run takes the
+/// snapshot current when it starts and keeps its handler to the end.
+#[derive(Default)]
+pub(super) struct Handlers {
+    pub(super) by_name: HashMap<String, Arc<LoadedHandler>>,
+    /// The names, sorted: the work this host may claim.
+    pub(super) names: Vec<String>,
+}
+
+impl Handlers {
+    pub(super) fn new(by_name: HashMap<String, Arc<LoadedHandler>>) -> Handlers {
+        let mut names: Vec<String> = by_name.keys().cloned().collect();
+        names.sort();
+        Handlers { by_name, names }
+    }
+}
+
 pub(super) struct Inner {
     pub(super) queue: Queue,
     /// Every run task of the host: shutdown waits on it instead of polling.
     pub(super) runs: tokio_util::task::TaskTracker,
     /// See [`HostConfig::memory_budget`].
     pub(super) memory_budget: u64,
-    pub(super) handlers: HashMap<String, LoadedHandler>,
-    /// The handlers' names, sorted: the work this host may claim.
-    pub(super) handler_names: Vec<String>,
+    /// The handlers, as the last start or reload made them.
+    pub(super) handlers: std::sync::RwLock<Arc<Handlers>>,
+    /// The executors components are loaded with (metered, and unmetered
+    /// once a handler needs it), kept for reloads.
+    pub(super) executors: Mutex<(crate::executor::Executor, Option<crate::executor::Executor>)>,
+    /// One reload at a time.
+    pub(super) reloading: tokio::sync::Mutex<()>,
+    /// Retained component versions loaded for pinned work, by digest.
+    pub(super) pinned: Mutex<HashMap<String, Handler>>,
     pub(super) max_concurrency: usize,
     pub(super) poll: Duration,
     pub(super) running: Mutex<HashMap<TaskId, Running>>,
@@ -78,6 +101,83 @@ pub(super) struct Inner {
 }
 
 impl Inner {
+    /// The retained version `digest` of `handler` for a pinned run: loaded
+    /// once from `<data_dir>/components` and kept. The error says why it
+    /// cannot run (the version was pruned, or never loaded on this host).
+    pub(super) async fn pinned_handler(&self, handler: &str, digest: &str, fuel: bool) -> Result<Handler, String> {
+        if let Some(h) = self.pinned.lock().unwrap_or_else(|e| e.into_inner()).get(digest) {
+            return Ok(h.clone());
+        }
+        let path = self
+            .data_dir
+            .join("components")
+            .join(handler)
+            .join(format!("{digest}.wasm"));
+        let executor = {
+            let e = self.executors.lock().unwrap_or_else(|e| e.into_inner());
+            if fuel { Some(e.0.clone()) } else { e.1.clone() }
+        };
+        let (name, wanted) = (handler.to_string(), digest.to_string());
+        let loaded = blocking(move || {
+            let missing = || {
+                format!(
+                    "the task is pinned to component sha256:{wanted} of handler {name:?}, which this host does not retain (pruned, or never loaded here); enqueue it again without the pin, or add that component back"
+                )
+            };
+            let bytes = std::fs::read(&path).map_err(|_| missing())?;
+            if crate::engine::sha256_hex(&bytes) != wanted {
+                return Err(missing());
+            }
+            let executor = executor.ok_or_else(|| "the unmetered engine is not built on this host".to_string())?;
+            executor.load_bytes(&bytes).map_err(|e| format!("loading the pinned component sha256:{wanted}: {e}"))
+        })
+        .await?;
+        self.pinned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(digest.to_string(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// Prunes retained component versions: each handler keeps its current
+    /// one, those unfinished work is pinned to, and the
+    /// [`RETAINED_VERSIONS`](super::RETAINED_VERSIONS) most recently loaded.
+    pub(super) async fn prune_components(&self) {
+        let mut keep: std::collections::HashSet<String> = self
+            .handlers()
+            .by_name
+            .values()
+            .map(|h| h.handler.component().digest.clone())
+            .collect();
+        for state in [TaskState::Enqueued, TaskState::Blocked, TaskState::Running] {
+            let q = Query {
+                state: Some(state),
+                ..Query::default()
+            };
+            match self.queue.store.query(q).await {
+                Ok(tasks) => keep.extend(tasks.into_iter().filter_map(|t| t.pin)),
+                // Without knowing what is pinned, nothing is pruned.
+                Err(_) => return,
+            }
+        }
+        let root = self.data_dir.join("components");
+        blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                return;
+            };
+            for e in entries.filter_map(Result::ok) {
+                let handler = e.file_name().to_string_lossy().to_string();
+                super::components::prune(&root, &handler, &keep);
+            }
+        })
+        .await;
+    }
+
+    /// The handlers now: a snapshot a reload does not change.
+    pub(super) fn handlers(&self) -> Arc<Handlers> {
+        self.handlers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub(super) fn alert(&self, task: Option<TaskId>, message: String) {
         let _ = self.alerts.send(HostAlert {
             task,
@@ -192,9 +292,10 @@ impl Inner {
     /// memory budget at the largest memory limit among the handlers with a
     /// free slot.
     pub(super) fn free_slots(&self) -> (usize, HashMap<String, usize>) {
+        let handlers = self.handlers();
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut per: HashMap<String, usize> = self
-            .handlers
+        let mut per: HashMap<String, usize> = handlers
+            .by_name
             .iter()
             .map(|(n, h)| (n.clone(), h.config.concurrency))
             .collect();
@@ -208,7 +309,7 @@ impl Inner {
         let largest = per
             .iter()
             .filter(|(_, free)| **free > 0)
-            .filter_map(|(n, _)| self.handlers.get(n))
+            .filter_map(|(n, _)| handlers.by_name.get(n))
             .map(|h| h.config.memory_limit())
             .max()
             .unwrap_or(1)
@@ -223,7 +324,7 @@ impl Inner {
     /// until a host with that handler runs or it is cancelled. `alerted`
     /// holds the names already reported.
     pub(super) async fn alert_waiting_for_handler(&self, now: Millis, alerted: &mut Vec<String>) {
-        let mut known = self.handler_names.clone();
+        let mut known = self.handlers().names.clone();
         known.extend(alerted.iter().cloned());
         let Ok(waits) = self.queue.store.waiting_for_handler(known, now).await else {
             // Looked at again at the next check.
@@ -292,7 +393,7 @@ impl Inner {
         }
         let store = &self.queue.store;
         let device = self.device.borrow().clone();
-        let handlers = self.handler_names.clone();
+        let handlers = self.handlers().names.clone();
         let (paused, due) = (store.paused().await, store.next_due(handlers, device).await);
         let idle = paused.unwrap_or(false) || due.ok().flatten().is_none_or(|d| d > self.queue.now());
         idle && self.claim_epoch.load(Ordering::Acquire) == epoch
@@ -433,7 +534,8 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
         for c in claimed.and_then(Result::ok).unwrap_or_default() {
             let stop = StopHandle::new();
             let memory = inner
-                .handlers
+                .handlers()
+                .by_name
                 .get(&c.info.handler)
                 .map_or(0, |h| h.config.budget_of(&c.info).max_memory_bytes);
             // Expedited work is not held by `device_idle` (the store's

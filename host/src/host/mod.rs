@@ -11,20 +11,24 @@
 //! - `test_driver`: [`TestDriver`].
 
 mod clock;
+mod components;
 mod config;
 mod dispatcher;
 mod lease;
 mod queue;
+mod reload;
 mod run;
 mod test_driver;
 
 pub use clock::{CLOCK_JUMP_THRESHOLD, Clock, ManualClock, SteadyReading, SystemClock};
+pub use components::{MIN_PIN_DIGITS, RETAINED_VERSIONS};
 pub use config::{
     DeviceConfig, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, HostConfig, MAX_HANDLER_NAME_BYTES,
     ScheduleConfig, check_handler_name, default_memory_budget,
 };
 pub use dispatcher::PRUNE_EVERY;
 pub use queue::Queue;
+pub use reload::{ReloadError, ReloadOptions, ReloadReport};
 pub use test_driver::TestDriver;
 
 use std::collections::HashMap;
@@ -44,7 +48,7 @@ use crate::store::Selector;
 use crate::work::{Millis, TaskId, TaskState};
 use crate::work::{StoreError, WorkError};
 
-use dispatcher::{Inner, LoadedHandler, dispatch, read_device, refresh_device};
+use dispatcher::{Handlers, Inner, dispatch, read_device, refresh_device};
 
 /// Runs `f` on the blocking pool: loading components, reading the machine.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -241,44 +245,37 @@ impl Host {
             max_concurrent_runs: u32::try_from(config.max_concurrency.max(1)).unwrap_or(u32::MAX),
             ..config.engine.clone()
         };
-        let handlers = blocking(move || -> Result<HashMap<String, LoadedHandler>, HostError> {
+        let components_dir = config.data_dir.join("components");
+        queue.components = Some(components_dir.clone());
+        let (handlers, executors) = blocking(move || -> Result<_, HostError> {
             let metered = Executor::new(EngineConfig {
                 fuel: true,
                 ..engine.clone()
             })?;
-            let mut unmetered = None;
-            let mut out = HashMap::new();
-            for hc in handler_configs {
-                let executor = if hc.fuel {
-                    &metered
-                } else {
-                    if unmetered.is_none() {
-                        unmetered = Some(Executor::new(EngineConfig {
-                            fuel: false,
-                            ..engine.clone()
-                        })?);
-                    }
-                    unmetered.as_ref().expect("just set")
-                };
-                let handler = executor.load_file(&hc.component).map_err(|source| HostError::Handler {
-                    name: hc.name.clone(),
-                    path: hc.component.clone(),
-                    source,
-                })?;
-                out.insert(hc.name.clone(), LoadedHandler { handler, config: hc });
-            }
-            Ok(out)
+            let (out, unmetered) = reload::load_changed(
+                handler_configs,
+                &HashMap::new(),
+                metered.clone(),
+                None,
+                engine,
+                &components_dir,
+            )
+            .map_err(|e| match e {
+                reload::ReloadError::Handler { name, path, source } => HostError::Handler { name, path, source },
+                other => HostError::Store(StoreError::Backend(other.to_string())),
+            })?;
+            Ok((out, (metered, unmetered)))
         })
         .await?;
 
         let (device_config, data_dir) = (config.device.clone(), config.data_dir.clone());
         let readings = blocking(move || read_device(&device_config, &data_dir)).await;
-        let mut handler_names: Vec<String> = handlers.keys().cloned().collect();
-        handler_names.sort();
         let inner = Arc::new(Inner {
             queue,
-            handlers,
-            handler_names,
+            handlers: std::sync::RwLock::new(Arc::new(Handlers::new(handlers))),
+            executors: Mutex::new(executors),
+            pinned: Mutex::new(HashMap::new()),
+            reloading: tokio::sync::Mutex::new(()),
             max_concurrency: config.max_concurrency.max(1),
             memory_budget: config.memory_budget,
             runs: tokio_util::task::TaskTracker::new(),
@@ -306,6 +303,7 @@ impl Host {
         inner.queue.publish(&recovered, |c| {
             ("recovered", format!("was running when its host died; now {}", c.state))
         });
+        inner.prune_components().await;
         // The deployment's schedules: each is unique work updated in place,
         // so a restart keeps its next fire and a changed one takes effect.
         for s in &config.schedules {

@@ -19,12 +19,16 @@ use super::{Clock, SystemClock, TaskEvent};
 #[derive(Clone)]
 pub struct Queue {
     pub(super) store: Arc<dyn TaskStore>,
-    pub(super) handlers: Arc<Vec<String>>,
+    /// The handler names enqueue accepts (a reload changes them).
+    pub(super) handlers: Arc<std::sync::RwLock<Vec<String>>>,
     pub(super) floor: PeriodicFloor,
     pub(super) retention: Duration,
     pub(super) clock: Arc<dyn Clock>,
     pub(super) events: broadcast::Sender<TaskEvent>,
     pub(super) wake: Arc<Notify>,
+    /// Where retained component versions are (`<data_dir>/components`), to
+    /// resolve version pins; `None`: pins must give the full digest.
+    pub(super) components: Option<std::path::PathBuf>,
     /// Ids this process enqueued and already reported, while anyone
     /// subscribes: the dispatcher reports the others as enqueued elsewhere.
     pub(super) reported: Arc<Mutex<std::collections::HashSet<TaskId>>>,
@@ -66,14 +70,22 @@ impl Queue {
     ) -> Queue {
         Queue {
             store,
-            handlers: Arc::new(handlers),
+            handlers: Arc::new(std::sync::RwLock::new(handlers)),
             floor,
             retention,
             clock: Arc::new(SystemClock),
             events: broadcast::channel(4096).0,
             wake: Arc::new(Notify::new()),
+            components: None,
             reported: Arc::new(Mutex::new(std::collections::HashSet::new())),
         }
+    }
+
+    /// Resolves version pins (`handler@digest-prefix`) among the
+    /// components retained in `data_dir` (see docs/versions.md).
+    pub fn with_components_in(mut self, data_dir: &std::path::Path) -> Queue {
+        self.components = Some(data_dir.join("components"));
+        self
     }
 
     /// The store.
@@ -87,9 +99,33 @@ impl Queue {
     }
 
     /// Enqueues work; durable when this returns.
-    pub async fn enqueue(&self, request: WorkRequest) -> Result<Enqueued, WorkError> {
-        if !self.handlers.contains(&request.handler) {
+    pub async fn enqueue(&self, mut request: WorkRequest) -> Result<Enqueued, WorkError> {
+        if let Some((name, pin)) = request.handler.split_once('@') {
+            request.pin = Some(pin.to_string());
+            request.handler = name.to_string();
+        }
+        if !self
+            .handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&request.handler)
+        {
             return Err(WorkError::UnknownHandler(request.handler));
+        }
+        if let Some(pin) = &request.pin {
+            request.pin = Some(match &self.components {
+                Some(dir) => super::components::resolve(dir, &request.handler, pin).map_err(WorkError::Invalid)?,
+                None => {
+                    super::components::check_pin(&request.handler, pin).map_err(WorkError::Invalid)?;
+                    if pin.len() != 64 {
+                        return Err(WorkError::Invalid(format!(
+                            "the version pin {}@{pin} must be the full SHA-256 (64 hex digits) here: this queue knows no retained components",
+                            request.handler
+                        )));
+                    }
+                    pin.to_ascii_lowercase()
+                }
+            });
         }
         let (request, mut warnings) = request.checked(&self.floor)?;
         let now = self.now();

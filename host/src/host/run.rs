@@ -104,13 +104,37 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
         });
     }
     let mut progress = None;
-    let outcome = match inner.handlers.get(&info.handler) {
+    let handlers = inner.handlers();
+    // Work pinned to a version runs that version, the current one or a
+    // retained one (docs/versions.md).
+    let pinned = match (&info.pin, handlers.by_name.get(&info.handler)) {
+        (Some(pin), Some(loaded)) if loaded.handler.component().digest != *pin => {
+            Some(inner.pinned_handler(&info.handler, pin, loaded.config.fuel).await)
+        }
+        _ => None,
+    };
+    let outcome = match handlers.by_name.get(&info.handler) {
         _ if skipped.is_some() => crate::outcome::RunOutcome {
             result: RunResult::Stopped(crate::outcome::StopReason::MissedFire),
             duration: Duration::ZERO,
             fuel_consumed: None,
             peak_memory_bytes: 0,
             log: Vec::new(),
+            component: None,
+        },
+        Some(_) if matches!(pinned, Some(Err(_))) => crate::outcome::RunOutcome {
+            result: RunResult::Failed(crate::outcome::Failure::Error(
+                pinned
+                    .as_ref()
+                    .and_then(|p| p.as_ref().err())
+                    .cloned()
+                    .unwrap_or_default(),
+            )),
+            duration: Duration::ZERO,
+            fuel_consumed: None,
+            peak_memory_bytes: 0,
+            log: Vec::new(),
+            component: None,
         },
         Some(loaded) => {
             let budget = loaded.config.budget_of(info);
@@ -143,7 +167,10 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
                 grants: loaded.config.grants.clone(),
                 resolver: Arc::new(crate::outbound::SystemResolver),
             };
-            loaded.handler.run(request).await
+            match pinned.and_then(Result::ok) {
+                Some(version) => version.run(request).await,
+                None => loaded.handler.run(request).await,
+            }
         }
         None => crate::outcome::RunOutcome {
             result: RunResult::Failed(crate::outcome::Failure::Error(format!(
@@ -154,6 +181,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
             fuel_consumed: None,
             peak_memory_bytes: 0,
             log: Vec::new(),
+            component: None,
         },
     };
     if let Some(p) = &progress {

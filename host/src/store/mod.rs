@@ -236,6 +236,15 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, Result<(), StoreError>>;
     /// Cancels unfinished tasks and their dependents; returns what changed.
     fn cancel(&self, selector: Selector, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Cancels the unfinished tasks `ids` (and their dependents) in one
+    /// transaction, recording `reason` as each one's error; returns what
+    /// changed.
+    fn cancel_because(
+        &self,
+        ids: Vec<TaskId>,
+        reason: String,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
     /// Makes ENQUEUED task `id` due at `now`: the test driver's "initial
     /// delay met" and "period delay met".
     fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>>;

@@ -317,6 +317,12 @@ pub struct WorkRequest {
     /// A cron schedule: periodic work (kind `Periodic`) that runs at the
     /// expression's fire times instead of every `periodic.frequency`.
     pub cron: Option<CronSchedule>,
+    /// Pin every run to one version of the handler's component: its
+    /// SHA-256 (hex), or a prefix of at least 8 digits that
+    /// [`Queue::enqueue`](crate::Queue::enqueue) resolves among the
+    /// retained components (docs/versions.md). Also written
+    /// `handler@digest-prefix` in [`Self::handler`].
+    pub pin: Option<String>,
 }
 
 impl WorkRequest {
@@ -350,6 +356,7 @@ impl WorkRequest {
             expedited: None,
             run_at: None,
             cron: None,
+            pin: None,
         }
     }
 
@@ -594,6 +601,12 @@ pub struct AttemptRecord {
     pub peak_memory_bytes: Option<u64>,
     /// The run's log.
     pub log: Vec<LogLine>,
+    /// The SHA-256 (hex) of the component the run ran, once it ended
+    /// (`None` when none ran: skipped, or its handler missing).
+    pub component: Option<String>,
+    /// The WIT contract that component exports
+    /// (`workhost:task/handler@0.1.1`).
+    pub contract: Option<String>,
 }
 
 /// Everything known about a task.
@@ -648,6 +661,8 @@ pub struct TaskInfo {
     pub expedited: bool,
     /// The cron schedule of cron work.
     pub cron: Option<CronSchedule>,
+    /// The component version every run is pinned to (SHA-256, hex).
+    pub pin: Option<String>,
     /// When it was enqueued.
     pub created_at: Millis,
     /// When it finished, if it did.

@@ -114,6 +114,10 @@ enum Command {
     /// Cron expressions: `cron check EXPR [--tz ZONE]` prints the next
     /// fire times.
     Cron(store_cmds::CronArgs),
+    /// Ask the `serve` on this data directory to reload its manifest (as
+    /// SIGHUP does): changed components are swapped in; running work
+    /// finishes on its version. Exit 2 if refused (nothing changed).
+    Reload(store_cmds::ReloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +143,7 @@ fn main() -> ExitCode {
             Command::Status(args) => store_cmds::status(args).await,
             Command::Hosts(args) => store_cmds::hosts(args).await,
             Command::Cron(args) => store_cmds::cron(args),
+            Command::Reload(args) => store_cmds::reload(args).await,
         }
     });
     match result {

@@ -61,7 +61,7 @@ impl StoreArgs {
         let store = c.open_store().await?;
         store.set_limits(c.limits());
         Ok((
-            Queue::with_store(store, names.clone(), c.periodic_floor, c.retention),
+            Queue::with_store(store, names.clone(), c.periodic_floor, c.retention).with_components_in(&c.data_dir),
             names,
         ))
     }
@@ -131,10 +131,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    // `workhost reload` finds this process by its pid file.
+    let pid_file = dir.join(RELOAD_PID);
+    std::fs::write(&pid_file, std::process::id().to_string())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => reload_on_signal(&host, &args.store, &dir).await,
+        }
     }
+    let _ = std::fs::remove_file(&pid_file);
     eprintln!("workhost: shutting down; running work gets its grace period");
     host.shutdown().await;
     // The host is gone, so the alert stream ends once what it sent is
@@ -490,6 +499,12 @@ pub async fn inspect(a: InspectArgs) -> anyhow::Result<ExitCode> {
             at.stop_reason.as_deref().map(|r| format!("({r}) ")).unwrap_or_default(),
             at.error.as_deref().unwrap_or("")
         );
+        if let Some(c) = &at.component {
+            out!(
+                "    component sha256:{c} ({})",
+                at.contract.as_deref().unwrap_or("contract unknown")
+            );
+        }
         for line in &at.log {
             out!(
                 "    {:>6}ms {:?} {:?}: {}",
@@ -856,4 +871,150 @@ pub fn cron(a: CronArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The file `serve` writes its pid to, in the data directory.
+const RELOAD_PID: &str = "serve.pid";
+/// The file `workhost reload` leaves its request in.
+const RELOAD_REQUEST: &str = "reload-request.json";
+/// The file `serve` leaves the reload's result in.
+const RELOAD_RESULT: &str = "reload-result.json";
+
+/// A SIGHUP: reload the manifest (with the options a `workhost reload`
+/// left in the data directory), say what changed or why nothing did on
+/// stderr, and leave the result for `workhost reload`.
+async fn reload_on_signal(host: &Host, store: &StoreArgs, dir: &std::path::Path) {
+    let request: serde_json::Value = std::fs::read_to_string(dir.join(RELOAD_REQUEST))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let _ = std::fs::remove_file(dir.join(RELOAD_REQUEST));
+    let options = workhost::ReloadOptions {
+        drop_pending: request["drop_pending"].as_bool().unwrap_or(false),
+    };
+    let result = match store.host_config() {
+        Ok(config) => host.reload(config, options).await.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("reload refused, nothing changed: {e:#}")),
+    };
+    let json = match &result {
+        Ok(report) => {
+            eprintln!("workhost: reloaded: {}", report.summary());
+            for w in &report.warnings {
+                eprintln!("workhost: warning: {w}");
+            }
+            serde_json::json!({"request": request["request"], "ok": true, "report": report, "summary": report.summary()})
+        }
+        Err(message) => {
+            eprintln!("workhost: {message}");
+            serde_json::json!({"request": request["request"], "ok": false, "error": message})
+        }
+    };
+    let tmp = dir.join(format!("{RELOAD_RESULT}.tmp"));
+    if std::fs::write(&tmp, json.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(RELOAD_RESULT));
+    }
+}
+
+/// `workhost reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Cancel the unfinished work of handlers the manifest no longer has
+    /// (recorded as cancelled, saying why) instead of refusing the reload.
+    #[arg(long = "drop-pending")]
+    drop_pending: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Asks the `serve` on the data directory to reload its manifest (as
+/// SIGHUP does) and waits for its answer: exit 0 when it reloaded, 2 when
+/// it refused (the manifest or a component is wrong; nothing changed), 1
+/// when no `serve` runs there.
+pub async fn reload(a: ReloadArgs) -> anyhow::Result<ExitCode> {
+    let config = a.store.store_config()?;
+    let dir = config.data_dir.clone();
+    let pid: Option<i32> = std::fs::read_to_string(dir.join(RELOAD_PID))
+        .ok()
+        .and_then(|p| p.trim().parse().ok());
+    // No serve to ask is not bad input: exit 1.
+    let no_serve = || {
+        eprintln!(
+            "error: no `workhost serve` runs on {}; start it, or name its --data-dir",
+            dir.display()
+        );
+        Ok(ExitCode::from(1))
+    };
+    let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) else {
+        return no_serve();
+    };
+    // A pid file a killed `serve` left behind names no serve: the data
+    // directory's lock tells (a serve holds it while it runs), so no other
+    // process is ever signalled.
+    let Ok(lock) = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(dir.join("serve.lock"))
+    else {
+        return no_serve();
+    };
+    if lock.try_lock().is_ok() {
+        return no_serve();
+    }
+    drop(lock);
+    let request = format!(
+        "{}-{}",
+        std::process::id(),
+        workhost::millis(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+        )
+    );
+    let tmp = dir.join(format!("{RELOAD_REQUEST}.tmp"));
+    std::fs::write(
+        &tmp,
+        serde_json::json!({"request": request, "drop_pending": a.drop_pending}).to_string(),
+    )?;
+    std::fs::rename(&tmp, dir.join(RELOAD_REQUEST))?;
+    if rustix::process::kill_process(pid, rustix::process::Signal::HUP).is_err() {
+        let _ = std::fs::remove_file(dir.join(RELOAD_REQUEST));
+        return no_serve();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let result = loop {
+        let found: Option<serde_json::Value> = std::fs::read_to_string(dir.join(RELOAD_RESULT))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        if let Some(r) = found.filter(|r| r["request"] == request.as_str()) {
+            break r;
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "`workhost serve` (pid {}) did not answer the reload within 120 s",
+                pid.as_raw_nonzero()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    if a.json {
+        out!("{result}");
+    } else if result["ok"] == true {
+        out!("reloaded: {}", result["summary"].as_str().unwrap_or(""));
+        for w in result["report"]["warnings"].as_array().into_iter().flatten() {
+            eprintln!("warning: {}", w.as_str().unwrap_or(""));
+        }
+    } else {
+        eprintln!(
+            "error: {}",
+            result["error"].as_str().unwrap_or("the reload was refused")
+        );
+    }
+    Ok(if result["ok"] == true {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }

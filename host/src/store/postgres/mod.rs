@@ -440,6 +440,29 @@ impl TaskStore for PgStore {
         })
     }
 
+    fn cancel_because(
+        &self,
+        ids: Vec<TaskId>,
+        reason: String,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let mut changes = Vec::new();
+                for id in &ids {
+                    changes.extend(ops::cancel_in(&tx, &Selector::Id(*id), now).await?);
+                }
+                tx.execute(sql::CANCEL_REASON, &[&ids, &reason]).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "cancel").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
     fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>> {
         Box::pin(async move {
             in_tx!(self, |tx| async {

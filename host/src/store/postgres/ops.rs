@@ -194,6 +194,7 @@ pub(super) async fn enqueue_in(
                         &spec.storage,
                         &spec.priority,
                         &spec.cron,
+                        &spec.pin,
                     ],
                 )
                 .await?;
@@ -242,6 +243,7 @@ struct Spec {
     storage: bool,
     priority: i64,
     cron: Option<String>,
+    pin: Option<String>,
 }
 
 impl Spec {
@@ -266,6 +268,7 @@ impl Spec {
             storage: r.constraints.storage_not_low,
             priority: i64::from(r.priority),
             cron: r.cron.as_ref().map(|c| c.to_stored()),
+            pin: r.pin.clone(),
         }
     }
 }
@@ -335,6 +338,7 @@ async fn insert_task(
             &expedited,
             &finished_at,
             &dropped,
+            &spec.pin,
         ],
     )
     .await?;
@@ -509,6 +513,8 @@ pub(super) struct AttemptEnd {
     fuel: Option<i64>,
     peak_memory: i64,
     log: String,
+    component: Option<String>,
+    contract: Option<String>,
 }
 
 impl AttemptEnd {
@@ -520,6 +526,8 @@ impl AttemptEnd {
             fuel: outcome.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
             peak_memory: i64::try_from(outcome.peak_memory_bytes).unwrap_or(i64::MAX),
             log: serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()),
+            component: outcome.component.as_ref().map(|c| c.digest.clone()),
+            contract: outcome.component.as_ref().map(|c| c.contract.clone()),
         }
     }
 
@@ -532,6 +540,8 @@ impl AttemptEnd {
             fuel: None,
             peak_memory: 0,
             log: "[]".into(),
+            component: None,
+            contract: None,
         }
     }
 }
@@ -572,6 +582,8 @@ pub(super) async fn finish_in(
             &t.stop_reason,
             &t.error,
             &finished,
+            &a.component,
+            &a.contract,
         ],
     )
     .await?;
@@ -651,6 +663,8 @@ pub(super) async fn get_in(tx: &Tx<'_>, id: TaskId) -> Result<Option<TaskInfo>, 
                 })?,
                 None => Vec::new(),
             },
+            component: r.try_get("component")?,
+            contract: r.try_get("contract")?,
         });
     }
     Ok(Some(info))

@@ -229,6 +229,7 @@ pub(super) fn task_from_row(r: &Row) -> Result<(TaskInfo, Millis), Fail> {
             None => None,
             Some(text) => Some(crate::work::CronSchedule::from_stored(&text).ok_or_else(|| named("cron", &text))?),
         },
+        pin: r.try_get("pin")?,
         attempts: Vec::new(),
     };
     Ok((info, r.try_get("period_start")?))

@@ -22,7 +22,11 @@
 /// to `v + 1` (0: an empty database). Run in order under
 /// [`MIGRATION_LOCK`], followed by [`SET_SCHEMA_VERSION`], in the one
 /// transaction that opens the store.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001.sql"), include_str!("migrations/0002.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001.sql"),
+    include_str!("migrations/0002.sql"),
+    include_str!("migrations/0003.sql"),
+];
 
 /// The schema version this build writes: a store at a higher one is
 /// refused by name, never read.
@@ -72,7 +76,7 @@ macro_rules! task_columns {
         "t.id, t.handler, t.task, t.kind, t.state, t.unique_name, t.input, t.output, t.progress, t.attempts, \
          t.max_attempts, t.next_run_at, t.frequency_ms, t.flex_ms, t.backoff, t.backoff_delay_ms, t.timeout_ms, \
          t.fuel, t.max_memory, t.stop_reason, t.error, t.created_at, t.finished_at, t.period_start, t.req_network, \
-         t.req_charging, t.req_battery, t.req_idle, t.req_storage, t.priority, t.expedited, t.cron, \
+         t.req_charging, t.req_battery, t.req_idle, t.req_storage, t.priority, t.expedited, t.cron, t.pin, \
          ARRAY(SELECT g.tag FROM workhost.tags g WHERE g.task_id = t.id ORDER BY g.tag) AS tags, \
          ARRAY(SELECT d.parent FROM workhost.deps d WHERE d.child = t.id ORDER BY d.parent) AS after, \
          t.lease"
@@ -177,13 +181,14 @@ pub const UNIQUE_UNFINISHED: &str = concat!(
 /// req_storage (`bool`), `$24` priority (`i64`), `$25` cron
 /// (`Option<&str>`), `$26` expedited (`bool`), `$27` finished_at
 /// (`Option<i64>`) and `$28` error (`Option<&str>`): set for a request
-/// dropped as out of its expedited quota (state `cancelled`).
+/// dropped as out of its expedited quota (state `cancelled`); `$29` pin
+/// (`Option<&str>`).
 pub const INSERT_TASK: &str = "\
 INSERT INTO workhost.tasks (handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms,
     timeout_ms, fuel, max_memory, kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at,
-    req_network, req_charging, req_battery, req_idle, req_storage, priority, cron, expedited, finished_at, error)
+    req_network, req_charging, req_battery, req_idle, req_storage, priority, cron, expedited, finished_at, error, pin)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-    $24, $25, $26, $27, $28)
+    $24, $25, $26, $27, $28, $29)
 RETURNING id";
 
 /// Tags a task. `$1` `i64` task, `$2` `text[]` tags.
@@ -205,12 +210,12 @@ INSERT INTO workhost.deps (parent, child) SELECT DISTINCT unnest($1::bigint[]), 
 
 /// The UPDATE policy: changes an unfinished task's spec in place (not its
 /// identity, kind, state or schedule). `$1` `i64` task, then [`INSERT_TASK`]'s
-/// `$1..$11` as `$2..$12`, its `$19..$23` as `$13..$17`, and its `$24..$25`
-/// as `$18..$19`.
+/// `$1..$11` as `$2..$12`, its `$19..$23` as `$13..$17`, its `$24..$25`
+/// as `$18..$19`, and its `$29` as `$20`.
 pub const UPDATE_SPEC: &str = "\
 UPDATE workhost.tasks SET (handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms,
-    timeout_ms, fuel, max_memory, req_network, req_charging, req_battery, req_idle, req_storage, priority, cron)
-    = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+    timeout_ms, fuel, max_memory, req_network, req_charging, req_battery, req_idle, req_storage, priority, cron, pin)
+    = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 WHERE id = $1";
 
 /// The UPDATE policy on cron work whose schedule changed: a task waiting
@@ -359,7 +364,8 @@ ORDER BY h.name";
 /// (`i64`), `$9` log (JSON text). The transition: `$10` state, `$11`
 /// next_run_at, `$12` period_start, `$13` attempts (`i64`), `$14` output
 /// (`Option<&str>`: kept when NULL), `$15` stop_reason, `$16` error
-/// (`Option<&str>`), `$17` finished_at (`Option<i64>`).
+/// (`Option<&str>`), `$17` finished_at (`Option<i64>`). The component
+/// that ran: `$18` digest, `$19` contract (`Option<&str>`).
 ///
 /// Returns one row: `applied` (`bool`: the transition was applied; then
 /// the caller releases or fails dependents), `fenced` (`bool`: refused,
@@ -392,6 +398,8 @@ recorded AS (
         fuel = CASE WHEN ended_at IS NULL THEN $7 ELSE fuel END,
         peak_memory = CASE WHEN ended_at IS NULL THEN $8 ELSE peak_memory END,
         log = CASE WHEN ended_at IS NULL THEN $9 ELSE log END,
+        component = CASE WHEN ended_at IS NULL THEN $18 ELSE component END,
+        contract = CASE WHEN ended_at IS NULL THEN $19 ELSE contract END,
         fenced_at = CASE WHEN (SELECT fenced FROM fenced) THEN coalesce(fenced_at, $3) ELSE fenced_at END
     WHERE task_id = $1 AND lease = $2
 )
@@ -545,6 +553,11 @@ FROM target WHERE t.id = target.id
 RETURNING t.id, target.lease_host AS host"
 );
 
+/// Records why cancelled tasks were cancelled: `$1` `bigint[]` the tasks,
+/// `$2` `text` the reason (their error).
+pub const CANCEL_REASON: &str =
+    "UPDATE workhost.tasks SET error = $2 WHERE id = ANY($1::bigint[]) AND state = 'cancelled'";
+
 /// Makes ENQUEUED task `$1` (`i64`) due at `$2` (`i64`): the test driver's
 /// "delay met". 0 rows: it is not enqueued.
 pub const MAKE_DUE: &str = "\
@@ -560,9 +573,10 @@ pub const GET_TASK: &str = concat!("SELECT ", task_columns!(), " FROM workhost.t
 
 /// A task's runs, oldest first: `run_attempt`, `started_at`, `ended_at`,
 /// `outcome`, `stop_reason`, `error`, `fuel`, `peak_memory`, `log`, `lease`,
-/// `host`, `fenced_at`. `$1` `i64`.
+/// `host`, `fenced_at`, `component`, `contract`. `$1` `i64`.
 pub const GET_ATTEMPTS: &str = "\
-SELECT run_attempt, started_at, ended_at, outcome, stop_reason, error, fuel, peak_memory, log, lease, host, fenced_at
+SELECT run_attempt, started_at, ended_at, outcome, stop_reason, error, fuel, peak_memory, log, lease, host, fenced_at,
+    component, contract
 FROM workhost.attempts WHERE task_id = $1 ORDER BY lease";
 
 /// Tasks matching a filter, by id: `task_columns!`. A NULL parameter
@@ -849,6 +863,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("SELECT_ALL", SELECT_ALL),
     ("CANCEL", CANCEL),
     ("MAKE_DUE", MAKE_DUE),
+    ("CANCEL_REASON", CANCEL_REASON),
     ("LIMIT_LOCK", LIMIT_LOCK),
     ("EXPEDITED_SINCE", EXPEDITED_SINCE),
     ("FORGET_STARTS", FORGET_STARTS),

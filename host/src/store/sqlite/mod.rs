@@ -433,6 +433,23 @@ impl TaskStore for SqliteStore {
         self.write_sql(move |conn| cancel_in(conn, &selector, now))
     }
 
+    fn cancel_because(
+        &self,
+        ids: Vec<TaskId>,
+        reason: String,
+        now: Millis,
+    ) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.write_sql(move |conn| {
+            let mut changes = Vec::new();
+            cancel_ids(conn, &ids, now, &mut changes)?;
+            let mut note = conn.prepare_cached("UPDATE tasks SET error = ?2 WHERE id = ?1 AND state = 'cancelled'")?;
+            for id in &ids {
+                note.execute(params![id, reason])?;
+            }
+            Ok(changes)
+        })
+    }
+
     fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>> {
         Box::pin(async move {
             self.write(move |conn| make_due_in(conn, id, now), None)
@@ -644,7 +661,8 @@ mod tests {
             "ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts; \
              DROP INDEX tasks_claim; DROP INDEX tasks_expedited; DROP TABLE starts; \
              ALTER TABLE tasks DROP COLUMN priority; ALTER TABLE tasks DROP COLUMN expedited; \
-             ALTER TABLE tasks DROP COLUMN cron",
+             ALTER TABLE tasks DROP COLUMN cron; ALTER TABLE tasks DROP COLUMN pin; \
+             ALTER TABLE attempts DROP COLUMN component; ALTER TABLE attempts DROP COLUMN contract",
         )
         .unwrap();
         // Task data as stores before version 4 wrote it: plain JSON.

@@ -44,7 +44,7 @@ pub(super) fn backoff_str(b: BackoffPolicy) -> &'static str {
 pub(super) const TASK_COLUMNS: &str = "id, handler, task, kind, state, unique_name, input, output, progress, attempts, max_attempts, \
      next_run_at, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, stop_reason, error, \
      created_at, finished_at, period_start, req_network, req_charging, req_battery, req_idle, req_storage, priority, \
-     expedited, cron";
+     expedited, cron, pin";
 
 /// Task `id`'s data `column`; damaged text is an error naming the task.
 pub(super) fn data_column(id: TaskId, column: &str, text: Option<String>) -> rusqlite::Result<Option<Data>> {
@@ -111,6 +111,7 @@ pub(super) fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, 
                     .ok_or_else(|| damaged(id, "cron", format_args!("is {text:?}, which no workhost writes")))?,
             ),
         },
+        pin: r.get(32)?,
         attempts: Vec::new(),
     };
     Ok((info, r.get(23)?))
@@ -289,7 +290,7 @@ pub(super) fn write_constraints(conn: &Connection, id: TaskId, c: &crate::device
 macro_rules! spec_columns {
     () => {
         "handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel, max_memory, \
-         priority, cron"
+         priority, cron, pin"
     };
 }
 
@@ -298,17 +299,17 @@ pub(super) const INSERT_TASK: &str = concat!(
     spec_columns!(),
     ", kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at, expedited, finished_at, \
      error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, \
-     ?23)"
+     ?23, ?24)"
 );
 
 pub(super) const UPDATE_SPEC: &str = concat!(
     "UPDATE tasks SET (",
     spec_columns!(),
-    ") = (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) WHERE id = ?1"
+    ") = (?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) WHERE id = ?1"
 );
 
 /// The values of [`spec_columns`], in its order.
-pub(super) fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 13] {
+pub(super) fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 14] {
     use rusqlite::types::Value;
     let int = |v: Option<i64>| v.map_or(Value::Null, Value::Integer);
     [
@@ -325,6 +326,7 @@ pub(super) fn spec_values(r: &WorkRequest) -> [rusqlite::types::Value; 13] {
         int(r.budget.max_memory_bytes.map(|m| i64::try_from(m).unwrap_or(i64::MAX))),
         Value::Integer(i64::from(r.priority)),
         r.cron.as_ref().map_or(Value::Null, |c| Value::Text(c.to_stored())),
+        r.pin.as_ref().map_or(Value::Null, |p| Value::Text(p.clone())),
     ]
 }
 
@@ -659,6 +661,8 @@ pub(super) struct AttemptEnd {
     pub(super) fuel: Option<i64>,
     pub(super) peak_memory: i64,
     pub(super) log: String,
+    /// The component that ran: digest and contract.
+    pub(super) component: Option<(String, String)>,
 }
 
 impl AttemptEnd {
@@ -670,6 +674,10 @@ impl AttemptEnd {
             fuel: outcome.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
             peak_memory: i64::try_from(outcome.peak_memory_bytes).unwrap_or(i64::MAX),
             log: serde_json::to_string(&outcome.log).unwrap_or_else(|_| "[]".into()),
+            component: outcome
+                .component
+                .as_ref()
+                .map(|c| (c.digest.clone(), c.contract.clone())),
         }
     }
 }
@@ -688,7 +696,8 @@ pub(super) fn finish_in(
     // The run's own attempt row, unless something else ended it (recovery).
     conn.prepare_cached(
         "UPDATE attempts SET ended_at = ?3, outcome = ?4, stop_reason = ?5, error = ?6, fuel = ?7, \
-         peak_memory = ?8, log = ?9 WHERE task_id = ?1 AND attempt = ?2 AND ended_at IS NULL",
+         peak_memory = ?8, log = ?9, component = ?10, contract = ?11 \
+         WHERE task_id = ?1 AND attempt = ?2 AND ended_at IS NULL",
     )?
     .execute(params![
         id,
@@ -699,7 +708,9 @@ pub(super) fn finish_in(
         a.error,
         a.fuel,
         a.peak_memory,
-        a.log
+        a.log,
+        a.component.as_ref().map(|c| &c.0),
+        a.component.as_ref().map(|c| &c.1)
     ])?;
     let finished = t.state.is_finished().then_some(now);
     let updated = conn
@@ -771,7 +782,7 @@ pub(super) fn get_in(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<T
     };
     let mut s = conn.prepare_cached(
         "SELECT coalesce(run_attempt, attempt), started_at, ended_at, outcome, stop_reason, error, fuel, \
-         peak_memory, log FROM attempts WHERE task_id = ?1 ORDER BY attempt",
+         peak_memory, log, component, contract FROM attempts WHERE task_id = ?1 ORDER BY attempt",
     )?;
     info.attempts = s
         .query_map([id], |r| {
@@ -790,6 +801,8 @@ pub(super) fn get_in(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<T
                         .map_err(|e| damaged(id, "attempt log", format_args!("is not a log: {e}")))?,
                     None => Vec::new(),
                 },
+                component: r.get(9)?,
+                contract: r.get(10)?,
             })
         })?
         .collect::<Result<_, _>>()?;
@@ -943,6 +956,7 @@ pub(super) fn recover_in(conn: &Connection, now: Millis) -> Result<Vec<Change>, 
             fuel: None,
             peak_memory: 0,
             log: "[]".into(),
+            component: None,
         };
         changes.extend(finish_in(conn, id, lease, transition, record, now)?);
     }

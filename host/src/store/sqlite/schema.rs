@@ -38,7 +38,7 @@ CREATE INDEX IF NOT EXISTS starts_handler ON starts(handler, at);
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 pub(super) const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 7;
+pub(super) const SCHEMA_VERSION: i64 = 8;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -71,6 +71,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
      ALTER TABLE tasks ADD COLUMN cron TEXT;",
         schedule_schema!()
     ),
+    // 7 -> 8: the component each attempt ran, and the version a task is
+    // pinned to (docs/versions.md).
+    "ALTER TABLE attempts ADD COLUMN component TEXT;
+     ALTER TABLE attempts ADD COLUMN contract TEXT;
+     ALTER TABLE tasks ADD COLUMN pin TEXT;",
 ];
 
 pub(super) const SCHEMA: &str = concat!(
@@ -108,7 +113,8 @@ CREATE TABLE tasks (
     req_storage INTEGER NOT NULL DEFAULT 0,
     priority INTEGER NOT NULL DEFAULT 5,
     expedited INTEGER NOT NULL DEFAULT 0,
-    cron TEXT
+    cron TEXT,
+    pin TEXT
 );
 CREATE INDEX tasks_due ON tasks(state, next_run_at);
 CREATE INDEX tasks_handler_due ON tasks(state, handler, next_run_at);
@@ -130,6 +136,8 @@ CREATE TABLE attempts (
     peak_memory INTEGER,
     log TEXT,
     run_attempt INTEGER,
+    component TEXT,
+    contract TEXT,
     PRIMARY KEY (task_id, attempt)
 ) WITHOUT ROWID;
 CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID;
