@@ -80,3 +80,4 @@ bench: setup
     cargo bench -p workhost-tests --bench executor
     cargo bench -p workhost-tests --bench languages
     cargo bench -p workhost-tests --bench scheduler
+    cargo bench -p workhost-tests --bench schedules
