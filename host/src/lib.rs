@@ -102,7 +102,7 @@ pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for,
 pub use outbound::{ResolveFuture, Resolver, SystemResolver};
 pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};
-pub use progress::PROGRESS_INTERVAL;
+pub use progress::{PROGRESS_CALLS_PER_INTERVAL, PROGRESS_INTERVAL};
 pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{

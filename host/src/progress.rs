@@ -2,7 +2,8 @@
 //! and written to the store at most every [`PROGRESS_INTERVAL`], and once
 //! more at the run's end (latest wins). A handler calling `set-progress` in
 //! a tight loop so costs the store at most four writes a second, whatever
-//! its rate.
+//! its rate, and (past [`PROGRESS_CALLS_PER_INTERVAL`] reports an interval,
+//! when each call waits for the next interval) next to no CPU.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,6 +18,12 @@ use crate::platform::ProgressSink;
 
 /// Shortest time between two progress writes of one run.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Progress reports a run makes at full speed per [`PROGRESS_INTERVAL`];
+/// a report past them waits for the next interval (the wait is the run's
+/// own time, against its wall-clock budget). Nothing is lost: the latest
+/// report is the one written.
+pub const PROGRESS_CALLS_PER_INTERVAL: u32 = 64;
 
 /// The progress of one run on its way to the store.
 #[derive(Clone)]

@@ -268,3 +268,33 @@ async fn hostile_handlers_all_at_once_neither_crash_nor_stall_the_host() {
     assert_eq!(echo_latencies(&host, 1).await.len(), 1);
     host.shutdown().await;
 }
+
+/// A run calling `set-progress` in a tight loop makes at most
+/// `PROGRESS_CALLS_PER_INTERVAL` calls per `PROGRESS_INTERVAL` at full
+/// speed; past them each call waits for the next interval on the run's own
+/// clock (instead of spinning on a core other work needs), and the last
+/// report is still the one the sink sees last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_progress_storm_is_paced_to_its_interval_on_the_runs_own_time() {
+    let handler = workhost_tests::executor().load_file(guests::HOSTILE.as_ref()).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let mut r = workhost::RunRequest::new("storm");
+    r.input = Data::new().with("mode", "progress-storm");
+    r.budget.timeout = Duration::from_secs(2);
+    r.progress = Some(Arc::new(move |d: &Data| sink.lock().unwrap().push(d.clone())));
+    let started = std::time::Instant::now();
+    let outcome = handler.run(r).await;
+    let calls = match outcome.output().and_then(|o| o.get("calls")) {
+        Some(Value::S64(n)) => *n,
+        other => panic!("{other:?}: {outcome:?}"),
+    };
+    // About one second of storming: four or five intervals.
+    let per = i64::from(workhost::PROGRESS_CALLS_PER_INTERVAL);
+    let intervals = started.elapsed().as_millis() as i64 / workhost::PROGRESS_INTERVAL.as_millis() as i64 + 1;
+    assert!(calls > per, "the run reported at full speed at first: {calls}");
+    assert!(calls <= per * intervals, "{calls} calls in {intervals} intervals");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len() as i64, calls, "every report reached the sink");
+    assert_eq!(seen.last().and_then(|d| d.get("calls")), Some(&Value::S64(calls)));
+}
