@@ -50,6 +50,16 @@ fn build_c(name: &str, dir: &Path) -> PathBuf {
     exe
 }
 
+/// A command for a program built by [`build_c`]. `cargo test` puts
+/// `target/<profile>` first on `LD_LIBRARY_PATH`, which outranks the rpath;
+/// a `libworkhost_capi.so` left there by `cargo build -p workhost-capi`
+/// may be stale, so the path names only the cdylib under test.
+fn c_program(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env("LD_LIBRARY_PATH", cdylib().parent().unwrap());
+    command
+}
+
 fn text(o: &Output) -> String {
     format!(
         "exit {:?}\n--- stdout\n{}--- stderr\n{}",
@@ -70,10 +80,7 @@ fn manifest_dir() -> (tempfile::TempDir, PathBuf) {
 fn a_c_program_runs_a_host_through_the_header() {
     let (dir, manifest) = manifest_dir();
     let exe = build_c("host", dir.path());
-    let output = Command::new(&exe)
-        .arg(&manifest)
-        .output()
-        .expect("running the C program");
+    let output = c_program(&exe).arg(&manifest).output().expect("running the C program");
     let out = text(&output);
     assert!(output.status.success(), "{out}");
     for line in [
@@ -104,7 +111,7 @@ fn bad_input_across_the_boundary_returns_its_code_and_valgrind_finds_nothing() {
     );
     let toml_dir = dir.path().join("inline");
     std::fs::create_dir_all(&toml_dir).unwrap();
-    let output = Command::new("valgrind")
+    let output = c_program("valgrind")
         .args([
             "--error-exitcode=99",
             "--leak-check=full",
@@ -179,8 +186,12 @@ fn every_error_code_is_in_the_reference() {
     let docs = std::fs::read_to_string(root().join("docs/embedding.md")).unwrap();
     let mut codes = 0;
     for line in header.lines() {
-        if let Some(rest) = line.strip_prefix("#define WORKHOST_") {
-            let name = format!("WORKHOST_{}", rest.split_whitespace().next().unwrap());
+        // The codes, not the include guard: `#define WORKHOST_X <number>`.
+        let mut words = line.split_whitespace();
+        if let (Some("#define"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
+            && name.starts_with("WORKHOST_")
+            && value.parse::<i32>().is_ok()
+        {
             assert!(
                 docs.contains(&format!("`{name}`")),
                 "{name} is not in docs/embedding.md"
@@ -193,11 +204,35 @@ fn every_error_code_is_in_the_reference() {
         let start = l.find("workhost_")?;
         let rest = &l[start..];
         let end = rest.find('(')?;
-        (!l.starts_with("//") && !l.starts_with(" *")).then(|| rest[..end].to_string())
+        // Declarations start at the line's start; comments and the
+        // callback's typedef do not count.
+        let declaration = !l.starts_with([' ', '/', '#']) && !l.starts_with("typedef");
+        declaration.then(|| rest[..end].to_string())
     }) {
         assert!(
             docs.contains(&format!("`{function}")),
             "{function} is not in docs/embedding.md"
         );
     }
+}
+
+/// The README's C example compiles against the header as written.
+#[test]
+fn readme_c_example_compiles() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Embedding from other languages")
+        .expect("the README's section")..];
+    let start = section.find("```c\n").expect("a C block") + "```c\n".len();
+    let end = start + section[start..].find("\n```").expect("the block's end");
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("readme.c");
+    std::fs::write(&source, &section[start..end]).unwrap();
+    let output = Command::new("cc")
+        .args(["-std=c11", "-Wall", "-Werror", "-fsyntax-only", "-I"])
+        .arg(header_dir())
+        .arg(&source)
+        .output()
+        .expect("running cc");
+    assert!(output.status.success(), "the README's C example:\n{}", text(&output));
 }

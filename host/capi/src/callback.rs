@@ -72,32 +72,32 @@ impl Callbacks {
     /// Sets (or with `None` clears) the callback. Unless called from the
     /// callback itself, it returns only once no call of the previous
     /// callback is going on, so the caller may then free that callback's
-    /// `user_data`. `subscribe` is called once, for the first callback.
-    pub(crate) fn set(
+    /// `user_data`.
+    pub(crate) fn replace(&self, target: Option<Target>) {
+        let on_thread = self.on_callback_thread();
+        let (slot, idle) = &*self.slot;
+        let mut s = lock(slot);
+        while s.in_call && !on_thread {
+            s = idle.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+        s.target = target;
+    }
+
+    /// Starts the callback thread, unless it runs; `subscribe` gives it
+    /// the host's events.
+    pub(crate) fn start(
         &self,
-        target: Option<Target>,
         runtime: &tokio::runtime::Handle,
         subscribe: impl FnOnce() -> broadcast::Receiver<TaskEvent>,
     ) -> Result<()> {
-        let on_thread = self.on_callback_thread();
-        {
-            let (slot, idle) = &*self.slot;
-            let mut s = lock(slot);
-            while s.in_call && !on_thread {
-                s = idle.wait(s).unwrap_or_else(|e| e.into_inner());
-            }
-            s.target = target;
-        }
-        if target.is_some() {
-            let mut running = lock(&self.running);
-            if running.is_none() {
-                *running = Some(self.start(runtime, subscribe())?);
-            }
+        let mut running = lock(&self.running);
+        if running.is_none() {
+            *running = Some(self.spawn(runtime, subscribe())?);
         }
         Ok(())
     }
 
-    fn start(&self, runtime: &tokio::runtime::Handle, mut events: broadcast::Receiver<TaskEvent>) -> Result<Running> {
+    fn spawn(&self, runtime: &tokio::runtime::Handle, mut events: broadcast::Receiver<TaskEvent>) -> Result<Running> {
         let (tx, mut rx) = mpsc::channel(DELIVERY_BUFFER);
         let (stop, mut stopped) = watch::channel(false);
         let slot = self.slot.clone();

@@ -469,7 +469,6 @@ pub unsafe extern "C" fn workhost_shutdown(host: *mut workhost_host, error_out: 
 /// Thread safety: any thread but the callback's. Calls on the host going
 /// on in other threads finish first or return `WORKHOST_ERR_SHUTDOWN`;
 /// calls made after it returns get `WORKHOST_ERR_BAD_HANDLE`.
-///
 #[unsafe(no_mangle)]
 pub extern "C" fn workhost_free(host: *mut workhost_host) -> c_int {
     if host.is_null() {
@@ -496,7 +495,6 @@ pub extern "C" fn workhost_free(host: *mut workhost_host) -> c_int {
 /// the heap. Never free these strings with `free()`.
 ///
 /// Thread safety: any thread.
-///
 #[unsafe(no_mangle)]
 pub extern "C" fn workhost_string_free(s: *mut c_char) {
     let _ = std::panic::catch_unwind(|| ffi::free_string(s));

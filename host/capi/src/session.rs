@@ -105,9 +105,16 @@ impl Session {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::shut_down());
         }
+        // Waiting for a call of the previous callback to end holds no lock
+        // of the host: that call may be using the host, behind a shutdown
+        // waiting for its write lock.
+        self.callbacks.replace(target);
+        if target.is_none() {
+            return Ok(());
+        }
         let guard = self.host.read().unwrap_or_else(|e| e.into_inner());
         let host = guard.as_ref().ok_or_else(Error::shut_down)?;
-        self.callbacks.set(target, &self.handle, || host.queue().subscribe())
+        self.callbacks.start(&self.handle, || host.queue().subscribe())
     }
 
     /// Runs `handler` once, now, in a fresh instance, and returns its
