@@ -12,7 +12,8 @@ default:
 # guest-examples/js/package-lock.json (npm install of the locked versions);
 # and PostgreSQL's server programs for the tests' throwaway server, from
 # Debian's packages when initdb is missing (scripts/postgres-install; skipped
-# when WORKHOST_TEST_DATABASE_URL names a server to use instead).
+# when WORKHOST_TEST_DATABASE_URL names a server to use instead); and
+# valgrind, for the C ABI's bad-input test (scripts/valgrind-install).
 # scripts/just itself installs the Python tools (componentize-py, zig,
 # wasm-tools) pinned in scripts/requirements-tools.txt into .tools/venv; the
 # Python examples' PyPI packages (guest-examples/py/requirements.txt) are
@@ -21,6 +22,7 @@ setup:
     rustup target add wasm32-wasip2
     scripts/npm-ci guest-examples/js
     scripts/postgres-install
+    scripts/valgrind-install
 
 # Build every guest example: target/guests/<name>.wasm (Rust) and
 # target/guests/<name>-<lang>.wasm (py, js, c); and target/c-sdk (the C

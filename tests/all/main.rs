@@ -1,5 +1,6 @@
 //! workhost's integration tests: one binary, one module per surface.
 
+mod capi;
 mod chaos;
 mod cli_store;
 mod clock;

@@ -11,6 +11,7 @@ use crate::data::Data;
 use crate::runlog::LogLine;
 
 mod error;
+mod json;
 mod schedule;
 
 pub use error::{StoreError, WorkError};

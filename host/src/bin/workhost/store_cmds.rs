@@ -605,39 +605,9 @@ fn next_runs_json(t: &TaskInfo, n: usize) -> serde_json::Value {
     serde_json::json!(t.next_runs(n).into_iter().map(rfc3339).collect::<Vec<_>>())
 }
 
+/// A task as JSON: the library's form ([`TaskInfo::to_json`]).
 pub fn task_json(t: &TaskInfo, attempts: bool) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "id": t.id,
-        "handler": t.handler,
-        "task": t.task,
-        "kind": t.kind.as_str(),
-        "state": t.state.as_str(),
-        "unique_name": t.unique_name,
-        "tags": t.tags,
-        "input": t.input,
-        "output": t.output,
-        "progress": t.progress,
-        "run_attempt_count": t.run_attempt_count,
-        "max_attempts": t.max_attempts,
-        "next_run_at": (t.state == TaskState::Enqueued).then(|| rfc3339(t.next_run_at)),
-        "stop_reason": t.stop_reason,
-        "error": t.error,
-        "after": t.after,
-        "constraints": t.constraints,
-        "every_ms": t.periodic.map(|p| p.frequency.as_millis() as u64),
-        "flex_ms": t.periodic.map(|p| p.flex.as_millis() as u64),
-        "cron": t.cron.as_ref().map(|c| c.expr.clone()),
-        "tz": t.cron.as_ref().map(|c| c.tz.clone()),
-        "catch_up": t.cron.as_ref().map(|c| c.catch_up.to_text()),
-        "priority": t.priority,
-        "expedited": t.expedited,
-        "created_at": rfc3339(t.created_at),
-        "finished_at": t.finished_at.map(rfc3339),
-    });
-    if attempts {
-        v["attempts"] = serde_json::to_value(&t.attempts).expect("attempts serialize");
-    }
-    v
+    t.to_json(attempts)
 }
 
 /// `workhost status`.
