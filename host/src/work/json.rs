@@ -291,6 +291,7 @@ impl TaskInfo {
             "catch_up": t.cron.as_ref().map(|c| c.catch_up.to_text()),
             "priority": t.priority,
             "expedited": t.expedited,
+            "pin": t.pin,
             "created_at": format_rfc3339(t.created_at),
             "finished_at": t.finished_at.map(format_rfc3339),
         });
