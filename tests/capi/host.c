@@ -16,6 +16,8 @@
 
 /* What the callback saw, shared with the main thread. */
 struct seen {
+    workhost_host *host;
+    int called_back;     /* codes of the calls the callback made, checked */
     pthread_mutex_t lock;
     pthread_cond_t changed;
     int64_t id;          /* the task watched */
@@ -29,6 +31,18 @@ static void on_change(void *user_data, int64_t id, const char *state, const char
     s->events++;
     if (id == s->id) {
         snprintf(s->state, sizeof s->state, "%s", state);
+    }
+    if (id == s->id && strcmp(state, "succeeded") == 0 && !s->called_back) {
+        /* The callback may call the library, but not shut its host down. */
+        char *json = NULL;
+        char *error = NULL;
+        int get = workhost_get(s->host, id, &json, &error);
+        int shutdown = workhost_shutdown(s->host, &error);
+        int freed = workhost_free(s->host);
+        printf("from the callback: get %d, shutdown %d (%s), free %d\n", get, shutdown, error, freed);
+        s->called_back = (get == WORKHOST_OK && shutdown == WORKHOST_ERR_THREAD && freed == WORKHOST_ERR_THREAD) ? 1 : -1;
+        workhost_string_free(json);
+        workhost_string_free(error);
     }
     printf("callback: task %lld %s (%s)\n", (long long)id, state, event);
     fflush(stdout);
@@ -68,6 +82,35 @@ static void watch(struct seen *s, int64_t id) {
     pthread_mutex_unlock(&s->lock);
 }
 
+#define THREADS 4
+#define PER_THREAD 10
+
+/* Enqueues PER_THREAD tasks; returns NULL or what failed. */
+static void *enqueue_some(void *host) {
+    for (int i = 0; i < PER_THREAD; i++) {
+        int64_t id = 0;
+        if (workhost_enqueue(host, "{\"handler\": \"echo\", \"task\": \"t\", \"tags\": [\"threads\"]}", &id,
+                             NULL) != WORKHOST_OK) {
+            return "enqueue failed";
+        }
+        char *json = NULL;
+        if (workhost_get(host, id, &json, NULL) != WORKHOST_OK) {
+            return "get failed";
+        }
+        workhost_string_free(json);
+    }
+    return NULL;
+}
+
+/* How often `needle` occurs in `text`. */
+static int count(const char *text, const char *needle) {
+    int n = 0;
+    for (const char *p = strstr(text, needle); p; p = strstr(p + 1, needle)) {
+        n++;
+    }
+    return n;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: host <manifest>\n");
@@ -78,8 +121,9 @@ int main(int argc, char **argv) {
 
     workhost_host *host = NULL;
     check(workhost_open_path(argv[1], &host, &error), error, "open");
+    char *json = NULL;
 
-    struct seen seen = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, "", 0};
+    struct seen seen = {host, 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, "", 0};
     check(workhost_set_callback(host, on_change, &seen, &error), error, "set_callback");
 
     /* The id is known only when enqueue returns, and the callback may
@@ -95,8 +139,11 @@ int main(int argc, char **argv) {
     }
     wait_for(&seen, "succeeded");
     printf("succeeded by callback\n");
+    if (seen.called_back != 1) {
+        fprintf(stderr, "FAIL: the calls from the callback returned other codes\n");
+        return 1;
+    }
 
-    char *json = NULL;
     check(workhost_get(host, id, &json, &error), error, "get");
     if (!strstr(json, "\"state\":\"succeeded\"") || !strstr(json, "\"output\":{\"name\":\"c\"")) {
         fprintf(stderr, "FAIL: task json %s\n", json);
@@ -121,6 +168,44 @@ int main(int argc, char **argv) {
     }
     printf("run once: success\n");
     workhost_string_free(outcome);
+
+    check(workhost_run_once(host, "fail", "greet", NULL, &outcome, &error), error, "run_once fail");
+    if (!strstr(outcome, "\"outcome\":\"failed\"")) {
+        fprintf(stderr, "FAIL: outcome of fail %s\n", outcome);
+        return 1;
+    }
+    printf("run once of a failing handler: failed, as data\n");
+    workhost_string_free(outcome);
+
+    /* One handle, several threads at once. */
+    pthread_t threads[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        pthread_create(&threads[i], NULL, enqueue_some, host);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        void *result = NULL;
+        pthread_join(threads[i], &result);
+        if (result != NULL) {
+            fprintf(stderr, "FAIL: thread %d: %s\n", i, (char *)result);
+            return 1;
+        }
+    }
+    for (int tries = 0;; tries++) {
+        check(workhost_list(host, "{\"tag\": \"threads\", \"state\": \"succeeded\"}", &json, &error), error,
+              "list threads");
+        int done = count(json, "\"id\":");
+        workhost_string_free(json);
+        if (done == THREADS * PER_THREAD) {
+            break;
+        }
+        if (tries == 1200) {
+            fprintf(stderr, "FAIL: %d of %d tasks from threads succeeded\n", done, THREADS * PER_THREAD);
+            return 1;
+        }
+        struct timespec pause = {0, 50 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    printf("%d tasks enqueued from %d threads succeeded\n", THREADS * PER_THREAD, THREADS);
 
     int64_t later = 0;
     check(workhost_enqueue(host, "{\"handler\": \"echo\", \"task\": \"later\", \"delay\": \"1h\"}", &later, &error),
