@@ -264,16 +264,6 @@ fn serve_reloads_on_workhost_reload_and_refuses_a_broken_manifest_changing_nothi
         assert!(start.elapsed() < Duration::from_secs(60), "serve never started");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = wh(&["enqueue", "echo", "--task", "t"]).stdout.trim().to_string();
-    // Point `echo` at another component: the reload swaps it.
-    let text = std::fs::read_to_string(&m).unwrap();
-    std::fs::write(&m, text.replacen(guests::ECHO, guests::COMPAT_ECHO, 1)).unwrap();
-    let run = wh(&["reload", "--json"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let v = run.json();
-    assert_eq!(v["ok"], true);
-    assert_eq!(v["report"]["updated"][0][0], "echo", "{v}");
-    let after = wh(&["enqueue", "echo", "--task", "t"]).stdout.trim().to_string();
     let component = |id: &str| {
         let start = Instant::now();
         loop {
@@ -285,7 +275,19 @@ fn serve_reloads_on_workhost_reload_and_refuses_a_broken_manifest_changing_nothi
             std::thread::sleep(Duration::from_millis(50));
         }
     };
-    assert_ne!(component(&before), component(&after));
+    let before = wh(&["enqueue", "echo", "--task", "t"]).stdout.trim().to_string();
+    // It ran on the version of the start before the manifest changes.
+    let before = component(&before);
+    // Point `echo` at another component: the reload swaps it.
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, text.replacen(guests::ECHO, guests::COMPAT_ECHO, 1)).unwrap();
+    let run = wh(&["reload", "--json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let v = run.json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["report"]["updated"][0][0], "echo", "{v}");
+    let after = wh(&["enqueue", "echo", "--task", "t"]).stdout.trim().to_string();
+    assert_ne!(before, component(&after));
     let human = wh(&["inspect", &after]);
     assert!(human.stdout.contains("component sha256:"), "{}", human.stdout);
     // A manifest naming a missing component: refused, exit 2, nothing changed.
