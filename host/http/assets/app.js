@@ -31,6 +31,10 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+const kids = (a) => a.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false);
+/** Replaces / appends an element's children, skipping null, undefined and false. */
+const put = (el, ...c) => el.replaceChildren(...kids(c));
+const add = (el, ...c) => el.append(...kids(c));
 const stateOf = (t) => String(t && t.state || '').toUpperCase();
 const canWrite = () => session.access !== 'read';
 const pad = (n) => String(n).padStart(2, '0');
@@ -58,8 +62,9 @@ function duration(ms) {
   const a = Math.abs(ms);
   if (a < 1000) return `${Math.round(ms)} ms`;
   if (a < 60e3) return `${(ms / 1000).toFixed(a < 10e3 ? 2 : 1)} s`;
-  if (a < 3600e3) return `${Math.floor(a / 60e3)} min ${Math.round((a % 60e3) / 1000)} s`;
-  if (a < 86400e3) return `${Math.floor(a / 3600e3)} h ${Math.round((a % 3600e3) / 60e3)} min`;
+  const two = (big, bu, small, su) => (small ? `${big} ${bu} ${small} ${su}` : `${big} ${bu}`);
+  if (a < 3600e3) return two(Math.floor(a / 60e3), 'min', Math.floor((a % 60e3) / 1000), 's');
+  if (a < 86400e3) return two(Math.floor(a / 3600e3), 'h', Math.floor((a % 3600e3) / 60e3), 'min');
   return `${(a / 86400e3).toFixed(1)} d`;
 }
 
@@ -91,7 +96,7 @@ function banner(message, kind = 'error') {
   const b = document.getElementById('banner');
   clearTimeout(infoTimer);
   bannerAt = Date.now();
-  b.replaceChildren(
+  put(b, 
     h('span', { class: 'msg' }, message),
     h('button', { type: 'button', class: 'link', 'aria-label': 'Dismiss', onclick: () => { b.hidden = true; } }, '×'),
   );
@@ -229,7 +234,7 @@ async function render() {
   else if (path === '/device') { section = 'device'; view = () => device(gen); }
   else {
     section = '';
-    view = () => main().replaceChildren(h('h1', {}, 'Not found'), h('p', {}, 'No page at ', h('code', {}, location.hash), '. ', h('a', { href: '#/' }, 'Overview')));
+    view = () => put(main(), h('h1', {}, 'Not found'), h('p', {}, 'No page at ', h('code', {}, location.hash), '. ', h('a', { href: '#/' }, 'Overview')));
   }
   for (const a of document.querySelectorAll('[data-nav]')) {
     if (a.dataset.nav === section) a.setAttribute('aria-current', 'page');
@@ -244,7 +249,7 @@ async function render() {
 function frame(title, ...extra) {
   document.title = `${title} · workhost`;
   const body = h('div', { class: 'body' });
-  main().replaceChildren(h('div', { class: 'head' }, h('h1', {}, title), ...extra), body);
+  put(main(), h('div', { class: 'head' }, h('h1', {}, title), ...extra), body);
   return body;
 }
 
@@ -258,7 +263,7 @@ async function overview(gen) {
   const countsBox = h('section', { class: 'card' });
   const chartBox = h('section', { class: 'card' });
   const handlerBox = h('section', { class: 'card' });
-  body.append(h('div', { class: 'grid2' }, queueBox, countsBox), chartBox, handlerBox);
+  add(body, h('div', { class: 'grid2' }, queueBox, countsBox), chartBox, handlerBox);
 
   async function load() {
     const [counts, activity] = await Promise.all([api('/counts'), api('/activity')]);
@@ -267,7 +272,7 @@ async function overview(gen) {
     const byState = counts.by_state || {};
     const get = (map, s) => (map && (map[s] ?? map[s.toLowerCase()])) || 0;
 
-    queueBox.replaceChildren(
+    put(queueBox, 
       h('h2', {}, 'Queue'),
       h('p', { class: 'queue-state', 'data-paused': String(!!counts.paused) },
         counts.paused ? 'Paused: nothing new starts.' : 'Running: due work starts as slots free up.'),
@@ -280,15 +285,15 @@ async function overview(gen) {
       }, counts.paused ? 'Resume' : 'Pause') : null,
     );
 
-    countsBox.replaceChildren(h('h2', {}, 'Tasks by state'), h('div', { class: 'counts' },
+    put(countsBox, h('h2', {}, 'Tasks by state'), h('div', { class: 'counts' },
       STATES.map((s) => h('a', { class: `count c-${s.toLowerCase()}`, href: `#/tasks?state=${s.toLowerCase()}`, 'data-state': s },
         h('span', { class: 'n' }, num(get(byState, s))), h('span', { class: 'label' }, s)))));
 
-    chartBox.replaceChildren(h('h2', {}, 'Last hour'), charts(activity && activity.minutes || []));
+    put(chartBox, h('h2', {}, 'Last hour'), charts(activity && activity.minutes || []));
 
     const byHandler = counts.by_handler || {};
     const names = Object.keys(byHandler).sort();
-    handlerBox.replaceChildren(h('h2', {}, 'Tasks by handler'), names.length === 0 ? h('p', { class: 'muted' }, 'No tasks yet.') :
+    put(handlerBox, h('h2', {}, 'Tasks by handler'), names.length === 0 ? h('p', { class: 'muted' }, 'No tasks yet.') :
       h('table', {},
         h('thead', {}, h('tr', {}, h('th', {}, 'Handler'), STATES.map((s) => h('th', { class: 'num' }, s)))),
         h('tbody', {}, names.map((n) => h('tr', { 'data-handler': n },
@@ -313,7 +318,7 @@ function charts(minutes) {
   const label = (m) => { const d = toDate(m.minute); return d ? `${pad(d.getHours())}:${pad(d.getMinutes())}` : ''; };
   function axes(svg, max, fmt) {
     const y0 = H - B;
-    svg.append(
+    add(svg, 
       h('svg:line', { x1: L, y1: y0, x2: W - R, y2: y0, class: 'axis' }),
       h('svg:line', { x1: L, y1: T, x2: W - R, y2: T, class: 'grid' }),
       h('svg:line', { x1: L, y1: (T + y0) / 2, x2: W - R, y2: (T + y0) / 2, class: 'grid' }),
@@ -322,7 +327,7 @@ function charts(minutes) {
       h('svg:text', { x: L - 4, y: y0 + 4, 'text-anchor': 'end' }, '0'),
     );
     for (const [i, anchor] of [[0, 'start'], [Math.floor(n / 2), 'middle'], [n - 1, 'end']]) {
-      svg.append(h('svg:text', { x: anchor === 'start' ? x(i) : anchor === 'end' ? x(i) + bw : x(i) + bw / 2, y: H - 6, 'text-anchor': anchor }, label(minutes[i])));
+      add(svg, h('svg:text', { x: anchor === 'start' ? x(i) : anchor === 'end' ? x(i) + bw : x(i) + bw / 2, y: H - 6, 'text-anchor': anchor }, label(minutes[i])));
     }
   }
   const kinds = [['succeeded', 'Succeeded'], ['failed', 'Failed'], ['retried', 'Retried']];
@@ -338,7 +343,7 @@ function charts(minutes) {
       if (!v) continue;
       const hgt = v * scaleRuns;
       y -= hgt;
-      runs.append(h('svg:rect', { x: x(i) + 0.5, y, width: Math.max(1, bw - 1), height: hgt, class: `bar ${k}` },
+      add(runs, h('svg:rect', { x: x(i) + 0.5, y, width: Math.max(1, bw - 1), height: hgt, class: `bar ${k}` },
         h('svg:title', {}, `${label(m)} ${name.toLowerCase()}: ${v}`)));
     }
   });
@@ -357,9 +362,9 @@ function charts(minutes) {
       const px = x(i) + bw / 2, py = H - B - v * scaleLat;
       d += `${pen ? 'L' : 'M'}${px.toFixed(1)},${py.toFixed(1)} `;
       pen = true;
-      latency.append(h('svg:circle', { cx: px, cy: py, r: 1.6, class: `dot ${cls}` }, h('svg:title', {}, `${label(m)} ${cls}: ${duration(v)}`)));
+      add(latency, h('svg:circle', { cx: px, cy: py, r: 1.6, class: `dot ${cls}` }, h('svg:title', {}, `${label(m)} ${cls}: ${duration(v)}`)));
     });
-    if (d) latency.append(h('svg:path', { d, class: `line ${cls}` }));
+    if (d) add(latency, h('svg:path', { d, class: `line ${cls}` }));
   }
   const sum = (k) => minutes.reduce((a, m) => a + (m[k] || 0), 0);
   return h('div', { class: 'charts' },
@@ -413,7 +418,7 @@ async function tasks(gen, params) {
     h('option', { value: '' }, 'any'),
     STATES.map((s) => h('option', { value: s.toLowerCase(), selected: s === (filter.state || '').toUpperCase() }, s)));
   const text = (name, placeholder) => h('input', { name, type: name === 'q' ? 'search' : 'text', value: filter[name] || '', placeholder, size: name === 'q' ? 22 : 12 });
-  form.append(
+  add(form, 
     field('Handler', handlerSel), field('State', stateSel), field('Tag', text('tag', 'tag')),
     field('Unique name', text('unique_name', 'unique name')), field('Search', text('q', 'id, name, input, error…')),
     h('button', { type: 'submit' }, 'Filter'),
@@ -440,7 +445,7 @@ async function tasks(gen, params) {
   const table = h('table', { class: 'tasks' });
   const pager = h('div', { class: 'pager' });
   const body = frame('Tasks');
-  body.append(form, bulk, table, pager);
+  add(body, form, bulk, table, pager);
 
   async function load() {
     const q = new URLSearchParams(filter);
@@ -449,13 +454,13 @@ async function tasks(gen, params) {
     const data = await api(`/tasks?${q}`);
     if (stale(gen)) return;
     const list = data.tasks || [];
-    table.replaceChildren(
+    put(table, 
       h('thead', {}, h('tr', {}, ['ID', 'Handler', 'Task', 'State', 'Attempts', 'Tags', 'Created', 'Next run / finished'].map((c) => h('th', {}, c)))),
       h('tbody', {}, list.length === 0
         ? h('tr', {}, h('td', { colspan: 8, class: 'muted empty' }, cursor ? 'No older tasks.' : 'No tasks match.'))
         : list.map(taskRow)),
     );
-    pager.replaceChildren(
+    put(pager, 
       h('button', { type: 'button', disabled: !cursor, onclick: () => { const prev = cursorStack.pop(); go(filter, prev || ''); } }, '← Newer'),
       h('span', { class: 'muted' }, `${list.length} shown${cursor ? ' (older page)' : ''}`),
       h('button', { type: 'button', disabled: !data.next_cursor, onclick: () => { cursorStack.push(cursor); go(filter, data.next_cursor); } }, 'Older →'),
@@ -491,11 +496,11 @@ async function taskDetail(gen, id) {
   async function load() {
     let t;
     try { t = await api(`/tasks/${id}`); } catch (e) {
-      if (!stale(gen) && e.status === 404) body.replaceChildren(h('p', { class: 'muted' }, `There is no task ${id} (it may have been deleted or pruned).`));
+      if (!stale(gen) && e.status === 404) put(body, h('p', { class: 'muted' }, `There is no task ${id} (it may have been deleted or pruned).`));
       return;
     }
     if (stale(gen)) return;
-    body.replaceChildren(...detailView(t, load));
+    put(body, ...detailView(t, load));
   }
   page.refresh = load;
   await load();
@@ -642,7 +647,7 @@ async function handlers(gen) {
     const list = await api('/handlers');
     if (stale(gen)) return;
     handlerNames = list.map((x) => x.name);
-    body.replaceChildren(list.length === 0 ? h('p', { class: 'muted' }, 'The manifest has no handlers.') : h('table', { class: 'handlers' },
+    put(body, list.length === 0 ? h('p', { class: 'muted' }, 'The manifest has no handlers.') : h('table', { class: 'handlers' },
       h('thead', {}, h('tr', {}, ['Handler', 'Status', 'Running', 'Rate', ...STATES, ''].map((c, i) => h('th', { class: i >= 2 && i < 4 + STATES.length ? 'num' : '' }, c)))),
       h('tbody', {}, list.map((x) => {
         const get = (s) => (x.counts && (x.counts[s] ?? x.counts[s.toLowerCase()])) || 0;
@@ -670,7 +675,7 @@ async function periodic(gen) {
   async function load() {
     const list = await api('/periodic');
     if (stale(gen)) return;
-    body.replaceChildren(list.length === 0 ? h('p', { class: 'muted' }, 'No periodic or cron work.') : h('table', {},
+    put(body, list.length === 0 ? h('p', { class: 'muted' }, 'No periodic or cron work.') : h('table', {},
       h('thead', {}, h('tr', {}, ['ID', 'Handler', 'Task', 'Schedule', 'State', 'Next runs', 'Last result'].map((c) => h('th', {}, c)))),
       h('tbody', {}, list.map(({ task: t, next_runs: next = [], last }) => {
         const s = stateOf(t);
@@ -695,7 +700,7 @@ async function hosts(gen) {
   async function load() {
     const list = await api('/hosts');
     if (stale(gen)) return;
-    body.replaceChildren(list.length === 0 ? h('p', { class: 'muted' }, 'No host has served this store.') : h('table', {},
+    put(body, list.length === 0 ? h('p', { class: 'muted' }, 'No host has served this store.') : h('table', {},
       h('thead', {}, h('tr', {}, ['Host', 'Incarnation', 'Started', 'Lease renewed', 'Lease expires', 'Serving', 'Running'].map((c) => h('th', {}, c)))),
       h('tbody', {}, list.map((x) => {
         const alive = x.alive ?? x.live;
@@ -725,7 +730,7 @@ async function device(gen) {
   const d = await api('/device');
   if (stale(gen)) return;
   const { overrides, ...state } = d || {};
-  body.replaceChildren(h('div', { class: 'grid2' },
+  put(body, h('div', { class: 'grid2' },
     h('section', { class: 'card' }, h('h2', {}, 'As the host reads it'), kvTable(state)),
     h('section', { class: 'card' }, h('h2', {}, 'Overrides'), kvTable(overrides ?? {}))));
   page.wants = () => false;
