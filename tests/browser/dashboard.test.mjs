@@ -15,7 +15,13 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  throw new Error(`dashboard test: cannot load playwright-core (${e.message}); run scripts/npm-ci tests/browser, which installs the version tests/browser/package-lock.json pins`);
+}
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..', '..');
@@ -213,6 +219,13 @@ test('the other pages draw, and no script error happened', async () => {
   await page.locator('tr[data-host]').first().waitFor({ timeout: WAIT_MS });
   await go('#/device', 'Device');
   await go('#/', 'Overview');
+  // Pause and resume the whole queue.
+  await page.locator('.queue').getByRole('button', { name: 'Pause' }).click();
+  await until('the queue to show as paused', () => page.locator('.queue-state').getAttribute('data-paused'), (v) => v === 'true');
+  assert.ok(await page.locator('#queue-pill').isVisible(), 'the header says the queue is paused');
+  await page.locator('.queue').getByRole('button', { name: 'Resume' }).click();
+  await until('the queue to show as running', () => page.locator('.queue-state').getAttribute('data-paused'), (v) => v === 'false');
+  assert.ok(!(await page.locator('#queue-pill').isVisible()), 'the header no longer says the queue is paused');
   await until('the overview to count this run\'s succeeded tasks', () => page.locator('.counts [data-state="SUCCEEDED"] .n').textContent(), (t) => Number(String(t).replace(/\D/g, '')) >= 2);
   await shot('overview.png');
   assert.deepEqual(pageErrors, [], 'uncaught errors in the page');

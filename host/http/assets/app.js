@@ -155,17 +155,25 @@ let page = { refresh: null, interval: 500, wants: () => true };
 let refreshTimer = null;
 let lastRefresh = 0;
 let refreshing = false;
+let refreshPending = false;
 
-/** Re-fetches the visible page at most once per page.interval ms. */
+/** Re-fetches the visible page at most once per page.interval ms, never two fetches at once. */
 function scheduleRefresh() {
-  if (refreshTimer || !page.refresh) return;
+  if (!page.refresh) return;
+  if (refreshing) { refreshPending = true; return; }
+  if (refreshTimer) return;
   const wait = Math.max(0, lastRefresh + page.interval - Date.now());
   refreshTimer = setTimeout(async () => {
     refreshTimer = null;
-    if (refreshing) { scheduleRefresh(); return; }
+    const fn = page.refresh;
+    if (!fn) return;
     lastRefresh = Date.now();
     refreshing = true;
-    try { await page.refresh(); } catch { /* shown in the banner */ } finally { refreshing = false; }
+    refreshPending = false;
+    try { await fn(); } catch { /* shown in the banner */ } finally {
+      refreshing = false;
+      if (refreshPending) { refreshPending = false; scheduleRefresh(); }
+    }
   }, wait);
 }
 
@@ -219,6 +227,7 @@ async function render() {
   const { path, params } = route();
   clearTimeout(refreshTimer);
   refreshTimer = null;
+  refreshPending = false;
   page = { refresh: null, interval: 500, wants: () => true };
   // A message belongs to the page it came from, unless it was just shown (e.g. "Task 7 deleted." before going to the list).
   if (Date.now() - bannerAt > 1500) document.getElementById('banner').hidden = true;
@@ -495,8 +504,10 @@ async function taskDetail(gen, id) {
   page.wants = (d) => !d || d.more || !Array.isArray(d.ids) || d.ids.map(Number).includes(id);
   async function load() {
     let t;
-    try { t = await api(`/tasks/${id}`); } catch (e) {
-      if (!stale(gen) && e.status === 404) put(body, h('p', { class: 'muted' }, `There is no task ${id} (it may have been deleted or pruned).`));
+    try { t = await api(`/tasks/${id}`, { quiet: true }); } catch (e) {
+      if (stale(gen)) return;
+      if (e.status === 404) put(body, h('p', { class: 'muted' }, `There is no task ${id} (it may have been deleted or pruned).`));
+      else banner(e.message);
       return;
     }
     if (stale(gen)) return;
