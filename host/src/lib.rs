@@ -106,13 +106,13 @@ pub use progress::{PROGRESS_CALLS_PER_INTERVAL, PROGRESS_INTERVAL};
 pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
-    Change, Claimed, ClockJump, CommitHook, DEFAULT_HOST_LEASE, EnqueueHooks, HandlerWait, HostIdentity, HostInfo,
-    PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, DEFAULT_HOST_LEASE, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity,
+    HostInfo, PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, CatchUp, CronSchedule, DEFAULT_BACKOFF, DEFAULT_CATCH_UP_CAP,
     DEFAULT_FREQUENCY, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY, EXPEDITED_LEAD, Enqueued, ExistingWorkPolicy,
     HIGHEST_PRIORITY, HandlerLimits, LOWEST_PRIORITY, LateStart, MAX_CATCH_UP, MISFIRE_GRACE, Millis, OutOfQuotaPolicy,
-    PRIORITY_STEP, Periodic, PeriodicFloor, Rate, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest,
-    backoff_delay, claim_key, first_run, limits, millis, quota_spent,
+    PRIORITY_STEP, Periodic, PeriodicFloor, Rate, StoreError, TaskAction, TaskId, TaskInfo, TaskState, WorkError,
+    WorkRequest, backoff_delay, claim_key, first_run, limits, millis, quota_spent, resume_schedule,
 };

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use workhost::{
-    Change, Claimed, ClockJump, Data, DeviceState, EnqueueHooks, Enqueued, HandlerWait, Host, HostIdentity, HostInfo,
-    KvStore, Millis, Query, RunOutcome, Selector, SqliteStore, StoreError, StoreFuture, TaskId, TaskInfo, TaskState,
-    TaskStore, Transition, WorkError, WorkRequest,
+    Change, Claimed, ClockJump, Data, DeviceState, EnqueueHooks, Enqueued, HandlerCounts, HandlerWait, Host,
+    HostIdentity, HostInfo, KvStore, Millis, Query, RunOutcome, Selector, SqliteStore, StoreError, StoreFuture, TaskId,
+    TaskInfo, TaskState, TaskStore, Transition, WorkError, WorkRequest,
 };
 use workhost_tests::{Daemon, host_config, workhost, write_manifest};
 
@@ -91,6 +91,30 @@ impl TaskStore for Unreachable {
     }
     fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>> {
         self.inner.make_due(id, now)
+    }
+    fn cancel_matching(&self, q: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.inner.cancel_matching(q, now)
+    }
+    fn retry(&self, q: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.inner.retry(q, now)
+    }
+    fn run_now(&self, q: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.inner.run_now(q, now)
+    }
+    fn delete(&self, q: Query) -> StoreFuture<'_, Result<Vec<TaskId>, StoreError>> {
+        self.inner.delete(q)
+    }
+    fn set_handler_paused(&self, handler: String, paused: bool) -> StoreFuture<'_, Result<(), StoreError>> {
+        self.inner.set_handler_paused(handler, paused)
+    }
+    fn paused_handlers(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>> {
+        self.inner.paused_handlers()
+    }
+    fn count_by_handler(&self) -> StoreFuture<'_, Result<HandlerCounts, StoreError>> {
+        self.inner.count_by_handler()
+    }
+    fn pins_in_use(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>> {
+        self.inner.pins_in_use()
     }
     fn get(&self, id: TaskId) -> StoreFuture<'_, Result<Option<TaskInfo>, StoreError>> {
         self.inner.get(id)

@@ -802,3 +802,99 @@ async fn a_periodic_task_keeps_its_latest_attempts_over_every_period() {
     );
     d.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_handlers_work_waits_while_another_handlers_runs_then_runs_after_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    q.pause_handler("echo").await.unwrap();
+    assert_eq!(q.paused_handlers().await.unwrap(), ["echo"]);
+    let waits = q.enqueue(WorkRequest::one_off("echo", "x")).await.unwrap().id;
+    let runs = q.enqueue(WorkRequest::one_off("counter", "c")).await.unwrap().id;
+    d.run_until_idle().await;
+    assert_eq!(
+        task(&d, waits).await.state,
+        TaskState::Enqueued,
+        "enqueue is still taken"
+    );
+    assert_eq!(task(&d, runs).await.state, TaskState::Succeeded);
+    let counts = q.count_by_handler().await.unwrap();
+    assert_eq!(counts["echo"][&TaskState::Enqueued], 1);
+    assert!(matches!(
+        q.pause_handler("nope").await,
+        Err(workhost::WorkError::UnknownHandler(h)) if h == "nope"
+    ));
+    q.resume_handler("echo").await.unwrap();
+    d.run_until_idle().await;
+    assert_eq!(task(&d, waits).await.state, TaskState::Succeeded);
+    assert_eq!(q.paused_handlers().await.unwrap(), Vec::<String>::new());
+    d.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_task_actions_tell_an_unknown_task_from_a_wrong_state_and_emit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = driver(&dir).await;
+    let q = d.queue();
+    let mut events = q.subscribe();
+    let failed = q.enqueue(WorkRequest::one_off("fail", "f")).await.unwrap().id;
+    let mut later = WorkRequest::one_off("echo", "later");
+    later.initial_delay = secs(3600);
+    let later = q.enqueue(later).await.unwrap().id;
+    d.run_until_idle().await;
+    assert_eq!(task(&d, failed).await.state, TaskState::Failed);
+    let wrong = q.retry_task(later).await.unwrap_err();
+    assert!(matches!(
+        wrong,
+        workhost::WorkError::WrongState {
+            state: TaskState::Enqueued,
+            action: workhost::TaskAction::Retry,
+            ..
+        }
+    ));
+    assert_eq!(
+        wrong.to_string(),
+        format!("task {later} is ENQUEUED; only FAILED or CANCELLED tasks can be retried")
+    );
+    assert!(matches!(
+        q.retry_task(999).await,
+        Err(workhost::WorkError::UnknownTask(999))
+    ));
+    assert!(matches!(
+        q.delete_task(later).await,
+        Err(workhost::WorkError::WrongState { .. })
+    ));
+    let retried = q.retry_task(failed).await.unwrap();
+    assert_eq!((retried.state, retried.run_attempt_count), (TaskState::Enqueued, 0));
+    let ran = q.run_now_task(later).await.unwrap();
+    assert_eq!(ran.next_run_at, d.now());
+    d.run_until_idle().await;
+    assert_eq!(task(&d, later).await.state, TaskState::Succeeded);
+    assert_eq!(task(&d, failed).await.attempts.len(), 2);
+    q.delete_task(later).await.unwrap();
+    assert!(matches!(
+        q.delete_task(later).await,
+        Err(workhost::WorkError::UnknownTask(_))
+    ));
+    let cancel = q.enqueue(WorkRequest::one_off("echo", "c")).await.unwrap().id;
+    q.pause().await.unwrap();
+    assert_eq!(q.cancel_task(cancel).await.unwrap().state, TaskState::Cancelled);
+    assert!(matches!(
+        q.cancel_task(cancel).await,
+        Err(workhost::WorkError::WrongState { .. })
+    ));
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.id, e.event));
+    }
+    for wanted in [
+        (failed, "retried"),
+        (later, "rescheduled"),
+        (later, "deleted"),
+        (cancel, "cancelled"),
+    ] {
+        assert!(seen.contains(&wanted), "{wanted:?} in {seen:?}");
+    }
+    d.shutdown().await;
+}

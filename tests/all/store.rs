@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use workhost::{
     Change, Claimed, ClockJump, Constraints, Data, DeviceOverrides, DeviceState, EnqueueHooks, Enqueued,
-    ExistingWorkPolicy, HandlerLimits, HandlerWait, HostIdentity, KvStore, Millis, NetworkType, PgStore, Query,
-    RunOutcome, RunResult, Selector, SqliteStore, StopReason, StoreError, TaskId, TaskInfo, TaskState, TaskStore,
-    Transition, Value, WorkError, WorkRequest, decide,
+    ExistingWorkPolicy, HandlerCounts, HandlerLimits, HandlerWait, HostIdentity, KvStore, Millis, NetworkType, PgStore,
+    Query, RunOutcome, RunResult, Selector, SqliteStore, StopReason, StoreError, TaskId, TaskInfo, TaskState,
+    TaskStore, Transition, Value, WorkError, WorkRequest, decide,
 };
 
 /// Where one case's store lives: a data directory, or a database.
@@ -164,6 +164,30 @@ impl Store {
     }
     fn kv(&self) -> Arc<dyn KvStore> {
         self.0.kv()
+    }
+    fn cancel_matching(&self, q: Query, now: Millis) -> Result<Vec<Change>, StoreError> {
+        self.on(self.0.cancel_matching(q, now))
+    }
+    fn retry(&self, q: Query, now: Millis) -> Result<Vec<Change>, StoreError> {
+        self.on(self.0.retry(q, now))
+    }
+    fn run_now(&self, q: Query, now: Millis) -> Result<Vec<Change>, StoreError> {
+        self.on(self.0.run_now(q, now))
+    }
+    fn delete(&self, q: Query) -> Result<Vec<TaskId>, StoreError> {
+        self.on(self.0.delete(q))
+    }
+    fn set_handler_paused(&self, handler: &str, paused: bool) -> Result<(), StoreError> {
+        self.on(self.0.set_handler_paused(handler.to_string(), paused))
+    }
+    fn paused_handlers(&self) -> Result<Vec<String>, StoreError> {
+        self.on(self.0.paused_handlers())
+    }
+    fn count_by_handler(&self) -> Result<HandlerCounts, StoreError> {
+        self.on(self.0.count_by_handler())
+    }
+    fn pins_in_use(&self) -> Result<Vec<String>, StoreError> {
+        self.on(self.0.pins_in_use())
     }
     fn set_limits(&self, limits: &[(&str, HandlerLimits)]) {
         self.0
@@ -1143,5 +1167,426 @@ fn every_attempt_records_the_component_it_ran() {
         let a = &s.get(id).unwrap().unwrap().attempts[0];
         assert_eq!(a.component.as_deref(), Some("ab".repeat(32).as_str()));
         assert_eq!(a.contract.as_deref(), Some("workhost:task/handler@0.1.1"));
+    });
+}
+
+/// The ids `q` reads.
+fn ids_of(s: &Store, q: Query) -> Vec<TaskId> {
+    s.query(&q).unwrap().into_iter().map(|t| t.id).collect()
+}
+
+/// The query of these ids.
+fn these(ids: &[TaskId]) -> Query {
+    Query {
+        ids: Some(ids.to_vec()),
+        ..Query::default()
+    }
+}
+
+fn changes(list: &[(TaskId, TaskState)]) -> Vec<Change> {
+    list.iter().map(|&(id, state)| Change { id, state }).collect()
+}
+
+#[test]
+fn queries_filter_by_handler_and_a_search_that_takes_like_metacharacters_literally() {
+    each_backend(|open| {
+        let s = open();
+        let with = |handler: &str, task: &str, note: &str, tag: &str| {
+            let mut r = WorkRequest::one_off(handler, task);
+            r.input = Data::new().with("note", note);
+            r.tags = vec![tag.into()];
+            s.enqueue(r, NOW).unwrap().0.id
+        };
+        let sale = with("a", "Alpha", "50% off", "shop");
+        let five = with("b", "beta_x", "5x off", "shop");
+        let plain = with("a", "gamma", "betaxx", "Quiet_Tag");
+        let mut unique = WorkRequest::one_off("b", "delta");
+        unique.unique = Some(("Nightly-Report".into(), ExistingWorkPolicy::Keep));
+        let nightly = s.enqueue(unique, NOW).unwrap().0.id;
+        let search = |text: &str| {
+            ids_of(
+                &s,
+                Query {
+                    search: Some(text.into()),
+                    ..Query::default()
+                },
+            )
+        };
+        assert_eq!(search("50%"), [sale], "% is itself, not any text");
+        assert_eq!(search("5_"), Vec::<TaskId>::new(), "_ is itself, not any character");
+        assert_eq!(search("beta_x"), [five], "not betaxx");
+        assert_eq!(search("ALPHA"), [sale], "any case, in the task name");
+        assert_eq!(search("quiet_tag"), [plain], "in a tag");
+        assert_eq!(search("nightly-report"), [nightly], "in the unique name");
+        assert_eq!(search("off"), [sale, five], "in the input");
+        assert_eq!(search("\\"), Vec::<TaskId>::new());
+        assert_eq!(search(&nightly.to_string()), [nightly], "the id as text");
+        run(
+            &s,
+            1,
+            RunResult::Failed(workhost::Failure::Error("disk on FIRE".into())),
+            NOW,
+        );
+        assert_eq!(
+            search("on fire"),
+            [sale, five],
+            "in the last error (each handler's first task ran)"
+        );
+        let by = |handler: &str, text: Option<&str>| {
+            ids_of(
+                &s,
+                Query {
+                    handler: Some(handler.into()),
+                    search: text.map(str::to_string),
+                    ..Query::default()
+                },
+            )
+        };
+        assert_eq!(by("a", None), [sale, plain]);
+        assert_eq!(by("b", Some("5x")), [five]);
+        assert_eq!(
+            ids_of(
+                &s,
+                Query {
+                    handler: Some("b".into()),
+                    newest_first: true,
+                    ..Query::default()
+                }
+            ),
+            [nightly, five]
+        );
+        // Bulk cancel by the same filter, paging fields ignored.
+        let cancelled = s
+            .cancel_matching(
+                Query {
+                    handler: Some("b".into()),
+                    search: Some("delt".into()),
+                    limit: Some(0),
+                    before_id: Some(0),
+                    ..Query::default()
+                },
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(cancelled, changes(&[(nightly, TaskState::Cancelled)]));
+        assert_eq!(state(&s, plain), TaskState::Enqueued);
+    });
+}
+
+#[test]
+fn newest_first_pages_follow_their_cursor_across_a_concurrent_insert() {
+    each_backend(|open| {
+        let (s, other) = (open(), open());
+        let ids: Vec<TaskId> = (0..5)
+            .map(|i| s.enqueue(WorkRequest::one_off("a", format!("t{i}")), NOW).unwrap().0.id)
+            .collect();
+        let page = |before: Option<TaskId>| {
+            ids_of(
+                &s,
+                Query {
+                    newest_first: true,
+                    before_id: before,
+                    limit: Some(2),
+                    ..Query::default()
+                },
+            )
+        };
+        let first = page(None);
+        assert_eq!(first, [ids[4], ids[3]]);
+        // Another process enqueues while the pages are read.
+        let newer = other.enqueue(WorkRequest::one_off("b", "new"), NOW).unwrap().0.id;
+        let second = page(first.last().copied());
+        assert_eq!(
+            second,
+            [ids[2], ids[1]],
+            "the cursor, not an offset: nothing seen twice"
+        );
+        let third = page(second.last().copied());
+        assert_eq!(third, [ids[0]]);
+        assert_eq!(page(third.last().copied()), Vec::<TaskId>::new());
+        assert_eq!(page(None), [newer, ids[4]], "a new first page shows it");
+        let by_state = ids_of(
+            &s,
+            Query {
+                state: Some(TaskState::Enqueued),
+                newest_first: true,
+                after_id: Some(ids[1]),
+                limit: Some(10),
+                ..Query::default()
+            },
+        );
+        assert_eq!(by_state, [newer, ids[4], ids[3], ids[2]]);
+    });
+}
+
+#[test]
+fn retry_re_enqueues_failed_work_with_the_chain_it_ended_and_keeps_its_attempts() {
+    each_backend(|open| {
+        let s = open();
+        let done = s.enqueue(WorkRequest::one_off("b", "done"), NOW).unwrap().0.id;
+        run(&s, 1, RunResult::Succeeded(Data::new()), NOW);
+        let parent = s.enqueue(WorkRequest::one_off("a", "p"), NOW).unwrap().0.id;
+        let mut child = WorkRequest::one_off("b", "c");
+        child.after = vec![parent];
+        let child = s.enqueue(child, NOW).unwrap().0.id;
+        let mut grandchild = WorkRequest::one_off("b", "g");
+        grandchild.after = vec![child];
+        let grandchild = s.enqueue(grandchild, NOW).unwrap().0.id;
+        run(&s, 1, RunResult::Failed(workhost::Failure::Error("boom".into())), NOW);
+        assert_eq!(
+            [state(&s, parent), state(&s, child), state(&s, grandchild)],
+            [TaskState::Failed; 3]
+        );
+        // The child alone cannot run: the work it runs after stays FAILED.
+        assert_eq!(s.retry(these(&[child]), NOW + 1).unwrap(), []);
+        assert_eq!(
+            s.retry(these(&[done]), NOW + 1).unwrap(),
+            [],
+            "SUCCEEDED work is not retried"
+        );
+        let retried = s.retry(these(&[parent]), NOW + 5).unwrap();
+        assert_eq!(
+            retried,
+            changes(&[
+                (parent, TaskState::Enqueued),
+                (child, TaskState::Blocked),
+                (grandchild, TaskState::Blocked)
+            ])
+        );
+        let p = s.get(parent).unwrap().unwrap();
+        assert_eq!(
+            (
+                p.run_attempt_count,
+                p.next_run_at,
+                p.finished_at,
+                p.error.as_deref(),
+                p.stop_reason.as_deref()
+            ),
+            (0, NOW + 5, None, None, None)
+        );
+        assert_eq!(p.attempts.len(), 1, "its history is kept");
+        let c = s.get(child).unwrap().unwrap();
+        assert_eq!((c.error, c.finished_at), (None, None));
+        run(&s, 1, RunResult::Succeeded(Data::new().with("x", 1i64)), NOW + 5);
+        let p = s.get(parent).unwrap().unwrap();
+        assert_eq!(p.state, TaskState::Succeeded);
+        assert_eq!(
+            p.attempts.iter().map(|a| a.outcome.as_deref()).collect::<Vec<_>>(),
+            [Some("failed"), Some("success")],
+            "both runs are kept, in order"
+        );
+        assert_eq!(state(&s, child), TaskState::Enqueued, "released by its parent");
+
+        // A cancelled task brings back what its cancel ended; a bulk retry
+        // by filter retries a chain's members together.
+        let root = s.enqueue(WorkRequest::one_off("a", "root"), NOW).unwrap().0.id;
+        let mut leaf = WorkRequest::one_off("a", "leaf");
+        leaf.after = vec![root];
+        leaf.tags = vec!["batch".into()];
+        let leaf = s.enqueue(leaf, NOW).unwrap().0.id;
+        s.cancel(&Selector::Id(root), NOW).unwrap();
+        assert_eq!(state(&s, leaf), TaskState::Cancelled);
+        let retried = s
+            .retry(
+                Query {
+                    handler: Some("a".into()),
+                    state: Some(TaskState::Cancelled),
+                    limit: Some(1),
+                    ..Query::default()
+                },
+                NOW + 9,
+            )
+            .unwrap();
+        assert_eq!(
+            retried,
+            changes(&[(root, TaskState::Enqueued), (leaf, TaskState::Blocked)])
+        );
+    });
+}
+
+#[test]
+fn retried_periodic_work_resumes_its_schedule_from_now() {
+    each_backend(|open| {
+        let s = open();
+        let hour = 3_600_000;
+        let mut every = WorkRequest::periodic("a", "every", Duration::from_secs(3600));
+        every.periodic.as_mut().unwrap().flex = Duration::from_secs(900);
+        let every = s.enqueue(every, NOW).unwrap().0.id;
+        let schedule = workhost::CronSchedule::new("0 * * * *", Some("UTC"), workhost::CatchUp::Last).unwrap();
+        let fires = s.enqueue(WorkRequest::cron("a", "hourly", schedule), NOW).unwrap().0.id;
+        s.cancel(&Selector::All, NOW).unwrap();
+        let later = 10 * hour + 60_000;
+        let retried = s.retry(Query::default(), later).unwrap();
+        assert_eq!(
+            retried,
+            changes(&[(every, TaskState::Enqueued), (fires, TaskState::Enqueued)])
+        );
+        assert_eq!(s.get(every).unwrap().unwrap().next_run_at, later + 45 * 60_000);
+        assert_eq!(
+            s.get(fires).unwrap().unwrap().next_run_at,
+            11 * hour,
+            "the next fire after now"
+        );
+    });
+}
+
+#[test]
+fn run_now_makes_delayed_periodic_and_cron_work_due_and_leaves_other_states_alone() {
+    each_backend(|open| {
+        let s = open();
+        let hour = 3_600_000;
+        let mut delayed = WorkRequest::one_off("a", "delayed");
+        delayed.initial_delay = Duration::from_secs(3600);
+        let delayed = s.enqueue(delayed, NOW).unwrap().0.id;
+        let mut every = WorkRequest::periodic("b", "every", Duration::from_secs(3600));
+        every.periodic.as_mut().unwrap().flex = Duration::from_secs(900);
+        let every = s.enqueue(every, NOW).unwrap().0.id;
+        let schedule = workhost::CronSchedule::new("0 * * * *", Some("UTC"), workhost::CatchUp::Last).unwrap();
+        let fires = s.enqueue(WorkRequest::cron("b", "hourly", schedule), NOW).unwrap().0.id;
+        let due = s.enqueue(WorkRequest::one_off("a", "due"), NOW).unwrap().0.id;
+        let mut blocked = WorkRequest::one_off("a", "blocked");
+        blocked.after = vec![delayed];
+        let blocked = s.enqueue(blocked, NOW).unwrap().0.id;
+        assert_eq!(s.get(fires).unwrap().unwrap().next_run_at, hour);
+        let changed = s.run_now(Query::default(), NOW).unwrap();
+        assert_eq!(
+            changed,
+            changes(&[
+                (delayed, TaskState::Enqueued),
+                (every, TaskState::Enqueued),
+                (fires, TaskState::Enqueued)
+            ]),
+            "not the due one, not the blocked one"
+        );
+        assert_eq!(state(&s, blocked), TaskState::Blocked);
+        let mut claimed = run(&s, 5, RunResult::Succeeded(Data::new()), NOW);
+        claimed.sort();
+        assert_eq!(claimed, [delayed, every, fires, due]);
+        let e = s.get(every).unwrap().unwrap();
+        assert_eq!(
+            e.next_run_at,
+            NOW + hour + 45 * 60_000,
+            "this period ran now; the next follows"
+        );
+        assert_eq!(
+            s.get(fires).unwrap().unwrap().next_run_at,
+            2 * hour,
+            "the pending fire ran now: the next is the one after it"
+        );
+    });
+}
+
+#[test]
+fn delete_removes_finished_work_only_and_keeps_a_parent_a_waiting_child_needs() {
+    each_backend(|open| {
+        let s = open();
+        let parent = s.enqueue(WorkRequest::one_off("a", "p"), NOW).unwrap().0.id;
+        run(&s, 1, RunResult::Succeeded(Data::new()), NOW);
+        let mut later = WorkRequest::one_off("a", "later");
+        later.initial_delay = Duration::from_secs(3600);
+        let later = s.enqueue(later, NOW).unwrap().0.id;
+        let mut child = WorkRequest::one_off("b", "c");
+        child.after = vec![parent, later];
+        let child = s.enqueue(child, NOW).unwrap().0.id;
+        let mut failed = WorkRequest::one_off("b", "f");
+        failed.tags = vec!["old".into()];
+        let failed = s.enqueue(failed, NOW).unwrap().0.id;
+        run(&s, 1, RunResult::Failed(workhost::Failure::Error("no".into())), NOW);
+        assert_eq!(state(&s, failed), TaskState::Failed);
+        let cancelled = s.enqueue(WorkRequest::one_off("b", "x"), NOW).unwrap().0.id;
+        s.cancel(&Selector::Id(cancelled), NOW).unwrap();
+        assert_eq!(
+            s.delete(Query {
+                state: Some(TaskState::Cancelled),
+                ..Query::default()
+            })
+            .unwrap(),
+            [cancelled]
+        );
+        assert_eq!(
+            s.delete(these(&[later, child])).unwrap(),
+            [0; 0],
+            "unfinished work is never deleted"
+        );
+        assert_eq!(
+            s.delete(Query::default()).unwrap(),
+            [failed],
+            "the parent is kept for its child"
+        );
+        assert!(s.get(failed).unwrap().is_none());
+        assert_eq!(
+            ids_of(
+                &s,
+                Query {
+                    tag: Some("old".into()),
+                    ..Query::default()
+                }
+            ),
+            [0; 0]
+        );
+        assert_eq!(s.get(child).unwrap().unwrap().after, [parent, later]);
+        s.cancel(&Selector::Id(later), NOW).unwrap();
+        let mut gone = s.delete(Query::default()).unwrap();
+        gone.sort();
+        assert_eq!(gone, [parent, later, child]);
+        assert_eq!(s.count_by_state().unwrap(), HashMap::new());
+    });
+}
+
+#[test]
+fn a_paused_handler_is_neither_claimed_nor_due_and_its_pause_is_shared_and_survives_reopening() {
+    each_backend(|open| {
+        let (s, other) = (open(), open());
+        let a = s.enqueue(WorkRequest::one_off("a", "a"), NOW).unwrap().0.id;
+        let b = s.enqueue(WorkRequest::one_off("b", "b"), NOW).unwrap().0.id;
+        let c = s.enqueue(WorkRequest::one_off("c", "c"), NOW).unwrap().0.id;
+        s.set_handler_paused("a", true).unwrap();
+        s.set_handler_paused("c", true).unwrap();
+        s.set_handler_paused("a", true).unwrap();
+        assert_eq!(other.paused_handlers().unwrap(), ["a", "c"]);
+        assert_eq!(s.next_due(&["a".into()], &DeviceState::default()).unwrap(), None);
+        assert_eq!(
+            s.waiting_for_handler(&handlers(), NOW).unwrap(),
+            [],
+            "c is paused, not missing"
+        );
+        assert_eq!(run(&s, 1, RunResult::Succeeded(Data::new()), NOW), [b]);
+        drop(s);
+        let reopened = open();
+        assert_eq!(reopened.paused_handlers().unwrap(), ["a", "c"]);
+        assert_eq!(run(&reopened, 1, RunResult::Succeeded(Data::new()), NOW), [0; 0]);
+        other.set_handler_paused("a", false).unwrap();
+        assert_eq!(reopened.paused_handlers().unwrap(), ["c"]);
+        assert_eq!(
+            reopened.next_due(&handlers(), &DeviceState::default()).unwrap(),
+            Some(NOW)
+        );
+        assert_eq!(run(&reopened, 1, RunResult::Succeeded(Data::new()), NOW), [a]);
+        assert_eq!(state(&reopened, c), TaskState::Enqueued);
+    });
+}
+
+#[test]
+fn counts_by_handler_and_the_pins_of_unfinished_work_are_read_without_the_tasks() {
+    each_backend(|open| {
+        let s = open();
+        let pinned = |handler: &str, pin: char| {
+            let mut r = WorkRequest::one_off(handler, "t");
+            r.pin = Some(pin.to_string().repeat(64));
+            s.enqueue(r, NOW).unwrap().0.id
+        };
+        pinned("a", 'a');
+        pinned("a", 'a');
+        pinned("b", 'b');
+        let finished = pinned("b", 'c');
+        s.cancel(&Selector::Id(finished), NOW).unwrap();
+        s.enqueue(WorkRequest::one_off("b", "unpinned"), NOW).unwrap();
+        assert_eq!(s.pins_in_use().unwrap(), ["a".repeat(64), "b".repeat(64)]);
+        let counts = s.count_by_handler().unwrap();
+        assert_eq!(counts["a"], HashMap::from([(TaskState::Enqueued, 2)]));
+        assert_eq!(
+            counts["b"],
+            HashMap::from([(TaskState::Enqueued, 2), (TaskState::Cancelled, 1)])
+        );
     });
 }

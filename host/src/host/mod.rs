@@ -114,9 +114,12 @@ pub struct TaskEvent {
     /// Its state after the event.
     pub state: TaskState,
     /// `scheduled`, `blocked`, `started`, `succeeded`, `failed`, `cancelled`,
-    /// `retrying`, `rescheduled`, `recovered`, or `unrecorded` (the store
-    /// refused a finished run's outcome; the host keeps it and offers it
-    /// again until it is recorded, which its own event then reports).
+    /// `retrying`, `rescheduled` (also by a run-now), `recovered`,
+    /// `retried` (a FAILED or CANCELLED task enqueued again, or a dependent
+    /// revived with it as BLOCKED), `deleted` (with the state it had), or
+    /// `unrecorded` (the store refused a finished run's outcome; the host
+    /// keeps it and offers it again until it is recorded, which its own
+    /// event then reports).
     pub event: &'static str,
     /// Details: attempt, stop reason, next run time, error.
     pub detail: String,

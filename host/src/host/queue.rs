@@ -1,4 +1,5 @@
-//! [`Queue`]: enqueue, cancel, query, pause and prune on the store, and the
+//! [`Queue`]: enqueue, cancel, retry, run now, delete, query, pause (the
+//! whole store or one handler) and prune on the store, and the
 //! [`TaskEvent`]s of this process.
 
 use std::collections::HashMap;
@@ -7,9 +8,9 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
-use crate::store::{Change, EnqueueHooks, HostInfo, Query, Selector, SqliteStore, TaskStore};
+use crate::store::{Change, EnqueueHooks, HandlerCounts, HostInfo, Query, Selector, SqliteStore, TaskStore};
 use crate::work::StoreError;
-use crate::work::{Enqueued, Millis, PeriodicFloor, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
+use crate::work::{Enqueued, Millis, PeriodicFloor, TaskAction, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
 use super::{Clock, SystemClock, TaskEvent};
 
@@ -186,6 +187,228 @@ impl Queue {
         self.publish(&changes, |_| ("cancelled", String::new()));
         self.wake.notify_one();
         Ok(changes.iter().map(|c| c.id).collect())
+    }
+
+    /// Cancels the unfinished tasks the query's filter fields match (its
+    /// paging fields are ignored) and their dependents; returns the ids
+    /// cancelled. A running one stops (its host notices the cancel).
+    pub async fn cancel_matching(&self, query: Query) -> Result<Vec<TaskId>, StoreError> {
+        let changes = self.store.cancel_matching(query, self.now()).await?;
+        self.publish(&changes, |_| ("cancelled", String::new()));
+        self.wake.notify_one();
+        Ok(changes.iter().map(|c| c.id).collect())
+    }
+
+    /// Enqueues again the FAILED and CANCELLED tasks the query's filter
+    /// fields match (paging fields ignored), due now with a fresh count of
+    /// attempts, and revives, as BLOCKED, the dependents that ended
+    /// because of them ([`TaskStore::retry`] says exactly what changes).
+    /// Returns the ids changed.
+    pub async fn retry(&self, query: Query) -> Result<Vec<TaskId>, StoreError> {
+        let changes = self.store.retry(query, self.now()).await?;
+        self.publish(&changes, |c| match c.state {
+            TaskState::Blocked => ("retried", "waits for the work it runs after".into()),
+            _ => ("retried", "due now".into()),
+        });
+        self.wake.notify_one();
+        Ok(changes.iter().map(|c| c.id).collect())
+    }
+
+    /// Makes the delayed ENQUEUED tasks the query's filter fields match
+    /// (paging fields ignored) due now (see [`TaskStore::run_now`]);
+    /// returns the ids changed.
+    pub async fn run_now(&self, query: Query) -> Result<Vec<TaskId>, StoreError> {
+        let changes = self.store.run_now(query, self.now()).await?;
+        self.publish(&changes, |_| ("rescheduled", "run now".into()));
+        self.wake.notify_one();
+        Ok(changes.iter().map(|c| c.id).collect())
+    }
+
+    /// Deletes the finished tasks the query's filter fields match (paging
+    /// fields ignored), with their attempts, tags and dependency rows; a
+    /// finished task that unfinished work runs after is kept. Returns the
+    /// ids deleted. Each is published as a `deleted` event with the state
+    /// it had: the deletion runs once per finished state (a transaction
+    /// each) unless the query names one.
+    pub async fn delete(&self, query: Query) -> Result<Vec<TaskId>, StoreError> {
+        let states = match query.state {
+            Some(s) if s.is_finished() => vec![s],
+            Some(_) => return Ok(Vec::new()),
+            None => vec![TaskState::Succeeded, TaskState::Failed, TaskState::Cancelled],
+        };
+        let mut all = Vec::new();
+        for state in states {
+            let q = Query {
+                state: Some(state),
+                ..query.clone()
+            };
+            let ids = self.store.delete(q).await?;
+            let changes: Vec<Change> = ids.iter().map(|&id| Change { id, state }).collect();
+            self.publish(&changes, |_| ("deleted", String::new()));
+            all.extend(ids);
+        }
+        all.sort_unstable();
+        Ok(all)
+    }
+
+    /// Task `id`, or [`WorkError::UnknownTask`]; [`WorkError::WrongState`]
+    /// unless `action` applies to its state.
+    async fn task_for(&self, id: TaskId, action: TaskAction) -> Result<TaskInfo, WorkError> {
+        let task = self.store.get(id).await?.ok_or(WorkError::UnknownTask(id))?;
+        if !action.applies_to(task.state) {
+            return Err(WorkError::WrongState {
+                id,
+                state: task.state,
+                action,
+            });
+        }
+        Ok(task)
+    }
+
+    /// Task `id` as it is now (it was just changed).
+    async fn task_now(&self, id: TaskId) -> Result<TaskInfo, WorkError> {
+        self.store.get(id).await?.ok_or(WorkError::UnknownTask(id))
+    }
+
+    /// The query of one task.
+    fn one(id: TaskId) -> Query {
+        Query {
+            ids: Some(vec![id]),
+            ..Query::default()
+        }
+    }
+
+    /// Retries one FAILED or CANCELLED task (see [`Self::retry`]); returns
+    /// it as it is now. [`WorkError::UnknownTask`] if there is none,
+    /// [`WorkError::WrongState`] in another state, and
+    /// [`WorkError::Invalid`] if work it runs after is FAILED or CANCELLED
+    /// (retry that work instead: its dependents come back with it).
+    pub async fn retry_task(&self, id: TaskId) -> Result<TaskInfo, WorkError> {
+        let task = self.task_for(id, TaskAction::Retry).await?;
+        if self.retry(Self::one(id)).await?.contains(&id) {
+            return self.task_now(id).await;
+        }
+        let mut blocking = None;
+        for parent in &task.after {
+            if let Some(p) = self.store.get(*parent).await?
+                && matches!(p.state, TaskState::Failed | TaskState::Cancelled)
+            {
+                blocking = Some(p);
+                break;
+            }
+        }
+        Err(match blocking {
+            Some(p) => WorkError::Invalid(format!(
+                "task {id} cannot be retried: task {}, which it runs after, is {}; retry task {} (its dependents come back with it)",
+                p.id,
+                p.state.as_str().to_uppercase(),
+                p.id
+            )),
+            // It changed state meanwhile.
+            None => match self.task_now(id).await?.state {
+                state if !TaskAction::Retry.applies_to(state) => WorkError::WrongState {
+                    id,
+                    state,
+                    action: TaskAction::Retry,
+                },
+                _ => WorkError::Invalid(format!("task {id} could not be retried; try again")),
+            },
+        })
+    }
+
+    /// Makes one ENQUEUED task due now (see [`Self::run_now`]; one already
+    /// due is left as it is); returns it as it is now.
+    /// [`WorkError::UnknownTask`] if there is none, [`WorkError::WrongState`]
+    /// in another state.
+    pub async fn run_now_task(&self, id: TaskId) -> Result<TaskInfo, WorkError> {
+        self.task_for(id, TaskAction::RunNow).await?;
+        self.run_now(Self::one(id)).await?;
+        self.task_now(id).await
+    }
+
+    /// Deletes one finished task (see [`Self::delete`]).
+    /// [`WorkError::UnknownTask`] if there is none, [`WorkError::WrongState`]
+    /// while it is unfinished, and [`WorkError::Invalid`] while unfinished
+    /// work runs after it (that work needs its output).
+    pub async fn delete_task(&self, id: TaskId) -> Result<(), WorkError> {
+        let task = self.task_for(id, TaskAction::Delete).await?;
+        let q = Query {
+            state: Some(task.state),
+            ..Self::one(id)
+        };
+        if self.delete(q).await?.contains(&id) {
+            return Ok(());
+        }
+        match self.store.get(id).await? {
+            None => Ok(()),
+            Some(t) if !t.state.is_finished() => Err(WorkError::WrongState {
+                id,
+                state: t.state,
+                action: TaskAction::Delete,
+            }),
+            Some(_) => Err(WorkError::Invalid(format!(
+                "task {id} is kept: unfinished work runs after it and needs its output; cancel that work or let it finish first"
+            ))),
+        }
+    }
+
+    /// Cancels one unfinished task and its dependents; returns it as it is
+    /// now. [`WorkError::UnknownTask`] if there is none,
+    /// [`WorkError::WrongState`] once it finished.
+    pub async fn cancel_task(&self, id: TaskId) -> Result<TaskInfo, WorkError> {
+        self.task_for(id, TaskAction::Cancel).await?;
+        let cancelled = self.cancel(Selector::Id(id)).await?;
+        let task = self.task_now(id).await?;
+        if !cancelled.contains(&id) && task.state != TaskState::Cancelled {
+            return Err(WorkError::WrongState {
+                id,
+                state: task.state,
+                action: TaskAction::Cancel,
+            });
+        }
+        Ok(task)
+    }
+
+    /// Pauses one handler on every process of the store: none of its work
+    /// starts until [`Self::resume_handler`]; its running work finishes and
+    /// new work is still enqueued. [`WorkError::UnknownHandler`] for a name
+    /// this queue does not accept.
+    pub async fn pause_handler(&self, name: &str) -> Result<(), WorkError> {
+        if !self.knows_handler(name) {
+            return Err(WorkError::UnknownHandler(name.to_string()));
+        }
+        Ok(self.store.set_handler_paused(name.to_string(), true).await?)
+    }
+
+    /// Resumes a handler after [`Self::pause_handler`].
+    /// [`WorkError::UnknownHandler`] for a name this queue does not accept,
+    /// unless it is paused (a handler paused, then removed from the
+    /// manifest, can still be resumed).
+    pub async fn resume_handler(&self, name: &str) -> Result<(), WorkError> {
+        if !self.knows_handler(name) && !self.store.paused_handlers().await?.iter().any(|h| h == name) {
+            return Err(WorkError::UnknownHandler(name.to_string()));
+        }
+        self.store.set_handler_paused(name.to_string(), false).await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The paused handlers, sorted.
+    pub async fn paused_handlers(&self) -> Result<Vec<String>, StoreError> {
+        self.store.paused_handlers().await
+    }
+
+    /// How many tasks each handler has in each state.
+    pub async fn count_by_handler(&self) -> Result<HandlerCounts, StoreError> {
+        self.store.count_by_handler().await
+    }
+
+    fn knows_handler(&self, name: &str) -> bool {
+        self.handlers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|h| h == name)
     }
 
     /// One task with its attempt history.

@@ -162,29 +162,31 @@ impl Host {
             blocking(move || load_changed(configs, &previous, metered, unmetered, engine, &components)).await?;
         // Work of removed handlers.
         let removed: Vec<String> = old.names.iter().filter(|n| !loaded.contains_key(*n)).cloned().collect();
-        let mut pending: HashMap<String, Vec<TaskId>> = HashMap::new();
-        if !removed.is_empty() {
-            for state in [TaskState::Enqueued, TaskState::Blocked, TaskState::Running] {
-                let q = Query {
-                    state: Some(state),
-                    ..Query::default()
-                };
-                for t in inner.queue.store.query(q).await? {
-                    if removed.contains(&t.handler) {
-                        pending.entry(t.handler.clone()).or_default().push(t.id);
-                    }
-                }
+        // Each removed handler's first unfinished tasks, a few per state
+        // from the handler index (never the whole queue).
+        let mut pending: Vec<(String, Vec<TaskId>)> = Vec::new();
+        for handler in &removed {
+            let mut ids = Vec::new();
+            for state in UNFINISHED {
+                ids.extend(pending_of(inner, handler, state, None, PENDING_SHOWN).await?);
+            }
+            if !ids.is_empty() {
+                ids.sort_unstable();
+                ids.truncate(PENDING_SHOWN);
+                pending.push((handler.clone(), ids));
             }
         }
         if !options.drop_pending
-            && let Some(handler) = removed.iter().find(|h| pending.contains_key(*h))
+            && let Some((handler, ids)) = pending.first()
         {
-            let mut ids = pending[handler].clone();
-            ids.sort_unstable();
+            let counts = inner.queue.store.count_by_handler().await?;
+            let count = counts
+                .get(handler)
+                .map_or(0, |c| UNFINISHED.iter().filter_map(|s| c.get(s)).sum());
             return Err(ReloadError::Pending {
                 handler: handler.clone(),
-                count: ids.len(),
-                ids: ids.into_iter().take(20).collect(),
+                count: count.max(ids.len()),
+                ids: ids.clone(),
             });
         }
         // Nothing can fail from here on but the store, whose writes below
@@ -216,23 +218,31 @@ impl Host {
         *inner.handlers.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Handlers::new(loaded));
         *inner.queue.handlers.write().unwrap_or_else(|e| e.into_inner()) = names;
         inner.queue.store.set_limits(config.limits());
-        if options.drop_pending {
-            let mut ids: Vec<TaskId> = pending.into_values().flatten().collect();
-            ids.sort_unstable();
-            if !ids.is_empty() {
-                let reason = format!(
-                    "cancelled by a reload: its handler ({}) is no longer in the manifest (--drop-pending)",
-                    removed.join(", ")
-                );
-                let changes = inner
-                    .queue
-                    .store
-                    .cancel_because(ids.clone(), reason.clone(), inner.queue.now())
-                    .await?;
-                inner.stop_running(&ids, StopReason::Cancelled);
-                inner.queue.publish(&changes, |_| ("cancelled", reason.clone()));
-                report.dropped = ids;
+        if options.drop_pending && !pending.is_empty() {
+            let reason = format!(
+                "cancelled by a reload: its handler ({}) is no longer in the manifest (--drop-pending)",
+                removed.join(", ")
+            );
+            // A batch at a time, so memory holds ids, never the queue.
+            for (handler, _) in &pending {
+                for state in UNFINISHED {
+                    let mut after = None;
+                    loop {
+                        let ids = pending_of(inner, handler, state, after, DROP_BATCH).await?;
+                        let Some(&last) = ids.last() else { break };
+                        after = Some(last);
+                        let changes = inner
+                            .queue
+                            .store
+                            .cancel_because(ids.clone(), reason.clone(), inner.queue.now())
+                            .await?;
+                        inner.stop_running(&ids, StopReason::Cancelled);
+                        inner.queue.publish(&changes, |_| ("cancelled", reason.clone()));
+                        report.dropped.extend(ids);
+                    }
+                }
             }
+            report.dropped.sort_unstable();
         }
         for s in &config.schedules {
             inner.queue.enqueue(s.request()).await.map_err(|e| match e {
@@ -321,4 +331,32 @@ fn restart_warnings(inner: &super::dispatcher::Inner, config: &HostConfig) -> Ve
     differs("memory_budget", config.memory_budget != inner.memory_budget);
     differs("poll interval", config.poll_interval != inner.poll);
     w
+}
+
+/// The states of work a removed handler leaves pending.
+const UNFINISHED: [TaskState; 3] = [TaskState::Enqueued, TaskState::Blocked, TaskState::Running];
+
+/// How many of a removed handler's pending tasks a refusal names.
+const PENDING_SHOWN: usize = 20;
+
+/// How many pending tasks `--drop-pending` cancels per transaction.
+const DROP_BATCH: usize = 1000;
+
+/// Up to `limit` ids of `handler`'s tasks in `state` above `after`, oldest
+/// first: one range of the handler index.
+async fn pending_of(
+    inner: &super::dispatcher::Inner,
+    handler: &str,
+    state: TaskState,
+    after: Option<TaskId>,
+    limit: usize,
+) -> Result<Vec<TaskId>, StoreError> {
+    let q = Query {
+        handler: Some(handler.to_string()),
+        state: Some(state),
+        after_id: after,
+        limit: Some(limit),
+        ..Query::default()
+    };
+    Ok(inner.queue.store.query(q).await?.into_iter().map(|t| t.id).collect())
 }

@@ -8,6 +8,7 @@
 //! - `postgres`: [`PgStore`] (one PostgreSQL database that any number of
 //!   hosts share: claims skip locked rows, runs and hosts hold leases).
 
+mod plan;
 mod postgres;
 mod sqlite;
 
@@ -41,7 +42,15 @@ pub enum Selector {
     All,
 }
 
-/// A filter for [`TaskStore::query`]; unset fields match everything.
+/// A filter for [`TaskStore::query`] and the bulk actions
+/// ([`TaskStore::retry`], [`TaskStore::run_now`], [`TaskStore::delete`],
+/// [`TaskStore::cancel_matching`]); unset fields match everything.
+///
+/// The filter fields are `state`, `tag`, `unique_name`, `ids`, `handler`
+/// and `search`. The paging fields, `after_id`, `before_id`, `limit` and
+/// `newest_first`, shape a page of [`TaskStore::query`] only: a bulk
+/// action ignores all four and applies to every task the filter fields
+/// match (a dashboard's "retry all that match", whatever page it shows).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
     /// Only this state.
@@ -52,11 +61,50 @@ pub struct Query {
     pub unique_name: Option<String>,
     /// Only these ids.
     pub ids: Option<Vec<TaskId>>,
-    /// Only ids above this one (tasks enqueued since).
+    /// Only tasks of this handler.
+    pub handler: Option<String>,
+    /// Only tasks where this text occurs, in any case (SQLite folds ASCII
+    /// letters only; PostgreSQL every letter), in the id as text, the
+    /// handler, the task name, the unique name, a tag, the input (its
+    /// stored JSON text) or the last error. `%`, `_` and `\` are matched
+    /// as themselves. A scan of the tasks the other fields leave: give a
+    /// `limit`.
+    pub search: Option<String>,
+    /// Paging: only ids above this one (tasks enqueued since).
     pub after_id: Option<TaskId>,
-    /// At most this many, oldest first (default: all).
+    /// Paging: only ids below this one: the cursor of newest-first pages
+    /// (the last id of one page is `before_id` of the next).
+    pub before_id: Option<TaskId>,
+    /// Paging: at most this many (default: all).
     pub limit: Option<usize>,
+    /// Paging: newest (highest id) first; the default is oldest first. With
+    /// a `limit`, a page is read from the id index's end: no sort of the
+    /// whole table.
+    pub newest_first: bool,
 }
+
+impl Query {
+    /// The `LIKE` pattern of [`Self::search`]: the text with `\`, `%`
+    /// and `_` escaped by `\`, between `%`s.
+    pub(crate) fn search_pattern(&self) -> Option<String> {
+        self.search.as_ref().map(|text| {
+            let mut p = String::with_capacity(text.len() + 2);
+            p.push('%');
+            for c in text.chars() {
+                if matches!(c, '\\' | '%' | '_') {
+                    p.push('\\');
+                }
+                p.push(c);
+            }
+            p.push('%');
+            p
+        })
+    }
+}
+
+/// How many tasks each handler has in each state
+/// ([`TaskStore::count_by_handler`]).
+pub type HandlerCounts = HashMap<String, HashMap<TaskState, usize>>;
 
 /// A task claimed for a run: the record as it was claimed (state RUNNING,
 /// attempt counted), and the lease that fences the run's writes.
@@ -236,6 +284,48 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, Result<(), StoreError>>;
     /// Cancels unfinished tasks and their dependents; returns what changed.
     fn cancel(&self, selector: Selector, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Cancels the unfinished tasks the query's filter fields match (its
+    /// paging fields are ignored), and their dependents, in one
+    /// transaction; returns what changed.
+    fn cancel_matching(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Enqueues again, in one transaction, the FAILED and CANCELLED tasks
+    /// the query's filter fields match (paging fields ignored): each is
+    /// due at `now` (periodic work resumes its schedule from `now`:
+    /// [`crate::resume_schedule`]) with its attempt count back to 0 and its
+    /// finish time, error and stop reason cleared; its attempt history is
+    /// kept, and its runs' records keep their increasing keys. The
+    /// dependents that ended because of a retried task (transitively) come
+    /// back with it, as BLOCKED. A task that still waits for work it runs
+    /// after, or for a task retried with it, becomes BLOCKED rather than
+    /// ENQUEUED; one whose prerequisite is FAILED or CANCELLED and not
+    /// retried with it is left as it is. Returns what changed, by id.
+    fn retry(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Makes the ENQUEUED tasks the query's filter fields match (paging
+    /// fields ignored) that are due after `now` due at `now`: a delay, a
+    /// backoff or a period's wait ends at once. Periodic work runs this
+    /// period now (its next period follows as if it had run on time); cron
+    /// work runs its pending fire now. Returns what changed.
+    fn run_now(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
+    /// Deletes the finished (SUCCEEDED, FAILED, CANCELLED) tasks the query's
+    /// filter fields match (paging fields ignored), with their attempts,
+    /// tags and dependency rows, as [`Self::prune`] does: a finished task
+    /// that an unfinished task runs after is kept, and so is one another
+    /// transaction holds at that moment (PostgreSQL). Returns the ids
+    /// deleted.
+    fn delete(&self, query: Query) -> StoreFuture<'_, Result<Vec<TaskId>, StoreError>>;
+    /// Pauses (or resumes) one handler, durably and for every process on
+    /// the store: [`Self::claim`] starts none of its work while it is
+    /// paused, and [`Self::next_due`] and [`Self::waiting_for_handler`] leave
+    /// its work out. Its running work finishes; enqueues are still taken.
+    fn set_handler_paused(&self, handler: String, paused: bool) -> StoreFuture<'_, Result<(), StoreError>>;
+    /// The paused handlers, sorted.
+    fn paused_handlers(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>>;
+    /// How many tasks each handler has in each state (a scan of an
+    /// index: for dashboards and the CLI, not for every wake).
+    fn count_by_handler(&self) -> StoreFuture<'_, Result<HandlerCounts, StoreError>>;
+    /// The distinct version pins of unfinished work (an index of pinned
+    /// tasks only: memory by pins, not by tasks).
+    fn pins_in_use(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>>;
     /// Cancels the unfinished tasks `ids` (and their dependents) in one
     /// transaction, recording `reason` as each one's error; returns what
     /// changed.
@@ -246,7 +336,8 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> StoreFuture<'_, Result<Vec<Change>, StoreError>>;
     /// Makes ENQUEUED task `id` due at `now`: the test driver's "initial
-    /// delay met" and "period delay met".
+    /// delay met" and "period delay met" (unlike [`Self::run_now`], a cron
+    /// task's run then stands for a fire at `now`).
     fn make_due(&self, id: TaskId, now: Millis) -> StoreFuture<'_, Result<(), WorkError>>;
     /// One task with its attempt history.
     fn get(&self, id: TaskId) -> StoreFuture<'_, Result<Option<TaskInfo>, StoreError>>;

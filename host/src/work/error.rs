@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::TaskId;
+use super::{TaskId, TaskState};
 
 /// The store failed, or the file is not a workhost database.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -117,7 +117,69 @@ pub enum WorkError {
     /// No task with that id.
     #[error("no task with id {0}")]
     UnknownTask(TaskId),
+    /// The task exists, but its state does not allow the action (a
+    /// SUCCEEDED task cannot be retried, a RUNNING one cannot be deleted).
+    #[error(
+        "task {id} is {}; only {} tasks can be {}",
+        state.as_str().to_uppercase(),
+        action.allowed(),
+        action.done()
+    )]
+    WrongState {
+        /// The task.
+        id: TaskId,
+        /// Its state.
+        state: TaskState,
+        /// What was asked of it.
+        action: TaskAction,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What an operator asks of one task, for [`WorkError::WrongState`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskAction {
+    /// Enqueue a FAILED or CANCELLED task again.
+    Retry,
+    /// Make a delayed ENQUEUED task due now.
+    RunNow,
+    /// Delete a finished task.
+    Delete,
+    /// Cancel an unfinished task.
+    Cancel,
+}
+
+impl TaskAction {
+    /// The states the action applies to, as a message names them.
+    pub fn allowed(self) -> &'static str {
+        match self {
+            TaskAction::Retry => "FAILED or CANCELLED",
+            TaskAction::RunNow => "ENQUEUED",
+            TaskAction::Delete => "SUCCEEDED, FAILED or CANCELLED",
+            TaskAction::Cancel => "ENQUEUED, BLOCKED or RUNNING",
+        }
+    }
+
+    /// The action done, as a message says it ("retried").
+    pub fn done(self) -> &'static str {
+        match self {
+            TaskAction::Retry => "retried",
+            TaskAction::RunNow => "run now",
+            TaskAction::Delete => "deleted",
+            TaskAction::Cancel => "cancelled",
+        }
+    }
+
+    /// Whether a task in `state` may have this action done to it.
+    pub fn applies_to(self, state: TaskState) -> bool {
+        match self {
+            TaskAction::Retry => matches!(state, TaskState::Failed | TaskState::Cancelled),
+            TaskAction::RunNow => state == TaskState::Enqueued,
+            TaskAction::Delete => state.is_finished(),
+            TaskAction::Cancel => !state.is_finished(),
+        }
+    }
 }

@@ -14,7 +14,7 @@ mod error;
 mod json;
 mod schedule;
 
-pub use error::{StoreError, WorkError};
+pub use error::{StoreError, TaskAction, WorkError};
 pub use schedule::{
     CatchUp, CronSchedule, DEFAULT_CATCH_UP_CAP, DEFAULT_PRIORITY, EXPEDITED_LEAD, HIGHEST_PRIORITY, HandlerLimits,
     LOWEST_PRIORITY, LateStart, MAX_CATCH_UP, MISFIRE_GRACE, OutOfQuotaPolicy, PRIORITY_STEP, Rate, claim_key,
@@ -549,6 +549,22 @@ pub fn first_run(r: &WorkRequest, now: Millis) -> (Millis, Millis) {
     match r.periodic {
         Some(p) => (start, p.due_in_period(start)),
         None => (0, r.run_at.map_or(start, |at| at.max(now))),
+    }
+}
+
+/// When a retried task (FAILED or CANCELLED, enqueued again at `now`)
+/// runs: `(period_start, next_run_at)`. One-off and processing work: now.
+/// Periodic work resumes its schedule from now, as if enqueued now: a new
+/// period starts now (due in its flex window), a cron task waits for its
+/// next fire after now.
+pub fn resume_schedule(t: &TaskInfo, now: Millis) -> (Millis, Millis) {
+    if let Some(c) = &t.cron {
+        let fire = c.next_after(now).unwrap_or(Millis::MAX / 2);
+        return (fire, fire);
+    }
+    match t.periodic {
+        Some(p) => (now, p.due_in_period(now)),
+        None => (0, now),
     }
 }
 

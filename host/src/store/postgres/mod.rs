@@ -30,8 +30,8 @@ use crate::kv::KvStore;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
 use crate::store::{
-    Change, Claimed, ClockJump, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, Query, Selector, StoreFuture,
-    TaskStore,
+    Change, Claimed, ClockJump, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity, HostInfo, Query, Selector,
+    StoreFuture, TaskStore,
 };
 use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -437,6 +437,130 @@ impl TaskStore for PgStore {
             }
             .await)
             .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn cancel_matching(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let changes = ops::cancel_matching_in(&tx, &query, now).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "cancel").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn retry(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let changes = ops::retry_in(&tx, &query, now).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "retry").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn run_now(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let changes = ops::run_now_in(&tx, &query, now).await?;
+                if !changes.is_empty() {
+                    ops::notify(&tx, "due").await?;
+                }
+                Ok::<_, Fail>(changes)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn delete(&self, query: Query) -> StoreFuture<'_, Result<Vec<TaskId>, StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let ids = ops::delete_in(&tx, &query).await?;
+                if !ids.is_empty() {
+                    ops::notify(&tx, "delete").await?;
+                }
+                Ok::<_, Fail>(ids)
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn set_handler_paused(&self, handler: String, paused: bool) -> StoreFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            in_tx!(self, |tx| async {
+                let statement = if paused {
+                    sql::PAUSE_HANDLER
+                } else {
+                    sql::RESUME_HANDLER
+                };
+                tx.execute(statement, &[&handler]).await?;
+                ops::notify(&tx, if paused { "pause-handler" } else { "resume-handler" }).await?;
+                Ok::<_, Fail>(())
+            }
+            .await)
+            .map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn paused_handlers(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                client
+                    .query(sql::PAUSED_HANDLERS, &[])
+                    .await?
+                    .iter()
+                    .map(|r| Ok(r.try_get(0)?))
+                    .collect::<Result<Vec<String>, Fail>>()
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn count_by_handler(&self) -> StoreFuture<'_, Result<HandlerCounts, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                let mut out: HandlerCounts = HashMap::new();
+                for row in client.query(sql::COUNT_BY_HANDLER, &[]).await? {
+                    let handler: String = row.try_get(0)?;
+                    let state: String = row.try_get(1)?;
+                    let n: i64 = row.try_get(2)?;
+                    if let Some(state) = TaskState::parse(&state) {
+                        out.entry(handler)
+                            .or_default()
+                            .insert(state, usize::try_from(n).unwrap_or(0));
+                    }
+                }
+                Ok::<_, Fail>(out)
+            };
+            read.await.map_err(|f| self.store_error(f))
+        })
+    }
+
+    fn pins_in_use(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let read = async {
+                let client = self.client().await?;
+                client
+                    .query(sql::PINS_IN_USE, &[])
+                    .await?
+                    .iter()
+                    .map(|r| Ok(r.try_get(0)?))
+                    .collect::<Result<Vec<String>, Fail>>()
+            };
+            read.await.map_err(|f| self.store_error(f))
         })
     }
 

@@ -19,6 +19,7 @@ use crate::work::{
 
 use super::rows::{Fail, data_column, lease_param, task_from_row};
 use super::sql;
+use crate::store::plan::{RetryNode, cause, plan_retry};
 
 /// Most tasks one prune transaction deletes.
 pub(super) const PRUNE_BATCH: i64 = 5000;
@@ -391,8 +392,7 @@ async fn try_release(tx: &Tx<'_>, child: TaskId, now: Millis, changes: &mut Vec<
     for (parent, state, _) in &parents {
         let state = TaskState::parse(state);
         if let Some(s @ (TaskState::Failed | TaskState::Cancelled)) = state {
-            let error = (s == TaskState::Failed).then(|| format!("task {parent} that this task runs after failed"));
-            set_state(tx, child, s, error.as_deref(), now).await?;
+            set_state(tx, child, s, Some(&cause(*parent, s)), now).await?;
             changes.push(Change { id: child, state: s });
             propagate(tx, &[child], s, now, changes).await?;
             return Ok(s);
@@ -670,18 +670,182 @@ pub(super) async fn get_in(tx: &Tx<'_>, id: TaskId) -> Result<Option<TaskInfo>, 
     Ok(Some(info))
 }
 
-/// Tasks matching `q`, by id.
+/// The values of `task_filter!`'s `$1..$6` for `q`'s filter fields.
+struct Filter {
+    state: Option<&'static str>,
+    tag: Option<String>,
+    unique_name: Option<String>,
+    ids: Option<Vec<TaskId>>,
+    handler: Option<String>,
+    search: Option<String>,
+}
+
+impl Filter {
+    fn of(q: &Query) -> Filter {
+        Filter {
+            state: q.state.map(|s| s.as_str()),
+            tag: q.tag.clone(),
+            unique_name: q.unique_name.clone(),
+            ids: q.ids.clone(),
+            handler: q.handler.clone(),
+            search: q.search_pattern(),
+        }
+    }
+
+    /// `$1..$6`, then `more`.
+    fn params<'a>(&'a self, more: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut all: Vec<&'a (dyn ToSql + Sync)> = vec![
+            &self.state,
+            &self.tag,
+            &self.unique_name,
+            &self.ids,
+            &self.handler,
+            &self.search,
+        ];
+        all.extend_from_slice(more);
+        all
+    }
+}
+
+/// Tasks matching `q`, by id (newest first if it says so).
 pub(super) async fn query_in(client: &impl GenericClient, q: &Query) -> Result<Vec<TaskInfo>, Fail> {
-    let state = q.state.map(|s| s.as_str());
-    let ids: Option<Vec<TaskId>> = q.ids.clone();
+    let filter = Filter::of(q);
     let limit: Option<i64> = q.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
-    let stmt = client.prepare_cached(sql::QUERY).await?;
+    let stmt = client
+        .prepare_cached(if q.newest_first { sql::QUERY_NEWEST } else { sql::QUERY })
+        .await?;
     client
-        .query(&stmt, &[&state, &q.tag, &q.unique_name, &ids, &q.after_id, &limit])
+        .query(&stmt, &filter.params(&[&q.after_id, &q.before_id, &limit]))
         .await?
         .iter()
         .map(|r| task_from_row(r).map(|(i, _)| i))
         .collect()
+}
+
+/// The ids of the tasks `q`'s filter fields match in one of `states`.
+async fn matching(tx: &Tx<'_>, q: &Query, states: &[&str]) -> Result<Vec<TaskId>, Fail> {
+    let filter = Filter::of(q);
+    let states: Vec<&str> = states.to_vec();
+    rows(tx, sql::MATCHING, &filter.params(&[&states]))
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get(0)?))
+        .collect()
+}
+
+/// Cancels the unfinished tasks `q` matches, and their dependents.
+pub(super) async fn cancel_matching_in(tx: &Tx<'_>, q: &Query, now: Millis) -> Result<Vec<Change>, Fail> {
+    let ids = matching(tx, q, &["enqueued", "running", "blocked"]).await?;
+    let mut changes = Vec::new();
+    cancel_ids(tx, &ids, now, &mut changes).await?;
+    Ok(changes)
+}
+
+/// See `TaskStore::retry`: reads the tasks concerned a level of the chain
+/// at a time, asks [`plan_retry`], and applies its plan in one statement.
+pub(super) async fn retry_in(tx: &Tx<'_>, q: &Query, now: Millis) -> Result<Vec<Change>, Fail> {
+    let seeds = matching(tx, q, &["failed", "cancelled"]).await?;
+    let mut nodes: std::collections::HashMap<TaskId, RetryNode> = std::collections::HashMap::new();
+    let mut todo = seeds.clone();
+    while !todo.is_empty() {
+        todo.sort_unstable();
+        todo.dedup();
+        todo.retain(|id| !nodes.contains_key(id));
+        let mut next = Vec::new();
+        for row in rows(tx, sql::RETRY_NODES, &[&todo]).await? {
+            let id: TaskId = row.try_get("id")?;
+            let state = |s: &str| TaskState::parse(s).unwrap_or(TaskState::Failed);
+            let parents: Vec<TaskId> = row.try_get("parents")?;
+            let parent_states: Vec<String> = row.try_get("parent_states")?;
+            let children: Vec<TaskId> = row.try_get("children")?;
+            let child_states: Vec<String> = row.try_get("child_states")?;
+            let child_errors: Vec<Option<String>> = row.try_get("child_errors")?;
+            let ended_by_it: Vec<TaskId> = children
+                .iter()
+                .zip(&child_states)
+                .zip(&child_errors)
+                .filter(|((_, s), e)| e.as_deref() == Some(cause(id, state(s)).as_str()))
+                .map(|((c, _), _)| *c)
+                .collect();
+            next.extend(ended_by_it.iter().copied());
+            let node = RetryNode {
+                state: state(&row.try_get::<_, String>("state")?),
+                parents: parents
+                    .into_iter()
+                    .zip(parent_states.iter().map(|s| state(s)))
+                    .collect(),
+                ended_by_it,
+            };
+            nodes.insert(id, node);
+        }
+        todo = next;
+    }
+    let plan = plan_retry(&seeds, &nodes);
+    if plan.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<TaskId> = plan.iter().map(|(id, _)| *id).collect();
+    let infos = query_in(
+        tx,
+        &Query {
+            ids: Some(ids.clone()),
+            ..Query::default()
+        },
+    )
+    .await?;
+    let (mut states, mut due, mut starts) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, state) in &plan {
+        let (start, next) = infos
+            .iter()
+            .find(|t| t.id == *id)
+            .map_or((0, now), |t| crate::work::resume_schedule(t, now));
+        states.push(state.as_str());
+        due.push(next);
+        starts.push(start);
+    }
+    let mut changes: Vec<Change> = rows(tx, sql::RETRY, &[&ids, &states, &due, &starts])
+        .await?
+        .iter()
+        .map(|r| {
+            let state: String = r.try_get(1)?;
+            Ok(Change {
+                id: r.try_get(0)?,
+                state: TaskState::parse(&state).unwrap_or(TaskState::Enqueued),
+            })
+        })
+        .collect::<Result<_, Fail>>()?;
+    changes.sort_by_key(|c| c.id);
+    Ok(changes)
+}
+
+/// See `TaskStore::run_now`.
+pub(super) async fn run_now_in(tx: &Tx<'_>, q: &Query, now: Millis) -> Result<Vec<Change>, Fail> {
+    let filter = Filter::of(q);
+    let mut ids: Vec<TaskId> = rows(tx, sql::RUN_NOW, &filter.params(&[&now]))
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    Ok(ids
+        .into_iter()
+        .map(|id| Change {
+            id,
+            state: TaskState::Enqueued,
+        })
+        .collect())
+}
+
+/// See `TaskStore::delete`.
+pub(super) async fn delete_in(tx: &Tx<'_>, q: &Query) -> Result<Vec<TaskId>, Fail> {
+    let filter = Filter::of(q);
+    let mut ids: Vec<TaskId> = rows(tx, sql::DELETE_TASKS, &filter.params(&[]))
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 // ---------------------------------------------------------------------------

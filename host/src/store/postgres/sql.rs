@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001.sql"),
     include_str!("migrations/0002.sql"),
     include_str!("migrations/0003.sql"),
+    include_str!("migrations/0004.sql"),
 ];
 
 /// The schema version this build writes: a store at a higher one is
@@ -46,7 +47,8 @@ macro_rules! channel {
 /// The LISTEN/NOTIFY channel every host listens on. Payloads are small
 /// JSON objects naming what changed: `{"k":"enq","handler":…,"due":…}`,
 /// `{"k":"cancel","ids":[…]}`, `{"k":"pause"}`, `{"k":"resume"}`,
-/// `{"k":"rescued"}`. A notification is delivered only after its
+/// `{"k":"rescued"}`, `{"k":"retry"}`, `{"k":"due"}`, `{"k":"delete"}`,
+/// `{"k":"pause-handler"}`, `{"k":"resume-handler"}`. A notification is delivered only after its
 /// transaction commits, so it doubles as the store's change counter: a
 /// host counts what its listener hears.
 pub const CHANNEL: &str = channel!();
@@ -80,6 +82,26 @@ macro_rules! task_columns {
          ARRAY(SELECT g.tag FROM workhost.tags g WHERE g.task_id = t.id ORDER BY g.tag) AS tags, \
          ARRAY(SELECT d.parent FROM workhost.deps d WHERE d.child = t.id ORDER BY d.parent) AS after, \
          t.lease"
+    };
+}
+
+/// The condition on task rows `t` of a `Query`'s filter fields; a NULL
+/// parameter matches everything: `$1` `Option<&str>` state, `$2`
+/// `Option<&str>` tag, `$3` `Option<&str>` unique name, `$4`
+/// `Option<Vec<i64>>` ids, `$5` `Option<&str>` handler, `$6`
+/// `Option<&str>` search (a `LIKE` pattern, `\` escaping; matched in any
+/// case against the id as text, handler, task name, unique name, tags,
+/// input and error).
+macro_rules! task_filter {
+    () => {
+        "($1::text IS NULL OR t.state = $1)
+  AND ($2::text IS NULL OR t.id IN (SELECT task_id FROM workhost.tags WHERE tag = $2))
+  AND ($3::text IS NULL OR t.unique_name = $3)
+  AND ($4::bigint[] IS NULL OR t.id = ANY($4))
+  AND ($5::text IS NULL OR t.handler = $5)
+  AND ($6::text IS NULL OR t.id::text ILIKE $6 OR t.handler ILIKE $6 OR t.task ILIKE $6 OR t.unique_name ILIKE $6
+       OR t.input ILIKE $6 OR t.error ILIKE $6
+       OR EXISTS (SELECT 1 FROM workhost.tags g WHERE g.task_id = t.id AND g.tag ILIKE $6))"
     };
 }
 
@@ -243,8 +265,8 @@ pub const NOTIFY: &str = concat!("SELECT pg_notify('", channel!(), "', $1)");
 /// `device_filter!`), at most its free slots, taken round by round
 /// (every handler's first before any handler's second; oldest due first
 /// within a round) up to `$10` in all. Rows another claimer holds are
-/// skipped, not waited for (`FOR UPDATE SKIP LOCKED`). Nothing while the
-/// store is paused or the host's lease has expired (its row is held `FOR
+/// skipped, not waited for (`FOR UPDATE SKIP LOCKED`). Nothing of a paused
+/// handler; nothing at all while the store is paused or the host's lease has expired (its row is held `FOR
 /// KEY SHARE`, so a claim and the reaper of that host serialize). The
 /// same statement counts the attempt, takes the next lease from
 /// `lease_seq`, records host, incarnation and deadline, and opens the
@@ -271,6 +293,7 @@ want AS MATERIALIZED (
     WHERE w.slots > 0
       AND EXISTS (SELECT 1 FROM live)
       AND NOT EXISTS (SELECT 1 FROM workhost.meta WHERE key = 'paused' AND value = '1')
+      AND NOT EXISTS (SELECT 1 FROM workhost.paused_handlers p WHERE p.handler = w.handler)
 ),
 candidates AS (
     SELECT c.id, c.key, w.budget_ms,
@@ -315,8 +338,9 @@ ORDER BY t.round, t.key, t.id"
 );
 
 /// The earliest due time of ENQUEUED work of some handlers whose
-/// constraints hold (`$1..$5`): one index probe per handler. `$6`
-/// `text[]`: the handlers. Returns `due` (`Option<i64>`).
+/// constraints hold (`$1..$5`): one index probe per handler, none for a
+/// paused handler (whose work the claim leaves). `$6` `text[]`: the
+/// handlers. Returns `due` (`Option<i64>`).
 pub const NEXT_DUE: &str = concat!(
     "SELECT min(d.next_run_at) AS due
 FROM unnest($6::text[]) AS h(handler) CROSS JOIN LATERAL (
@@ -325,11 +349,12 @@ FROM unnest($6::text[]) AS h(handler) CROSS JOIN LATERAL (
     device_filter!(),
     "
     ORDER BY t.next_run_at LIMIT 1
-) d"
+) d
+WHERE NOT EXISTS (SELECT 1 FROM workhost.paused_handlers p WHERE p.handler = h.handler)"
 );
 
-/// Due ENQUEUED work whose handler is none of `$1` (`text[]`), per
-/// handler, at `$2` (`i64` now): `handler`, `due` (`i64`), `first` (`i64`,
+/// Due ENQUEUED work whose handler is none of `$1` (`text[]`) and is not
+/// paused, per handler, at `$2` (`i64` now): `handler`, `due` (`i64`), `first` (`i64`,
 /// the oldest). Walks the distinct handlers with one index probe each
 /// (a skip scan), never the backlog.
 pub const WAITING_FOR_HANDLER: &str = "\
@@ -346,6 +371,7 @@ FROM h CROSS JOIN LATERAL (
     WHERE t.state = 'enqueued' AND t.handler = h.name AND t.next_run_at <= $2
 ) c
 WHERE h.name IS NOT NULL AND h.name <> ALL($1::text[]) AND c.due > 0
+  AND NOT EXISTS (SELECT 1 FROM workhost.paused_handlers p WHERE p.handler = h.name)
 ORDER BY h.name";
 
 // ---------------------------------------------------------------------------
@@ -473,7 +499,9 @@ pub const SET_STATE: &str = concat!(
 /// transitively, through unfinished tasks only: `$2` `text` the state
 /// (`failed` or `cancelled`), `$3` `i64` now. A failed dependent's error
 /// names the parent it was reached through (the nearest, then the lowest
-/// id). Locks them in id order (no deadlock with another propagation).
+/// id), and so does a cancelled one's: the text of `store::plan::cause`,
+/// which a retry of that parent reads. Locks them in id order (no deadlock
+/// with another propagation).
 /// Returns `id`, `state` of each task changed, by id.
 pub const PROPAGATE: &str = concat!(
     "WITH RECURSIVE down(id, parent, depth) AS (
@@ -498,7 +526,8 @@ locked AS (
 )
 UPDATE workhost.tasks t
 SET state = $2,
-    error = CASE WHEN $2 = 'failed' THEN format('task %s that this task runs after failed', l.parent) ELSE t.error END,
+    error = CASE WHEN $2 = 'failed' THEN format('task %s that this task runs after failed', l.parent)
+                 ELSE format('task %s that this task runs after was cancelled', l.parent) END,
     finished_at = $3, ",
     no_lease!(),
     "
@@ -579,22 +608,145 @@ SELECT run_attempt, started_at, ended_at, outcome, stop_reason, error, fuel, pea
     component, contract
 FROM workhost.attempts WHERE task_id = $1 ORDER BY lease";
 
-/// Tasks matching a filter, by id: `task_columns!`. A NULL parameter
-/// matches everything: `$1` `Option<&str>` state, `$2` `Option<&str>` tag,
-/// `$3` `Option<&str>` unique name, `$4` `Option<Vec<i64>>` ids, `$5`
-/// `Option<i64>` only ids above, `$6` `Option<i64>` at most this many.
+/// Tasks matching a filter, oldest first: `task_columns!`. `$1..$6` the
+/// filter (`task_filter!`), `$7` `Option<i64>` only ids above, `$8`
+/// `Option<i64>` only ids below, `$9` `Option<i64>` at most this many.
 pub const QUERY: &str = concat!(
     "SELECT ",
     task_columns!(),
     "
 FROM workhost.tasks t
-WHERE ($1::text IS NULL OR t.state = $1)
-  AND ($2::text IS NULL OR t.id IN (SELECT task_id FROM workhost.tags WHERE tag = $2))
-  AND ($3::text IS NULL OR t.unique_name = $3)
-  AND ($4::bigint[] IS NULL OR t.id = ANY($4))
-  AND ($5::bigint IS NULL OR t.id > $5)
+WHERE ",
+    task_filter!(),
+    "
+  AND ($7::bigint IS NULL OR t.id > $7)
+  AND ($8::bigint IS NULL OR t.id < $8)
 ORDER BY t.id
-LIMIT $6::bigint"
+LIMIT $9::bigint"
+);
+
+/// [`QUERY`], newest first: a page with a limit walks the primary key (or
+/// `tasks_state`, `tasks_handler`) backwards, never sorting the table.
+pub const QUERY_NEWEST: &str = concat!(
+    "SELECT ",
+    task_columns!(),
+    "
+FROM workhost.tasks t
+WHERE ",
+    task_filter!(),
+    "
+  AND ($7::bigint IS NULL OR t.id > $7)
+  AND ($8::bigint IS NULL OR t.id < $8)
+ORDER BY t.id DESC
+LIMIT $9::bigint"
+);
+
+/// The ids of the tasks a filter matches (`$1..$6`, `task_filter!`) whose
+/// state is one of `$7` (`text[]`), by id: what a bulk cancel or retry
+/// acts on.
+pub const MATCHING: &str = concat!(
+    "SELECT t.id FROM workhost.tasks t WHERE ",
+    task_filter!(),
+    "
+  AND t.state = ANY($7::text[])
+ORDER BY t.id"
+);
+
+/// What a retry reads of tasks `$1` (`bigint[]`): `id`, `state`, `parents`
+/// (`bigint[]`) with `parent_states` (`text[]`, same order), and the
+/// FAILED or CANCELLED dependents `children` (`bigint[]`) with
+/// `child_states` (`text[]`) and `child_errors` (`text[]`, NULL elements):
+/// the caller keeps those whose error names the task as their cause.
+pub const RETRY_NODES: &str = "\
+SELECT t.id, t.state,
+    ARRAY(SELECT p.id FROM workhost.deps d JOIN workhost.tasks p ON p.id = d.parent
+          WHERE d.child = t.id ORDER BY p.id) AS parents,
+    ARRAY(SELECT p.state FROM workhost.deps d JOIN workhost.tasks p ON p.id = d.parent
+          WHERE d.child = t.id ORDER BY p.id) AS parent_states,
+    ARRAY(SELECT c.id FROM workhost.deps d JOIN workhost.tasks c ON c.id = d.child
+          WHERE d.parent = t.id AND c.state IN ('failed', 'cancelled') ORDER BY c.id) AS children,
+    ARRAY(SELECT c.state FROM workhost.deps d JOIN workhost.tasks c ON c.id = d.child
+          WHERE d.parent = t.id AND c.state IN ('failed', 'cancelled') ORDER BY c.id) AS child_states,
+    ARRAY(SELECT c.error FROM workhost.deps d JOIN workhost.tasks c ON c.id = d.child
+          WHERE d.parent = t.id AND c.state IN ('failed', 'cancelled') ORDER BY c.id) AS child_errors
+FROM workhost.tasks t WHERE t.id = ANY($1::bigint[])";
+
+/// Enqueues FAILED or CANCELLED tasks again (a retry's plan): `$1`
+/// `bigint[]` the tasks, `$2` `text[]` each one's new state (`enqueued`
+/// or `blocked`), `$3` `bigint[]` next_run_at, `$4` `bigint[]`
+/// period_start. The attempt count goes back to 0; finish time, error and
+/// stop reason are cleared; the attempts are kept. Locks the rows in id
+/// order. Returns `id`, `state` of each task changed.
+pub const RETRY: &str = "\
+WITH target AS (
+    SELECT t.id FROM workhost.tasks t
+    WHERE t.id = ANY($1::bigint[]) AND t.state IN ('failed', 'cancelled')
+    ORDER BY t.id FOR UPDATE
+)
+UPDATE workhost.tasks t
+SET state = u.state, attempts = 0, next_run_at = u.next_run_at, period_start = u.period_start,
+    finished_at = NULL, error = NULL, stop_reason = NULL
+FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, state, next_run_at, period_start)
+WHERE t.id = u.id AND t.id IN (SELECT id FROM target)
+RETURNING t.id, t.state";
+
+/// Makes the ENQUEUED tasks a filter matches (`$1..$6`, `task_filter!`)
+/// that are due after `$7` (`i64` now) due at `$7`; a cron task keeps its
+/// period start, the fire the run stands for. Returns `id`.
+pub const RUN_NOW: &str = concat!(
+    "UPDATE workhost.tasks t SET next_run_at = $7 WHERE ",
+    task_filter!(),
+    "
+  AND t.state = 'enqueued' AND t.next_run_at > $7::bigint
+RETURNING t.id"
+);
+
+/// Deletes the finished tasks a filter matches (`$1..$6`,
+/// `task_filter!`), with their tags, attempts and dependencies, keeping
+/// (as [`PRUNE`]) a finished task that unfinished work runs after, and
+/// skipping rows another transaction holds. Returns `id` of each task
+/// deleted.
+pub const DELETE_TASKS: &str = concat!(
+    "WITH doomed AS (
+    SELECT t.id FROM workhost.tasks t
+    WHERE ",
+    task_filter!(),
+    "
+      AND t.state IN ('succeeded', 'failed', 'cancelled')
+      AND NOT EXISTS (SELECT 1 FROM workhost.deps d JOIN workhost.tasks c ON c.id = d.child
+                      WHERE d.parent = t.id AND c.state IN ",
+    unfinished!(),
+    ")
+    ORDER BY t.id
+    FOR UPDATE OF t SKIP LOCKED
+),
+tags AS (DELETE FROM workhost.tags WHERE task_id IN (SELECT id FROM doomed)),
+attempts AS (DELETE FROM workhost.attempts WHERE task_id IN (SELECT id FROM doomed)),
+deps AS (DELETE FROM workhost.deps WHERE parent IN (SELECT id FROM doomed) OR child IN (SELECT id FROM doomed))
+DELETE FROM workhost.tasks WHERE id IN (SELECT id FROM doomed) RETURNING id"
+);
+
+/// Pauses a handler: `$1` `text`.
+pub const PAUSE_HANDLER: &str =
+    "INSERT INTO workhost.paused_handlers (handler) VALUES ($1) ON CONFLICT (handler) DO NOTHING";
+
+/// Resumes a handler: `$1` `text`.
+pub const RESUME_HANDLER: &str = "DELETE FROM workhost.paused_handlers WHERE handler = $1";
+
+/// The paused handlers: `handler`, sorted.
+pub const PAUSED_HANDLERS: &str = "SELECT handler FROM workhost.paused_handlers ORDER BY handler";
+
+/// How many tasks each handler has in each state: `handler`, `state`,
+/// `count` (`i64`). A scan: for dashboards and the CLI.
+pub const COUNT_BY_HANDLER: &str =
+    "SELECT handler, state, count(*) AS count FROM workhost.tasks GROUP BY handler, state";
+
+/// The distinct pins of unfinished work: `pin`. Reads the partial index
+/// `tasks_pin` (pinned tasks only).
+pub const PINS_IN_USE: &str = concat!(
+    "SELECT DISTINCT pin FROM workhost.tasks WHERE pin IS NOT NULL AND state IN ",
+    unfinished!(),
+    " ORDER BY pin"
 );
 
 /// The highest task id so far (0 when empty): `id`. Ids come from a
@@ -873,6 +1025,17 @@ pub const ALL: &[(&str, &str)] = &[
     ("GET_TASK", GET_TASK),
     ("GET_ATTEMPTS", GET_ATTEMPTS),
     ("QUERY", QUERY),
+    ("QUERY_NEWEST", QUERY_NEWEST),
+    ("MATCHING", MATCHING),
+    ("RETRY_NODES", RETRY_NODES),
+    ("RETRY", RETRY),
+    ("RUN_NOW", RUN_NOW),
+    ("DELETE_TASKS", DELETE_TASKS),
+    ("PAUSE_HANDLER", PAUSE_HANDLER),
+    ("RESUME_HANDLER", RESUME_HANDLER),
+    ("PAUSED_HANDLERS", PAUSED_HANDLERS),
+    ("COUNT_BY_HANDLER", COUNT_BY_HANDLER),
+    ("PINS_IN_USE", PINS_IN_USE),
     ("LAST_ID", LAST_ID),
     ("COUNT_BY_STATE", COUNT_BY_STATE),
     ("OLDEST_FINISHED", OLDEST_FINISHED),

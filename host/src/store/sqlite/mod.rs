@@ -28,8 +28,8 @@ use crate::kv::KvStore;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
 use crate::store::{
-    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerWait, HostIdentity, HostInfo, Query, Selector,
-    StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity, HostInfo, Query,
+    Selector, StoreFuture, TaskStore,
 };
 use crate::work::{Enqueued, HandlerLimits, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -433,6 +433,38 @@ impl TaskStore for SqliteStore {
         self.write_sql(move |conn| cancel_in(conn, &selector, now))
     }
 
+    fn cancel_matching(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.write_sql(move |conn| cancel_matching_in(conn, &query, now))
+    }
+
+    fn retry(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.write_sql(move |conn| retry_in(conn, &query, now))
+    }
+
+    fn run_now(&self, query: Query, now: Millis) -> StoreFuture<'_, Result<Vec<Change>, StoreError>> {
+        self.write_sql(move |conn| run_now_in(conn, &query, now))
+    }
+
+    fn delete(&self, query: Query) -> StoreFuture<'_, Result<Vec<TaskId>, StoreError>> {
+        self.write_sql(move |conn| delete_in(conn, &query))
+    }
+
+    fn set_handler_paused(&self, handler: String, paused: bool) -> StoreFuture<'_, Result<(), StoreError>> {
+        self.write_sql(move |conn| set_handler_paused_in(conn, &handler, paused))
+    }
+
+    fn paused_handlers(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>> {
+        self.read_async(paused_handlers_in)
+    }
+
+    fn count_by_handler(&self) -> StoreFuture<'_, Result<HandlerCounts, StoreError>> {
+        self.read_async(count_by_handler_in)
+    }
+
+    fn pins_in_use(&self) -> StoreFuture<'_, Result<Vec<String>, StoreError>> {
+        self.read_async(pins_in_use_in)
+    }
+
     fn cancel_because(
         &self,
         ids: Vec<TaskId>,
@@ -638,6 +670,48 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A newest-first page by state or by handler walks an index from its
+    /// end: SQLite never sorts the table for it.
+    #[test]
+    fn newest_first_pages_read_an_index_without_sorting() {
+        let dir = tempfile_dir("plan");
+        let store = SqliteStore::open(&dir).unwrap();
+        for q in [
+            Query {
+                state: Some(TaskState::Failed),
+                ..Query::default()
+            },
+            Query {
+                handler: Some("h".into()),
+                ..Query::default()
+            },
+            Query::default(),
+        ] {
+            let (sql, args) = query_sql(&Query {
+                newest_first: true,
+                before_id: Some(1000),
+                limit: Some(50),
+                ..q
+            });
+            let plan: Vec<String> = store
+                .read(|c| {
+                    c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get::<_, String>(3))?
+                        .collect()
+                })
+                .unwrap();
+            assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{sql}: {plan:?}");
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir(what: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("workhost-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
     #[tokio::test]
     async fn a_version_1_database_is_migrated_in_place_keeping_its_tasks() {
         let dir = std::env::temp_dir().join(format!("workhost-migrate-{}", std::process::id()));
@@ -658,7 +732,8 @@ mod tests {
                 .unwrap();
         }
         conn.execute_batch(
-            "ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts; \
+            "DROP INDEX tasks_handler; DROP INDEX tasks_state; DROP INDEX tasks_pin; DROP TABLE paused_handlers; \
+             ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts; \
              DROP INDEX tasks_claim; DROP INDEX tasks_expedited; DROP TABLE starts; \
              ALTER TABLE tasks DROP COLUMN priority; ALTER TABLE tasks DROP COLUMN expedited; \
              ALTER TABLE tasks DROP COLUMN cron; ALTER TABLE tasks DROP COLUMN pin; \

@@ -10,7 +10,9 @@ use crate::data::Data;
 use crate::device::DeviceState;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
-use crate::store::{Change, Claimed, ClockJump, HandlerWait, HostInfo, PERIODIC_ATTEMPTS_KEPT, Query, Selector};
+use crate::store::{
+    Change, Claimed, ClockJump, HandlerCounts, HandlerWait, HostInfo, PERIODIC_ATTEMPTS_KEPT, Query, Selector,
+};
 use crate::work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, Enqueued, ExistingWorkPolicy, Millis, Periodic, Rate, TaskId,
     TaskInfo, TaskState, WorkError, WorkRequest,
@@ -18,6 +20,7 @@ use crate::work::{
 
 use super::schema::claim_key;
 use super::{Fail, damaged};
+use crate::store::plan::{RetryNode, cause, plan_retry};
 
 /// A value of the `settings` table, shared by every process on the store.
 pub(super) fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
@@ -147,7 +150,8 @@ pub(super) fn set_state(
     Ok(())
 }
 
-/// Fails or cancels every unfinished dependent of `id`, transitively.
+/// Fails or cancels every unfinished dependent of `id`, transitively;
+/// each records its cause ([`cause`]), which a retry of it reads.
 pub(super) fn propagate(
     conn: &Connection,
     id: TaskId,
@@ -165,8 +169,7 @@ pub(super) fn propagate(
             .query_map([parent], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         for child in children {
-            let error = (state == TaskState::Failed).then(|| format!("task {parent} that this task runs after failed"));
-            set_state(conn, child, state, error.as_deref(), now)?;
+            set_state(conn, child, state, Some(&cause(parent, state)), now)?;
             changes.push(Change { id: child, state });
             stack.push(child);
         }
@@ -205,8 +208,7 @@ pub(super) fn try_release(
         let state = TaskState::parse(state);
         if matches!(state, Some(TaskState::Failed) | Some(TaskState::Cancelled)) {
             let s = state.expect("matched");
-            let error = (s == TaskState::Failed).then(|| format!("task {parent} that this task runs after failed"));
-            set_state(conn, child, s, error.as_deref(), now)?;
+            set_state(conn, child, s, Some(&cause(*parent, s)), now)?;
             changes.push(Change { id: child, state: s });
             propagate(conn, child, s, now, changes)?;
             return Ok(s);
@@ -526,6 +528,7 @@ pub(super) fn claim_in(
     if setting(conn, "paused")?.as_deref() == Some("1") {
         return Ok(Vec::new());
     }
+    let paused = paused_handlers_in(conn)?;
     // Each handler's first due tasks in claim order (expedited, then due
     // time aged by priority: see `claim_key`), as many as it has free
     // slots and its rate allows, then round by round: every handler's
@@ -539,7 +542,10 @@ pub(super) fn claim_in(
         key = claim_key!(),
     );
     let key_bound = crate::work::claim_key(now, crate::work::LOWEST_PRIORITY, false);
-    let mut handlers: Vec<(&String, &usize)> = free.iter().filter(|(_, slots)| **slots > 0).collect();
+    let mut handlers: Vec<(&String, &usize)> = free
+        .iter()
+        .filter(|(h, slots)| **slots > 0 && !paused.contains(h))
+        .collect();
     handlers.sort();
     let mut candidates: Vec<(usize, Millis, TaskId, Option<&String>)> = Vec::new();
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -809,36 +815,67 @@ pub(super) fn get_in(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<T
     Ok(Some(info))
 }
 
-/// Tasks matching `q`, with tags and dependencies, oldest first.
-pub(super) fn query_in(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<TaskInfo>> {
-    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE 1 = 1");
-    let mut args: Vec<String> = Vec::new();
+/// The condition on `tasks t` of `q`'s filter fields (not its paging
+/// fields), its values appended to `args` (numbered on from them).
+pub(super) fn filter_sql(q: &Query, args: &mut Vec<String>) -> String {
+    fn arg(args: &mut Vec<String>, value: String) -> String {
+        args.push(value);
+        format!("?{}", args.len())
+    }
+    let mut sql = String::from("1 = 1");
     if let Some(state) = q.state {
-        args.push(state.as_str().to_string());
-        sql.push_str(&format!(" AND t.state = ?{}", args.len()));
+        sql.push_str(&format!(" AND t.state = {}", arg(args, state.as_str().into())));
     }
     if let Some(tag) = &q.tag {
-        args.push(tag.clone());
         sql.push_str(&format!(
-            " AND t.id IN (SELECT task_id FROM tags WHERE tag = ?{})",
-            args.len()
+            " AND t.id IN (SELECT task_id FROM tags WHERE tag = {})",
+            arg(args, tag.clone())
         ));
     }
     if let Some(name) = &q.unique_name {
-        args.push(name.clone());
-        sql.push_str(&format!(" AND t.unique_name = ?{}", args.len()));
+        sql.push_str(&format!(" AND t.unique_name = {}", arg(args, name.clone())));
+    }
+    if let Some(handler) = &q.handler {
+        sql.push_str(&format!(" AND t.handler = {}", arg(args, handler.clone())));
     }
     if let Some(ids) = &q.ids {
         let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         sql.push_str(&format!(" AND t.id IN ({})", list.join(",")));
     }
-    if let Some(after) = q.after_id {
-        sql.push_str(&format!(" AND t.id > {after}"));
+    if let Some(pattern) = q.search_pattern() {
+        let p = arg(args, pattern);
+        let like = |column: &str| format!("{column} LIKE {p} ESCAPE '\\'");
+        sql.push_str(&format!(
+            " AND ({} OR {} OR {} OR {} OR {} OR {} OR EXISTS (SELECT 1 FROM tags g WHERE g.task_id = t.id AND {}))",
+            like("CAST(t.id AS TEXT)"),
+            like("t.handler"),
+            like("t.task"),
+            like("t.unique_name"),
+            like("t.input"),
+            like("t.error"),
+            like("g.tag"),
+        ));
     }
-    sql.push_str(" ORDER BY t.id");
-    if let Some(limit) = q.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
-    }
+    sql
+}
+
+/// The ids of the tasks `q`'s filter fields match that also meet `and`
+/// (a condition on `tasks t`), by id.
+pub(super) fn matching_ids(conn: &Connection, q: &Query, and: &str) -> rusqlite::Result<Vec<TaskId>> {
+    let mut args = Vec::new();
+    let sql = format!(
+        "SELECT t.id FROM tasks t WHERE {} AND {and} ORDER BY t.id",
+        filter_sql(q, &mut args)
+    );
+    conn.prepare(&sql)?
+        .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(0))?
+        .collect()
+}
+
+/// Tasks matching `q`, with tags and dependencies, by id (oldest first
+/// unless `newest_first`).
+pub(super) fn query_in(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<TaskInfo>> {
+    let (sql, args) = query_sql(q);
     let mut s = conn.prepare(&sql)?;
     let mut out: Vec<TaskInfo> = s
         .query_map(rusqlite::params_from_iter(args.iter()), |r| {
@@ -849,6 +886,191 @@ pub(super) fn query_in(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<Tas
         load_tags_and_deps(conn, info)?;
     }
     Ok(out)
+}
+
+/// The statement of [`query_in`] and its values.
+pub(super) fn query_sql(q: &Query) -> (String, Vec<String>) {
+    let mut args: Vec<String> = Vec::new();
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE {}", filter_sql(q, &mut args));
+    if let Some(after) = q.after_id {
+        sql.push_str(&format!(" AND t.id > {after}"));
+    }
+    if let Some(before) = q.before_id {
+        sql.push_str(&format!(" AND t.id < {before}"));
+    }
+    sql.push_str(if q.newest_first {
+        " ORDER BY t.id DESC"
+    } else {
+        " ORDER BY t.id"
+    });
+    if let Some(limit) = q.limit {
+        sql.push_str(&format!(" LIMIT {limit}"));
+    }
+    (sql, args)
+}
+
+/// The unfinished tasks `q` matches, and their dependents, cancelled.
+pub(super) fn cancel_matching_in(conn: &Connection, q: &Query, now: Millis) -> rusqlite::Result<Vec<Change>> {
+    let ids = matching_ids(conn, q, "t.state IN ('enqueued', 'running', 'blocked')")?;
+    let mut changes = Vec::new();
+    cancel_ids(conn, &ids, now, &mut changes)?;
+    Ok(changes)
+}
+
+/// What a retry reads of task `id` (see [`plan_retry`]); `None` if there
+/// is no such task.
+fn retry_node(conn: &Connection, id: TaskId) -> rusqlite::Result<Option<RetryNode>> {
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM tasks WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(state) = state.as_deref().and_then(TaskState::parse) else {
+        return Ok(None);
+    };
+    let states = |rows: Vec<(TaskId, String, Option<String>)>| -> Vec<(TaskId, TaskState, Option<String>)> {
+        rows.into_iter()
+            .filter_map(|(id, s, e)| TaskState::parse(&s).map(|s| (id, s, e)))
+            .collect()
+    };
+    let parents = conn
+        .prepare_cached("SELECT t.id, t.state, NULL FROM deps d JOIN tasks t ON t.id = d.parent WHERE d.child = ?1")?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    let children = conn
+        .prepare_cached(
+            "SELECT t.id, t.state, t.error FROM deps d JOIN tasks t ON t.id = d.child \
+             WHERE d.parent = ?1 AND t.state IN ('failed', 'cancelled')",
+        )?
+        .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(Some(RetryNode {
+        state,
+        parents: states(parents).into_iter().map(|(p, s, _)| (p, s)).collect(),
+        ended_by_it: states(children)
+            .into_iter()
+            .filter(|(_, s, e)| e.as_deref() == Some(cause(id, *s).as_str()))
+            .map(|(c, _, _)| c)
+            .collect(),
+    }))
+}
+
+/// See [`TaskStore::retry`]: the backend-neutral plan ([`plan_retry`])
+/// over what this transaction reads, applied.
+pub(super) fn retry_in(conn: &Connection, q: &Query, now: Millis) -> rusqlite::Result<Vec<Change>> {
+    let seeds = matching_ids(conn, q, "t.state IN ('failed', 'cancelled')")?;
+    let mut nodes: HashMap<TaskId, RetryNode> = HashMap::new();
+    let mut todo = seeds.clone();
+    while let Some(id) = todo.pop() {
+        if nodes.contains_key(&id) {
+            continue;
+        }
+        if let Some(node) = retry_node(conn, id)? {
+            todo.extend(node.ended_by_it.iter().copied());
+            nodes.insert(id, node);
+        }
+    }
+    let mut changes = Vec::new();
+    for (id, state) in plan_retry(&seeds, &nodes) {
+        let Some((info, _)) = load_task(conn, id)? else {
+            continue;
+        };
+        let (period_start, next_run_at) = crate::work::resume_schedule(&info, now);
+        let n = conn
+            .prepare_cached(
+                "UPDATE tasks SET state = ?2, attempts = 0, next_run_at = ?3, period_start = ?4, finished_at = NULL, \
+                 error = NULL, stop_reason = NULL WHERE id = ?1 AND state IN ('failed', 'cancelled')",
+            )?
+            .execute(params![id, state.as_str(), next_run_at, period_start])?;
+        if n == 1 {
+            changes.push(Change { id, state });
+        }
+    }
+    Ok(changes)
+}
+
+/// See [`TaskStore::run_now`].
+pub(super) fn run_now_in(conn: &Connection, q: &Query, now: Millis) -> rusqlite::Result<Vec<Change>> {
+    let ids = matching_ids(conn, q, &format!("t.state = 'enqueued' AND t.next_run_at > {now}"))?;
+    let mut update = conn.prepare_cached("UPDATE tasks SET next_run_at = ?2 WHERE id = ?1")?;
+    for id in &ids {
+        update.execute(params![id, now])?;
+    }
+    Ok(ids
+        .into_iter()
+        .map(|id| Change {
+            id,
+            state: TaskState::Enqueued,
+        })
+        .collect())
+}
+
+/// See [`TaskStore::delete`]: finished tasks no unfinished task runs
+/// after, with their rows (as [`prune_in`]).
+pub(super) fn delete_in(conn: &Connection, q: &Query) -> rusqlite::Result<Vec<TaskId>> {
+    let ids = matching_ids(
+        conn,
+        q,
+        "t.state IN ('succeeded', 'failed', 'cancelled') AND NOT EXISTS (SELECT 1 FROM deps d \
+         JOIN tasks c ON c.id = d.child WHERE d.parent = t.id AND c.state IN ('enqueued', 'blocked', 'running'))",
+    )?;
+    for statement in [
+        "DELETE FROM tags WHERE task_id = ?1",
+        "DELETE FROM attempts WHERE task_id = ?1",
+        "DELETE FROM deps WHERE parent = ?1 OR child = ?1",
+        "DELETE FROM tasks WHERE id = ?1",
+    ] {
+        let mut s = conn.prepare_cached(statement)?;
+        for id in &ids {
+            s.execute([id])?;
+        }
+    }
+    Ok(ids)
+}
+
+/// The paused handlers, sorted.
+pub(super) fn paused_handlers_in(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached("SELECT handler FROM paused_handlers ORDER BY handler")?
+        .query_map([], |r| r.get(0))?
+        .collect()
+}
+
+/// Pauses or resumes `handler`.
+pub(super) fn set_handler_paused_in(conn: &Connection, handler: &str, paused: bool) -> rusqlite::Result<()> {
+    let sql = if paused {
+        "INSERT OR IGNORE INTO paused_handlers (handler) VALUES (?1)"
+    } else {
+        "DELETE FROM paused_handlers WHERE handler = ?1"
+    };
+    conn.prepare_cached(sql)?.execute([handler])?;
+    Ok(())
+}
+
+/// How many tasks each handler has in each state.
+pub(super) fn count_by_handler_in(conn: &Connection) -> rusqlite::Result<HandlerCounts> {
+    let mut s = conn.prepare_cached("SELECT handler, state, count(*) FROM tasks GROUP BY handler, state")?;
+    let rows = s.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    let mut out: HandlerCounts = HashMap::new();
+    for row in rows {
+        let (handler, state, n) = row?;
+        if let Some(state) = TaskState::parse(&state) {
+            out.entry(handler)
+                .or_default()
+                .insert(state, usize::try_from(n).unwrap_or(0));
+        }
+    }
+    Ok(out)
+}
+
+/// The distinct pins of unfinished work (the partial index `tasks_pin`).
+pub(super) fn pins_in_use_in(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    conn.prepare_cached(
+        "SELECT DISTINCT pin FROM tasks WHERE pin IS NOT NULL AND state IN ('enqueued', 'blocked', 'running') \
+         ORDER BY pin",
+    )?
+    .query_map([], |r| r.get(0))?
+    .collect()
 }
 
 /// How many tasks are in each state.
@@ -879,7 +1101,10 @@ pub(super) fn next_due_in(
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut earliest: Option<Millis> = None;
-    for handler in handlers {
+    // A paused handler's work is not due: the dispatcher would wake for
+    // work the claim then leaves.
+    let paused = paused_handlers_in(conn)?;
+    for handler in handlers.iter().filter(|h| !paused.contains(h)) {
         let mut due: Option<Millis> = stmt.query_row([handler], |r| r.get(0))?;
         // Work over its handler's rate is due when the window has room.
         if let (Some(d), Some(rate)) = (due, rates.get(handler))
@@ -915,7 +1140,11 @@ pub(super) fn waiting_for_handler_in(
         "SELECT count(*), min(id) FROM tasks WHERE state = 'enqueued' AND handler = ?1 AND next_run_at <= ?2",
     )?;
     let mut out = Vec::new();
-    for handler in handlers.into_iter().filter(|h| !known.contains(h)) {
+    let paused = paused_handlers_in(conn)?;
+    for handler in handlers
+        .into_iter()
+        .filter(|h| !known.contains(h) && !paused.contains(h))
+    {
         let (count, first): (i64, Option<TaskId>) =
             due.query_row(params![handler, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
         if let Some(first) = first {

@@ -35,10 +35,21 @@ CREATE INDEX IF NOT EXISTS starts_handler ON starts(handler, at);
     };
 }
 
+/// What version 9 added, for a new store and for the migration alike.
+macro_rules! operations_schema {
+    () => {
+        "CREATE INDEX IF NOT EXISTS tasks_handler ON tasks(handler, id);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, id);
+CREATE INDEX IF NOT EXISTS tasks_pin ON tasks(pin) WHERE pin IS NOT NULL;
+CREATE TABLE IF NOT EXISTS paused_handlers (handler TEXT PRIMARY KEY) WITHOUT ROWID;
+"
+    };
+}
+
 /// `PRAGMA application_id` of a workhost database ("wkhs").
 pub(super) const APPLICATION_ID: i64 = 0x776b_6873;
 /// Schema version in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 8;
+pub(super) const SCHEMA_VERSION: i64 = 9;
 
 /// Migrations: `MIGRATIONS[v - 1]` takes a database from version `v` to
 /// `v + 1`, inside the same transaction as the version bump.
@@ -76,6 +87,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE attempts ADD COLUMN component TEXT;
      ALTER TABLE attempts ADD COLUMN contract TEXT;
      ALTER TABLE tasks ADD COLUMN pin TEXT;",
+    // 8 -> 9: operations (retry, run now, delete, handler pause): lists
+    // newest first by handler or state from an index, the pins of
+    // unfinished work without a scan, and the paused handlers.
+    operations_schema!(),
 ];
 
 pub(super) const SCHEMA: &str = concat!(
@@ -144,7 +159,8 @@ CREATE TABLE kv (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL
 CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE hosts (id TEXT PRIMARY KEY, incarnation TEXT NOT NULL, started_at INTEGER NOT NULL, renewed_at INTEGER NOT NULL) WITHOUT ROWID;
 "#,
-    schedule_schema!()
+    schedule_schema!(),
+    operations_schema!()
 );
 
 /// What opening a connection read of the database's header.
