@@ -66,6 +66,7 @@ mod grants;
 mod host;
 mod kv;
 mod manifest;
+mod metrics;
 mod names;
 mod outbound;
 mod outcome;
@@ -92,13 +93,16 @@ pub use grants::{
     AllowedOrigin, DEFAULT_DATA_QUOTA_BYTES, GUEST_DATA_DIR, Grants, HttpLimits, OriginError, is_internal,
 };
 pub use host::{
-    CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, Host, HostAlert, HostConfig,
-    HostError, HostStats, MAX_HANDLER_NAME_BYTES, MIN_PIN_DIGITS, ManualClock, PRUNE_EVERY, Queue, RETAINED_VERSIONS,
-    ReloadError, ReloadOptions, ReloadReport, ScheduleConfig, SteadyReading, SystemClock, TaskEvent, TestDriver,
-    check_handler_name, default_memory_budget,
+    CLOCK_JUMP_THRESHOLD, Clock, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, HandlerStatus, Host, HostAlert,
+    HostConfig, HostError, HostHandle, HostStats, HttpSettings, HttpToken, MAX_HANDLER_NAME_BYTES, MIN_PIN_DIGITS,
+    ManualClock, PRUNE_EVERY, Queue, RETAINED_VERSIONS, ReloadError, ReloadOptions, ReloadReport, ScheduleConfig,
+    SteadyReading, SystemClock, TaskEvent, TestDriver, check_handler_name, default_memory_budget,
 };
 pub use kv::{Kv, KvError, KvFuture, KvLimits, KvStore, MemoryKv};
-pub use manifest::{ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for};
+pub use manifest::{
+    MIN_TOKEN_CHARS, ManifestError, ManifestUse, load_manifest, load_manifest_for, parse_manifest, parse_manifest_for,
+};
+pub use metrics::{ACTIVITY_MINUTES, Gauges, Metrics, MinuteActivity};
 pub use outbound::{ResolveFuture, Resolver, SystemResolver};
 pub use outcome::{Failure, MAX_ERROR_BYTES, RunOutcome, RunResult, StopReason};
 pub use platform::{ProgressSink, TaskFacts};

@@ -76,7 +76,29 @@ struct File {
     device: Option<DeviceFile>,
     #[serde(default)]
     schedules: Vec<ScheduleFile>,
+    http: Option<HttpFile>,
 }
+
+/// `[http]`: the operations listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpFile {
+    listen: String,
+    #[serde(default)]
+    tokens: Vec<HttpTokenFile>,
+}
+
+/// `[[http.tokens]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpTokenFile {
+    name: String,
+    token: SecretFile,
+    access: String,
+}
+
+/// Shortest token accepted: 16 characters leave no room for guessing.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// `[[schedules]]`: a cron schedule the deployment declares.
 #[derive(Debug, Deserialize)]
@@ -485,6 +507,52 @@ pub fn parse_manifest_for(
             input,
             priority,
         });
+    }
+    if let Some(http) = file.http {
+        let listen = http.listen.parse().map_err(|_| {
+            invalid(
+                "http.listen".into(),
+                format!("{:?} is not an address and port, such as 127.0.0.1:8080", http.listen),
+            )
+        })?;
+        let mut tokens: Vec<crate::host::HttpToken> = Vec::new();
+        for (i, t) in http.tokens.into_iter().enumerate() {
+            let key = |k: &str| format!("http.tokens[{i}].{k}");
+            let secret = match t.token {
+                SecretFile::Literal(s) => s,
+                SecretFile::FromEnv(EnvRef { env }) => std::env::var(&env).map_err(|_| {
+                    invalid(
+                        key("token"),
+                        format!("the environment variable {env:?} is not set (or not UTF-8)"),
+                    )
+                })?,
+            };
+            if secret.chars().count() < MIN_TOKEN_CHARS {
+                return Err(invalid(
+                    key("token"),
+                    format!("a token needs at least {MIN_TOKEN_CHARS} characters"),
+                ));
+            }
+            let write = match t.access.as_str() {
+                "read" => false,
+                "write" => true,
+                other => {
+                    return Err(invalid(
+                        key("access"),
+                        format!("{other:?} is not \"read\" or \"write\""),
+                    ));
+                }
+            };
+            if tokens.iter().any(|x| x.name == t.name) {
+                return Err(invalid(key("name"), format!("{:?} names two tokens", t.name)));
+            }
+            tokens.push(crate::host::HttpToken {
+                name: t.name,
+                secret,
+                write,
+            });
+        }
+        config.http = Some(crate::host::HttpSettings { listen, tokens });
     }
     Ok(config)
 }

@@ -136,6 +136,42 @@ pub struct HostConfig {
     /// a changed schedule takes effect and an unchanged one keeps its
     /// next fire.
     pub schedules: Vec<ScheduleConfig>,
+    /// The operations listener (manifest `[http]`): the HTTP API, the
+    /// dashboard and `/metrics`, served by the `workhost-http` crate beside
+    /// `workhost serve`. The library itself opens no socket.
+    pub http: Option<HttpSettings>,
+}
+
+/// Manifest `[http]`: where the operations listener listens and which
+/// tokens it accepts (docs/http-api.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// The address (`127.0.0.1:8080`).
+    pub listen: std::net::SocketAddr,
+    /// `[[http.tokens]]`: none means an open listener, which only a
+    /// loopback address may be.
+    pub tokens: Vec<HttpToken>,
+}
+
+/// One `[[http.tokens]]` entry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpToken {
+    /// A name for people.
+    pub name: String,
+    /// The secret (read from the environment with `token = { env = "..." }`).
+    pub secret: String,
+    /// `true`: read and write; `false`: read only.
+    pub write: bool,
+}
+
+impl std::fmt::Debug for HttpToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpToken")
+            .field("name", &self.name)
+            .field("secret", &"<hidden>")
+            .field("write", &self.write)
+            .finish()
+    }
 }
 
 /// A cron schedule declared by the deployment (manifest `[[schedules]]`).
@@ -240,6 +276,7 @@ impl HostConfig {
             database: None,
             host_lease: crate::store::DEFAULT_HOST_LEASE,
             schedules: Vec::new(),
+            http: None,
         }
     }
 

@@ -489,7 +489,11 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
             inner.claims.fetch_add(1, Ordering::Relaxed);
             let device = inner.device.borrow().clone();
             let me = inner.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let claimed = store.claim(me, now, free, per, device).await;
+            let claimed = tracing::Instrument::instrument(
+                store.claim(me, now, free, per, device),
+                tracing::debug_span!("claim", free),
+            )
+            .await;
             // Look again at once: what this claim left may be due too.
             look = true;
             Some(claimed)
@@ -499,6 +503,9 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
         // A refused claim is tried again at the next wake or poll; the
         // first refusal of a streak and its end (a claim the store took,
         // not a wake that claimed nothing) are alerts.
+        if let Some(Err(_)) = &claimed {
+            inner.queue.metrics.refused("claim");
+        }
         match &claimed {
             Some(Err(e)) if claims_refused.refused() => {
                 inner.alert(
@@ -563,7 +570,13 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
                 }
                 all.insert(c.info.id, running);
             }
-            runs.spawn(run_task(inner.clone(), c, stop));
+            let span = tracing::info_span!(
+                "run",
+                task = c.info.id,
+                handler = %c.info.handler,
+                attempt = c.info.run_attempt_count
+            );
+            runs.spawn(tracing::Instrument::instrument(run_task(inner.clone(), c, stop), span));
         }
         drop(claiming);
         if now >= inner.next_prune_at.load(Ordering::Acquire) {

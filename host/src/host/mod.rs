@@ -14,6 +14,7 @@ mod clock;
 mod components;
 mod config;
 mod dispatcher;
+mod handle;
 mod lease;
 mod queue;
 mod reload;
@@ -23,10 +24,11 @@ mod test_driver;
 pub use clock::{CLOCK_JUMP_THRESHOLD, Clock, ManualClock, SteadyReading, SystemClock};
 pub use components::{MIN_PIN_DIGITS, RETAINED_VERSIONS};
 pub use config::{
-    DeviceConfig, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, HostConfig, MAX_HANDLER_NAME_BYTES,
-    ScheduleConfig, check_handler_name, default_memory_budget,
+    DeviceConfig, HANDLER_NAME_PATTERN, HandlerConfig, HandlerNameError, HostConfig, HttpSettings, HttpToken,
+    MAX_HANDLER_NAME_BYTES, ScheduleConfig, check_handler_name, default_memory_budget,
 };
 pub use dispatcher::PRUNE_EVERY;
+pub use handle::{HandlerStatus, HostHandle};
 pub use queue::Queue;
 pub use reload::{ReloadError, ReloadOptions, ReloadReport};
 pub use test_driver::TestDriver;
@@ -341,6 +343,14 @@ impl Host {
     /// The queue: enqueue, cancel, query, pause, subscribe.
     pub fn queue(&self) -> &Queue {
         &self.inner.queue
+    }
+
+    /// A cloneable handle on this host, for code that serves beside it
+    /// (the HTTP API, `/metrics`).
+    pub fn handle(&self) -> HostHandle {
+        HostHandle {
+            inner: self.inner.clone(),
+        }
     }
 
     /// A stream of [`HostAlert`]s: the store refusing this host's writes,

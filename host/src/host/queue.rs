@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast};
 
+use crate::metrics::Metrics;
 use crate::store::{Change, EnqueueHooks, HandlerCounts, HostInfo, Query, Selector, SqliteStore, TaskStore};
 use crate::work::StoreError;
 use crate::work::{Enqueued, Millis, PeriodicFloor, TaskAction, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
@@ -33,6 +34,8 @@ pub struct Queue {
     /// Ids this process enqueued and already reported, while anyone
     /// subscribes: the dispatcher reports the others as enqueued elsewhere.
     pub(super) reported: Arc<Mutex<std::collections::HashSet<TaskId>>>,
+    /// What this process did, for `/metrics` (see [`Metrics`]).
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -79,6 +82,7 @@ impl Queue {
             wake: Arc::new(Notify::new()),
             components: None,
             reported: Arc::new(Mutex::new(std::collections::HashSet::new())),
+            metrics: Arc::default(),
         }
     }
 
@@ -87,6 +91,12 @@ impl Queue {
     pub fn with_components_in(mut self, data_dir: &std::path::Path) -> Queue {
         self.components = Some(data_dir.join("components"));
         self
+    }
+
+    /// What this process's queue (and the host on it) did: the counters
+    /// behind `/metrics` and the dashboard's activity chart.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The store.
@@ -174,7 +184,14 @@ impl Queue {
             before_commit: Some(before_commit),
             on_commit: Some(on_commit),
         };
-        let (mut enqueued, _) = self.store.enqueue(request, now, hooks).await?;
+        let (handler, kind) = (request.handler.clone(), request.kind);
+        let span = tracing::info_span!("enqueue", handler = %handler, task = tracing::field::Empty);
+        let (mut enqueued, _) =
+            tracing::Instrument::instrument(self.store.enqueue(request, now, hooks), span.clone()).await?;
+        span.record("task", enqueued.id);
+        if enqueued.created {
+            self.metrics.enqueued(&handler, kind);
+        }
         warnings.append(&mut enqueued.warnings);
         enqueued.warnings = warnings;
         self.wake.notify_one();

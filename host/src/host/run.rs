@@ -89,12 +89,18 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
         id: claimed.info.id,
     };
     let skipped = late_cron_start(&mut claimed, inner.queue.now());
+    let ran = skipped.is_none();
     let info = &claimed.info;
     let queue = &inner.queue;
     let attempt = info.run_attempt_count;
     let lease = claimed.lease;
     // A skipped run never starts.
     if skipped.is_none() {
+        let now = queue.now();
+        let late = u64::try_from(now.saturating_sub(info.next_run_at)).unwrap_or(0);
+        queue
+            .metrics
+            .started(&info.handler, info.kind, Duration::from_millis(late), now);
         let _ = queue.events.send(TaskEvent {
             id: info.id,
             state: TaskState::Running,
@@ -218,6 +224,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
             // A host stopped first leaves the task RUNNING, and the next
             // host recovers and reruns it (at least once).
             Err(e) if !*inner.shutting_down.borrow() => {
+                queue.metrics.refused("finish");
                 if refused.refused() {
                     let change = Change {
                         id,
@@ -236,6 +243,15 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
         }
     };
     inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    if ran {
+        let state = changes
+            .iter()
+            .find(|c| c.id == id)
+            .map_or(transition.state, |c| c.state);
+        queue
+            .metrics
+            .finished(&info.handler, info.kind, &outcome, state, next_period, queue.now());
+    }
     queue.publish(&changes, |c| {
         if c.id != id {
             return match c.state {

@@ -70,6 +70,10 @@ pub struct Query {
     /// as themselves. A scan of the tasks the other fields leave: give a
     /// `limit`.
     pub search: Option<String>,
+    /// Only tasks of this kind.
+    pub kind: Option<crate::budget::TaskKind>,
+    /// Only the tasks that run after this one (its direct dependents).
+    pub dependents_of: Option<TaskId>,
     /// Paging: only ids above this one (tasks enqueued since).
     pub after_id: Option<TaskId>,
     /// Paging: only ids below this one: the cursor of newest-first pages

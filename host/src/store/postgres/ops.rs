@@ -670,7 +670,7 @@ pub(super) async fn get_in(tx: &Tx<'_>, id: TaskId) -> Result<Option<TaskInfo>, 
     Ok(Some(info))
 }
 
-/// The values of `task_filter!`'s `$1..$6` for `q`'s filter fields.
+/// The values of `task_filter!`'s `$1..$8` for `q`'s filter fields.
 struct Filter {
     state: Option<&'static str>,
     tag: Option<String>,
@@ -678,6 +678,8 @@ struct Filter {
     ids: Option<Vec<TaskId>>,
     handler: Option<String>,
     search: Option<String>,
+    kind: Option<&'static str>,
+    dependents_of: Option<TaskId>,
 }
 
 impl Filter {
@@ -689,10 +691,12 @@ impl Filter {
             ids: q.ids.clone(),
             handler: q.handler.clone(),
             search: q.search_pattern(),
+            kind: q.kind.map(|k| k.as_str()),
+            dependents_of: q.dependents_of,
         }
     }
 
-    /// `$1..$6`, then `more`.
+    /// `$1..$8`, then `more`.
     fn params<'a>(&'a self, more: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
         let mut all: Vec<&'a (dyn ToSql + Sync)> = vec![
             &self.state,
@@ -701,6 +705,8 @@ impl Filter {
             &self.ids,
             &self.handler,
             &self.search,
+            &self.kind,
+            &self.dependents_of,
         ];
         all.extend_from_slice(more);
         all

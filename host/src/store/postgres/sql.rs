@@ -91,7 +91,8 @@ macro_rules! task_columns {
 /// `Option<Vec<i64>>` ids, `$5` `Option<&str>` handler, `$6`
 /// `Option<&str>` search (a `LIKE` pattern, `\` escaping; matched in any
 /// case against the id as text, handler, task name, unique name, tags,
-/// input and error).
+/// input and error), `$7` `Option<&str>` kind, `$8` `Option<i64>` only
+/// the tasks that run after this one.
 macro_rules! task_filter {
     () => {
         "($1::text IS NULL OR t.state = $1)
@@ -101,7 +102,9 @@ macro_rules! task_filter {
   AND ($5::text IS NULL OR t.handler = $5)
   AND ($6::text IS NULL OR t.id::text ILIKE $6 OR t.handler ILIKE $6 OR t.task ILIKE $6 OR t.unique_name ILIKE $6
        OR t.input ILIKE $6 OR t.error ILIKE $6
-       OR EXISTS (SELECT 1 FROM workhost.tags g WHERE g.task_id = t.id AND g.tag ILIKE $6))"
+       OR EXISTS (SELECT 1 FROM workhost.tags g WHERE g.task_id = t.id AND g.tag ILIKE $6))
+  AND ($7::text IS NULL OR t.kind = $7)
+  AND ($8::bigint IS NULL OR t.id IN (SELECT child FROM workhost.deps WHERE parent = $8))"
     };
 }
 
@@ -608,9 +611,9 @@ SELECT run_attempt, started_at, ended_at, outcome, stop_reason, error, fuel, pea
     component, contract
 FROM workhost.attempts WHERE task_id = $1 ORDER BY lease";
 
-/// Tasks matching a filter, oldest first: `task_columns!`. `$1..$6` the
-/// filter (`task_filter!`), `$7` `Option<i64>` only ids above, `$8`
-/// `Option<i64>` only ids below, `$9` `Option<i64>` at most this many.
+/// Tasks matching a filter, oldest first: `task_columns!`. `$1..$8` the
+/// filter (`task_filter!`), `$9` `Option<i64>` only ids above, `$10`
+/// `Option<i64>` only ids below, `$11` `Option<i64>` at most this many.
 pub const QUERY: &str = concat!(
     "SELECT ",
     task_columns!(),
@@ -619,10 +622,10 @@ FROM workhost.tasks t
 WHERE ",
     task_filter!(),
     "
-  AND ($7::bigint IS NULL OR t.id > $7)
-  AND ($8::bigint IS NULL OR t.id < $8)
+  AND ($9::bigint IS NULL OR t.id > $9)
+  AND ($10::bigint IS NULL OR t.id < $10)
 ORDER BY t.id
-LIMIT $9::bigint"
+LIMIT $11::bigint"
 );
 
 /// [`QUERY`], newest first: a page with a limit walks the primary key (or
@@ -635,20 +638,20 @@ FROM workhost.tasks t
 WHERE ",
     task_filter!(),
     "
-  AND ($7::bigint IS NULL OR t.id > $7)
-  AND ($8::bigint IS NULL OR t.id < $8)
+  AND ($9::bigint IS NULL OR t.id > $9)
+  AND ($10::bigint IS NULL OR t.id < $10)
 ORDER BY t.id DESC
-LIMIT $9::bigint"
+LIMIT $11::bigint"
 );
 
-/// The ids of the tasks a filter matches (`$1..$6`, `task_filter!`) whose
-/// state is one of `$7` (`text[]`), by id: what a bulk cancel or retry
+/// The ids of the tasks a filter matches (`$1..$8`, `task_filter!`) whose
+/// state is one of `$9` (`text[]`), by id: what a bulk cancel or retry
 /// acts on.
 pub const MATCHING: &str = concat!(
     "SELECT t.id FROM workhost.tasks t WHERE ",
     task_filter!(),
     "
-  AND t.state = ANY($7::text[])
+  AND t.state = ANY($9::text[])
 ORDER BY t.id"
 );
 
@@ -690,18 +693,18 @@ FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[]) AS u(id, state
 WHERE t.id = u.id AND t.id IN (SELECT id FROM target)
 RETURNING t.id, t.state";
 
-/// Makes the ENQUEUED tasks a filter matches (`$1..$6`, `task_filter!`)
-/// that are due after `$7` (`i64` now) due at `$7`; a cron task keeps its
+/// Makes the ENQUEUED tasks a filter matches (`$1..$8`, `task_filter!`)
+/// that are due after `$9` (`i64` now) due at `$9`; a cron task keeps its
 /// period start, the fire the run stands for. Returns `id`.
 pub const RUN_NOW: &str = concat!(
-    "UPDATE workhost.tasks t SET next_run_at = $7 WHERE ",
+    "UPDATE workhost.tasks t SET next_run_at = $9 WHERE ",
     task_filter!(),
     "
-  AND t.state = 'enqueued' AND t.next_run_at > $7::bigint
+  AND t.state = 'enqueued' AND t.next_run_at > $9::bigint
 RETURNING t.id"
 );
 
-/// Deletes the finished tasks a filter matches (`$1..$6`,
+/// Deletes the finished tasks a filter matches (`$1..$8`,
 /// `task_filter!`), with their tags, attempts and dependencies, keeping
 /// (as [`PRUNE`]) a finished task that unfinished work runs after, and
 /// skipping rows another transaction holds. Returns `id` of each task

@@ -842,6 +842,15 @@ pub(super) fn filter_sql(q: &Query, args: &mut Vec<String>) -> String {
         let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         sql.push_str(&format!(" AND t.id IN ({})", list.join(",")));
     }
+    if let Some(kind) = q.kind {
+        sql.push_str(&format!(" AND t.kind = {}", arg(args, kind.as_str().into())));
+    }
+    if let Some(parent) = q.dependents_of {
+        sql.push_str(&format!(
+            " AND t.id IN (SELECT child FROM deps WHERE parent = {})",
+            arg(args, parent.to_string())
+        ));
+    }
     if let Some(pattern) = q.search_pattern() {
         let p = arg(args, pattern);
         let like = |column: &str| format!("{column} LIKE {p} ESCAPE '\\'");
