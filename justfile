@@ -13,7 +13,10 @@ default:
 # and PostgreSQL's server programs for the tests' throwaway server, from
 # Debian's packages when initdb is missing (scripts/postgres-install; skipped
 # when WORKHOST_TEST_DATABASE_URL names a server to use instead); and
-# valgrind, for the C ABI's bad-input test (scripts/valgrind-install).
+# valgrind, for the C ABI's bad-input test (scripts/valgrind-install);
+# and the dashboard's browser test: playwright-core from
+# tests/browser/package-lock.json and Debian's chromium
+# (scripts/chromium-install).
 # scripts/just itself installs the Python tools (componentize-py, zig,
 # wasm-tools) pinned in scripts/requirements-tools.txt into .tools/venv; the
 # Python examples' PyPI packages (guest-examples/py/requirements.txt) are
@@ -23,6 +26,8 @@ setup:
     scripts/npm-ci guest-examples/js
     scripts/postgres-install
     scripts/valgrind-install
+    scripts/npm-ci tests/browser
+    scripts/chromium-install
 
 # Build every guest example: target/guests/<name>.wasm (Rust) and
 # target/guests/<name>-<lang>.wasm (py, js, c); and target/c-sdk (the C

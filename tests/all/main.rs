@@ -5,6 +5,7 @@ mod chaos;
 mod cli_store;
 mod clock;
 mod config;
+mod dashboard;
 mod device;
 mod edge;
 mod examples;
@@ -16,6 +17,7 @@ mod hosts;
 mod http;
 mod languages;
 mod load;
+mod ops_api;
 /// The PostgreSQL store's SQL, checked against a real server by `postgres`.
 #[path = "../../host/src/store/postgres/sql.rs"]
 mod pg_sql;

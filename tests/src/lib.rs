@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 use workhost::{EngineConfig, Executor};
 
 pub mod chaos;
+pub mod http_client;
 pub mod pg;
 
 /// Paths of the guest examples, built from source by `build.rs`.

@@ -81,12 +81,65 @@ pub struct ServeArgs {
     /// Print every state change as it happens.
     #[arg(long)]
     debug: bool,
+    /// Serve the HTTP API, the dashboard and /metrics on this address
+    /// (overrides the manifest's `[http] listen`; its tokens still apply).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+}
+
+/// The listener's settings: the manifest's `[http]`, its address replaced
+/// by `--http`.
+fn http_config(
+    config: &workhost::HostConfig,
+    listen: Option<std::net::SocketAddr>,
+) -> Option<workhost_http::HttpConfig> {
+    let tokens = config.http.as_ref().map_or_else(Vec::new, |h| {
+        h.tokens
+            .iter()
+            .map(|t| workhost_http::Token {
+                name: t.name.clone(),
+                secret: t.secret.clone(),
+                access: if t.write {
+                    workhost_http::Access::Write
+                } else {
+                    workhost_http::Access::Read
+                },
+            })
+            .collect()
+    });
+    let listen = listen.or(config.http.as_ref().map(|h| h.listen))?;
+    Some(workhost_http::HttpConfig { listen, tokens })
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = args.store.host_config()?;
+    let http = http_config(&config, args.http);
+    // Refused before the host starts, so a bad listener changes nothing.
+    if let Some(h) = &http
+        && h.tokens.is_empty()
+        && !h.listen.ip().is_loopback()
+    {
+        anyhow::bail!(workhost_http::HttpError::TokenRequired(h.listen));
+    }
     let (handlers, dir) = (config.handlers.len(), config.data_dir.clone());
     let host = Host::start(config).await?;
+    let (http_stop, http_task) = match http {
+        None => (None, None),
+        Some(h) => match workhost_http::HttpServer::bind(host.handle(), h).await {
+            Ok(server) => {
+                eprintln!("workhost: dashboard and API at http://{}/", server.local_addr());
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let task = tokio::spawn(server.serve(async move {
+                    let _ = stopped.await;
+                }));
+                (Some(stop), Some(task))
+            }
+            Err(e) => {
+                host.shutdown().await;
+                return Err(e.into());
+            }
+        },
+    };
     eprintln!("workhost: serving {handlers} handlers on {}", dir.display());
     // Alerts go to stderr always: an operator learns the store is refusing
     // writes without running with --debug.
@@ -145,6 +198,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = std::fs::remove_file(&pid_file);
     eprintln!("workhost: shutting down; running work gets its grace period");
+    // The listener first: it holds a handle on the host.
+    if let Some(stop) = http_stop {
+        let _ = stop.send(());
+    }
+    if let Some(task) = http_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+    }
     host.shutdown().await;
     // The host is gone, so the alert stream ends once what it sent is
     // printed.
