@@ -25,9 +25,15 @@ struct Ops {
 
 impl Ops {
     fn start(tokens: Vec<Token>) -> Ops {
+        Ops::start_on(tokens, None)
+    }
+
+    /// On a PostgreSQL database instead of the embedded store.
+    fn start_on(tokens: Vec<Token>, database: Option<String>) -> Ops {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         let mut config = workhost_tests::host_config(dir.path());
+        config.database = database;
         config.engine.cache_dir = Some(workhost_tests::root().join("target/test-compile-cache"));
         let host = rt.block_on(Host::start(config)).unwrap();
         let listen = HttpConfig {
@@ -696,4 +702,52 @@ fn serve_refuses_a_listener_without_a_token_off_loopback_and_bad_http_tables() {
         assert!(r.stderr.contains(key), "{table}: {}", r.stderr);
     }
     assert!(!dir.path().join("data").exists());
+}
+
+/// The same API on the PostgreSQL store: filters, paging, actions, bulk,
+/// a handler's pause and the counts.
+#[test]
+fn the_api_works_the_same_on_postgres() {
+    let db = workhost_tests::pg::database();
+    let ops = Ops::start_on(Vec::new(), Some(db.url().to_string()));
+    let a = ops.enqueue(serde_json::json!({"handler":"echo","task":"pg-a","tags":["pg"],"input":{"who":"100%_sure"}}));
+    let b = ops.enqueue(serde_json::json!({"handler":"fail","task":"pg-b","max_attempts":1}));
+    let c = ops.enqueue(serde_json::json!({"handler":"echo","task":"pg-c","delay":"1h","after":[a]}));
+    ops.wait_state(a, "succeeded");
+    ops.wait_state(b, "failed");
+    let page = ops.get("/api/v1/tasks?limit=2").json();
+    let ids: Vec<i64> = page["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![c, b]);
+    let next = page["next_cursor"].as_str().unwrap().to_string();
+    let rest = ops.get(&format!("/api/v1/tasks?limit=2&cursor={next}")).json();
+    assert_eq!(rest["tasks"][0]["id"].as_i64(), Some(a));
+    let found = ops.get("/api/v1/tasks?q=100%25_SURE").json();
+    assert_eq!(found["tasks"].as_array().unwrap().len(), 1, "{found}");
+    let detail = ops.get(&format!("/api/v1/tasks/{a}")).json();
+    assert_eq!(detail["chain"]["dependents"][0]["id"].as_i64(), Some(c), "{detail}");
+    assert_eq!(ops.post(&format!("/api/v1/tasks/{a}/retry"), "").status, 409);
+    let r = ops.post(
+        "/api/v1/tasks/bulk",
+        r#"{"action":"retry","filter":{"handler":"fail"}}"#,
+    );
+    assert_eq!(r.json()["ids"], serde_json::json!([b]), "{}", r.body);
+    assert_eq!(ops.post("/api/v1/handlers/echo/pause", "").json()["paused"], true);
+    assert_eq!(ops.post(&format!("/api/v1/tasks/{c}/run-now"), "").status, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ops.get(&format!("/api/v1/tasks/{c}")).json()["state"], "enqueued");
+    assert_eq!(ops.post("/api/v1/handlers/echo/resume", "").json()["paused"], false);
+    ops.wait_state(c, "succeeded");
+    let counts = ops.get("/api/v1/counts").json();
+    assert_eq!(counts["by_handler"]["echo"]["succeeded"], 2, "{counts}");
+    let metrics = ops.get("/metrics").body;
+    assert!(
+        metrics.contains("workhost_tasks{handler=\"echo\",state=\"succeeded\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(ops.delete(&format!("/api/v1/tasks/{c}")).status, 204);
 }
