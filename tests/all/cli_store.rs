@@ -802,3 +802,113 @@ fn processes_opening_a_brand_new_store_at_once_all_get_it() {
         }
     }
 }
+
+/// The id `enqueue` printed.
+fn enqueued(manifest: &Path, args: &[&str]) -> String {
+    let mut all = vec!["enqueue"];
+    all.extend_from_slice(args);
+    ok(manifest, &all).stdout.trim().to_string()
+}
+
+#[test]
+fn retry_run_now_and_delete_act_on_one_task_or_a_filter_and_refuse_a_wrong_state_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let later = enqueued(&m, &["echo", "--task", "later", "--delay", "1h", "--tag", "batch"]);
+    let dropped = enqueued(&m, &["echo", "--task", "dropped", "--tag", "batch"]);
+    ok(&m, &["cancel", &dropped]);
+
+    let wrong = wh(&m, &["retry", &later]);
+    assert_eq!(wrong.code, 2, "{wrong:?}");
+    assert!(
+        wrong.stderr.contains(&format!(
+            "task {later} is ENQUEUED; only FAILED or CANCELLED tasks can be retried"
+        )),
+        "{wrong:?}"
+    );
+    let unknown = wh(&m, &["delete", "999"]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("no task with id 999"), "{unknown:?}");
+    let unfinished = wh(&m, &["delete", &later]);
+    assert_eq!(unfinished.code, 2, "{unfinished:?}");
+    assert!(
+        unfinished
+            .stderr
+            .contains("only SUCCEEDED, FAILED or CANCELLED tasks can be deleted")
+    );
+    let unfiltered = wh(&m, &["retry"]);
+    assert_eq!(unfiltered.code, 2, "{unfiltered:?}");
+    assert!(unfiltered.stderr.contains("--all"), "{unfiltered:?}");
+
+    let retried = ok(&m, &["retry", &dropped, "--json"]).json();
+    assert_eq!(retried["state"], "enqueued");
+    assert_eq!(retried["run_attempt_count"], 0);
+    let due = ok(&m, &["run-now", "--tag", "batch", "--json"]).json();
+    assert_eq!(due["made due now"], serde_json::json!([later.parse::<i64>().unwrap()]));
+    assert!(
+        ok(&m, &["run-now", &later])
+            .stdout
+            .contains(&format!("task {later} (now enqueued)"))
+    );
+
+    ok(&m, &["cancel", "--tag", "batch"]);
+    let deleted = ok(&m, &["delete", "--all"]);
+    assert!(deleted.stdout.starts_with("deleted 2 task(s)"), "{deleted:?}");
+    assert_eq!(wh(&m, &["inspect", &later]).code, 2);
+}
+
+#[test]
+fn list_pages_newest_first_with_a_hint_and_a_handler_pause_is_listed_until_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_manifest(dir.path());
+    let ids: Vec<String> = (0..3)
+        .map(|i| enqueued(&m, &["echo", "--task", &format!("t{i}"), "--input", "note=100%_sure"]))
+        .collect();
+    let other = enqueued(&m, &["counter", "--task", "c"]);
+    let page = ok(&m, &["list", "--newest", "--limit", "2", "--handler", "echo"]);
+    let rows: Vec<&str> = page.stdout.lines().skip(1).take(2).collect();
+    assert!(
+        rows[0].trim_start().starts_with(&ids[2]) && rows[1].trim_start().starts_with(&ids[1]),
+        "{page:?}"
+    );
+    assert!(
+        page.stdout.contains(&format!("the next page is `--before {}`", ids[1])),
+        "{page:?}"
+    );
+    let next = ok(
+        &m,
+        &[
+            "list",
+            "--newest",
+            "--limit",
+            "2",
+            "--handler",
+            "echo",
+            "--before",
+            &ids[1],
+            "--json",
+        ],
+    )
+    .json();
+    assert_eq!(next.as_array().unwrap().len(), 1);
+    assert_eq!(next[0]["id"].to_string(), ids[0]);
+    let found = ok(&m, &["list", "--search", "0%_S", "--json"]).json();
+    assert_eq!(found.as_array().unwrap().len(), 3, "{found}");
+
+    ok(&m, &["pause", "--handler", "echo"]);
+    assert!(ok(&m, &["list"]).stdout.contains("handler \"echo\" is paused"));
+    let unknown = wh(&m, &["pause", "--handler", "nope"]);
+    assert_eq!(unknown.code, 2, "{unknown:?}");
+    assert!(unknown.stderr.contains("no handler named \"nope\""), "{unknown:?}");
+    {
+        let _daemon = Daemon::start(&m);
+        wait_for(&m, &other, |t| t["state"] == "succeeded");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(task(&m, &ids[0])["state"], "enqueued", "a paused handler's work waits");
+        ok(&m, &["resume", "--handler", "echo"]);
+        for id in &ids {
+            wait_for(&m, id, |t| t["state"] == "succeeded");
+        }
+    }
+    assert!(!ok(&m, &["list"]).stdout.contains("is paused"));
+}

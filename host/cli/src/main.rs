@@ -99,10 +99,23 @@ enum Command {
     Inspect(store_cmds::InspectArgs),
     /// Cancel work by id, unique name, tag, or all; running work stops.
     Cancel(store_cmds::CancelArgs),
-    /// Pause: nothing new starts until `resume`.
-    Pause(store_cmds::SimpleArgs),
+    /// Retry a FAILED or CANCELLED task now (with the work that ended
+    /// because of it), or every one a filter matches. Exit 2 on a wrong
+    /// state or an unknown id.
+    Retry(store_cmds::ActionArgs),
+    /// Run a delayed ENQUEUED task now (periodic: this period; cron: the
+    /// pending fire), or every one a filter matches. Exit 2 on a wrong state
+    /// or an unknown id.
+    #[command(name = "run-now")]
+    RunNow(store_cmds::ActionArgs),
+    /// Delete a finished task with its attempts, or every one a filter
+    /// matches. Exit 2 on a wrong state or an unknown id.
+    Delete(store_cmds::ActionArgs),
+    /// Pause: nothing new starts until `resume` (`--handler`: only that
+    /// handler's work).
+    Pause(store_cmds::PauseArgs),
     /// Resume after `pause`.
-    Resume(store_cmds::SimpleArgs),
+    Resume(store_cmds::PauseArgs),
     /// Remove finished work older than the retention period.
     Prune(store_cmds::PruneArgs),
     /// Show the device state, whether the host is paused, and which tasks
@@ -137,6 +150,9 @@ fn main() -> ExitCode {
             Command::List(args) => store_cmds::list(args).await,
             Command::Inspect(args) => store_cmds::inspect(args).await,
             Command::Cancel(args) => store_cmds::cancel(args).await,
+            Command::Retry(args) => store_cmds::act(args, store_cmds::Action::Retry).await,
+            Command::RunNow(args) => store_cmds::act(args, store_cmds::Action::RunNow).await,
+            Command::Delete(args) => store_cmds::act(args, store_cmds::Action::Delete).await,
             Command::Pause(args) => store_cmds::pause(args, true).await,
             Command::Resume(args) => store_cmds::pause(args, false).await,
             Command::Prune(args) => store_cmds::prune(args).await,

@@ -1,6 +1,7 @@
 //! The commands that work on a data directory: `serve` (the daemon) and
-//! `enqueue`, `list`, `inspect`, `cancel`, `pause`, `resume`, `prune`, which
-//! may run while a daemon serves the same directory.
+//! `enqueue`, `list`, `inspect`, `cancel`, `retry`, `run-now`, `delete`,
+//! `pause`, `resume`, `prune`, which may run while a daemon serves the same
+//! directory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -423,6 +424,22 @@ pub struct ListArgs {
     /// Only tasks with this unique name.
     #[arg(long, value_name = "NAME")]
     unique: Option<String>,
+    /// Only tasks of this handler.
+    #[arg(long, value_name = "NAME")]
+    handler: Option<String>,
+    /// Only tasks where this text occurs (any case): in the id, handler,
+    /// task name, unique name, tags, input or last error.
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+    /// Newest first.
+    #[arg(long)]
+    newest: bool,
+    /// Only tasks with ids below this one (the next page of `--newest`).
+    #[arg(long, value_name = "ID")]
+    before: Option<i64>,
+    /// At most N tasks.
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     /// Also show each task's next N run times (cron fires, periods).
     #[arg(long, value_name = "N")]
     next: Option<usize>,
@@ -437,6 +454,11 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
         state: a.state.as_deref().and_then(TaskState::parse),
         tag: a.tag.clone(),
         unique_name: a.unique.clone(),
+        handler: a.handler.clone(),
+        search: a.search.clone(),
+        before_id: a.before,
+        limit: a.limit,
+        newest_first: a.newest,
         ..Query::default()
     };
     let tasks = queue.query(q).await?;
@@ -468,8 +490,17 @@ pub async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
             out!("task {} next: {}", t.id, runs.join(", "));
         }
     }
+    if let (Some(limit), Some(last)) = (a.limit, tasks.last())
+        && tasks.len() == limit
+        && (a.newest || a.before.is_some())
+    {
+        out!("(more: the next page is `--before {}`)", last.id);
+    }
     if queue.is_paused().await? {
         out!("(paused: nothing new starts until `workhost resume`)");
+    }
+    for h in queue.paused_handlers().await? {
+        out!("(handler {h:?} is paused: none of its work starts until `workhost resume --handler {h}`)");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -606,8 +637,14 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
     };
     let queue = a.store.queue().await?;
     let ids = queue.cancel(selector).await?;
+    print_changed("cancelled", &ids);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints `<done> N task(s): [ids]`.
+fn print_changed(done: &str, ids: &[i64]) {
     out!(
-        "cancelled {} task(s){}",
+        "{done} {} task(s){}",
         ids.len(),
         if ids.is_empty() {
             String::new()
@@ -615,14 +652,142 @@ pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
             format!(": {ids:?}")
         }
     );
-    Ok(ExitCode::SUCCESS)
 }
 
-/// `workhost pause`, `resume`, `prune`.
+/// `workhost pause`, `resume`.
 #[derive(Debug, Args)]
-pub struct SimpleArgs {
+pub struct PauseArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// Only this handler (running work finishes; new work is still
+    /// enqueued).
+    #[arg(long, value_name = "NAME")]
+    handler: Option<String>,
+}
+
+/// The filter of a bulk `retry`, `run-now` or `delete`.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Tasks of this handler.
+    #[arg(long, value_name = "NAME")]
+    handler: Option<String>,
+    /// Tasks in this state.
+    #[arg(long, value_name = "S", value_parser = clap::builder::PossibleValuesParser::new(TaskState::NAMES))]
+    state: Option<String>,
+    /// Tasks with this tag.
+    #[arg(long, value_name = "T")]
+    tag: Option<String>,
+    /// Tasks with this unique name.
+    #[arg(long = "unique-name", value_name = "NAME")]
+    unique_name: Option<String>,
+    /// Tasks where this text occurs (any case), as `list --search`.
+    #[arg(long, value_name = "TEXT")]
+    search: Option<String>,
+}
+
+impl FilterArgs {
+    fn query(&self) -> Option<Query> {
+        let q = Query {
+            handler: self.handler.clone(),
+            state: self.state.as_deref().and_then(TaskState::parse),
+            tag: self.tag.clone(),
+            unique_name: self.unique_name.clone(),
+            search: self.search.clone(),
+            ..Query::default()
+        };
+        (q != Query::default()).then_some(q)
+    }
+}
+
+/// `workhost retry`, `run-now`, `delete`: one task by id, or every task a
+/// filter (or `--all`) matches that the action applies to.
+#[derive(Debug, Args)]
+pub struct ActionArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The task id.
+    #[arg(conflicts_with_all = ["handler", "state", "tag", "unique_name", "search", "all"])]
+    id: Option<i64>,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Every task the action applies to (a bulk action without a filter
+    /// must say so).
+    #[arg(long)]
+    all: bool,
+    /// Print JSON: the task (by id), or the ids changed.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What [`act`] does.
+#[derive(Debug, Clone, Copy)]
+pub enum Action {
+    /// `workhost retry`.
+    Retry,
+    /// `workhost run-now`.
+    RunNow,
+    /// `workhost delete`.
+    Delete,
+}
+
+impl Action {
+    fn done(self) -> &'static str {
+        match self {
+            Action::Retry => "retried",
+            Action::RunNow => "made due now",
+            Action::Delete => "deleted",
+        }
+    }
+
+    fn command(self) -> &'static str {
+        match self {
+            Action::Retry => "retry",
+            Action::RunNow => "run-now",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// `workhost retry`, `run-now`, `delete`. A wrong state or an unknown id
+/// is an error (exit 2) naming it.
+pub async fn act(a: ActionArgs, action: Action) -> anyhow::Result<ExitCode> {
+    let queue = a.store.queue().await?;
+    if let Some(id) = a.id {
+        let task = match action {
+            Action::Retry => Some(queue.retry_task(id).await?),
+            Action::RunNow => Some(queue.run_now_task(id).await?),
+            Action::Delete => {
+                queue.delete_task(id).await?;
+                None
+            }
+        };
+        match (&task, a.json) {
+            (Some(t), true) => out!("{}", task_json(t, false)),
+            (None, true) => out!("{}", serde_json::json!({ action.done(): [id] })),
+            (Some(t), false) => out!("{} task {id} (now {})", action.done(), t.state.as_str()),
+            (None, false) => out!("{} task {id}", action.done()),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let query = match (a.filter.query(), a.all) {
+        (Some(q), _) => q,
+        (None, true) => Query::default(),
+        (None, false) => bail!(
+            "give a task id, a filter (--handler, --state, --tag, --unique-name, --search), or --all to {} every task it applies to",
+            action.command()
+        ),
+    };
+    let ids = match action {
+        Action::Retry => queue.retry(query).await?,
+        Action::RunNow => queue.run_now(query).await?,
+        Action::Delete => queue.delete(query).await?,
+    };
+    if a.json {
+        out!("{}", serde_json::json!({ action.done(): ids }));
+    } else {
+        print_changed(action.done(), &ids);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `workhost prune`.
@@ -635,8 +800,18 @@ pub struct PruneArgs {
     all: bool,
 }
 
-pub async fn pause(a: SimpleArgs, paused: bool) -> anyhow::Result<ExitCode> {
+pub async fn pause(a: PauseArgs, paused: bool) -> anyhow::Result<ExitCode> {
     let queue = a.store.queue().await?;
+    if let Some(h) = &a.handler {
+        if paused {
+            queue.pause_handler(h).await?;
+            out!("paused handler {h:?}: none of its work starts until `workhost resume --handler {h}`");
+        } else {
+            queue.resume_handler(h).await?;
+            out!("resumed handler {h:?}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if paused {
         queue.pause().await?
     } else {
@@ -698,6 +873,7 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     .await?;
     let state = config.device.overrides.apply(readings);
     let paused = queue.is_paused().await?;
+    let paused_handlers = queue.paused_handlers().await?;
     let waiting: Vec<(i64, String, Vec<&'static str>)> = queue
         .query(Query {
             state: Some(TaskState::Enqueued),
@@ -724,13 +900,16 @@ pub async fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             .collect();
         out!(
             "{}",
-            serde_json::json!({"device": state, "paused": paused, "waiting": waiting})
+            serde_json::json!({"device": state, "paused": paused, "paused_handlers": paused_handlers, "waiting": waiting})
         );
         return Ok(ExitCode::SUCCESS);
     }
     let r = &state.readings;
     let yes = |b: bool| if b { "yes" } else { "no" };
     out!("paused            {}", yes(paused));
+    if !paused_handlers.is_empty() {
+        out!("paused handlers   {}", paused_handlers.join(", "));
+    }
     out!(
         "charging          {}{}",
         yes(state.charging),
