@@ -865,10 +865,14 @@ async fn single_task_actions_tell_an_unknown_task_from_a_wrong_state_and_emit_ev
         q.delete_task(later).await,
         Err(workhost::WorkError::WrongState { .. })
     ));
+    // Paused, so the dispatcher the retry wakes does not claim the task
+    // before it is read back.
+    q.pause().await.unwrap();
     let retried = q.retry_task(failed).await.unwrap();
     assert_eq!((retried.state, retried.run_attempt_count), (TaskState::Enqueued, 0));
     let ran = q.run_now_task(later).await.unwrap();
     assert_eq!(ran.next_run_at, d.now());
+    q.resume().await.unwrap();
     d.run_until_idle().await;
     assert_eq!(task(&d, later).await.state, TaskState::Succeeded);
     assert_eq!(task(&d, failed).await.attempts.len(), 2);
