@@ -677,8 +677,9 @@ pub struct FilterArgs {
     /// Tasks with this tag.
     #[arg(long, value_name = "T")]
     tag: Option<String>,
-    /// Tasks with this unique name.
-    #[arg(long = "unique-name", value_name = "NAME")]
+    /// Tasks with this unique name (as `list --unique`; `--unique-name`
+    /// is accepted too).
+    #[arg(long = "unique", alias = "unique-name", value_name = "NAME")]
     unique_name: Option<String>,
     /// Tasks where this text occurs (any case), as `list --search`.
     #[arg(long, value_name = "TEXT")]
@@ -773,7 +774,7 @@ pub async fn act(a: ActionArgs, action: Action) -> anyhow::Result<ExitCode> {
         (Some(q), _) => q,
         (None, true) => Query::default(),
         (None, false) => bail!(
-            "give a task id, a filter (--handler, --state, --tag, --unique-name, --search), or --all to {} every task it applies to",
+            "give a task id, a filter (--handler, --state, --tag, --unique, --search), or --all to {} every task it applies to",
             action.command()
         ),
     };
