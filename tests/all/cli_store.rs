@@ -855,6 +855,20 @@ fn retry_run_now_and_delete_act_on_one_task_or_a_filter_and_refuse_a_wrong_state
     let deleted = ok(&m, &["delete", "--all"]);
     assert!(deleted.stdout.starts_with("deleted 2 task(s)"), "{deleted:?}");
     assert_eq!(wh(&m, &["inspect", &later]).code, 2);
+
+    // Cancel by filter: the fields combine.
+    let kept = enqueued(&m, &["echo", "--task", "kept", "--delay", "1h"]);
+    let gone = enqueued(&m, &["counter", "--task", "gone", "--delay", "1h"]);
+    let cancelled = ok(&m, &["cancel", "--handler", "counter", "--state", "enqueued"]);
+    assert!(
+        cancelled.stdout.contains(&format!("cancelled 1 task(s): [{gone}]")),
+        "{cancelled:?}"
+    );
+    assert_eq!(ok(&m, &["inspect", &kept, "--json"]).json()["state"], "enqueued");
+    assert_eq!(
+        ok(&m, &["cancel", "--search", "KEPT"]).stdout.trim(),
+        format!("cancelled 1 task(s): [{kept}]")
+    );
 }
 
 #[test]

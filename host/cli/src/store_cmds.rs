@@ -615,28 +615,52 @@ pub struct CancelArgs {
     #[command(flatten)]
     store: StoreArgs,
     /// The task id.
-    #[arg(required_unless_present_any = ["unique", "tag", "all"])]
+    #[arg(required_unless_present_any = ["unique", "tag", "all", "handler", "state", "search"])]
     id: Option<i64>,
     /// Cancel work with this unique name.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["id", "tag", "all"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["id", "all"])]
     unique: Option<String>,
     /// Cancel work with this tag.
     #[arg(long, value_name = "T", conflicts_with_all = ["id", "all"])]
     tag: Option<String>,
+    /// Cancel this handler's work.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["id", "all"])]
+    handler: Option<String>,
+    /// Cancel work in this state (enqueued, blocked or running).
+    #[arg(long, value_name = "S", conflicts_with_all = ["id", "all"],
+          value_parser = clap::builder::PossibleValuesParser::new(TaskState::NAMES))]
+    state: Option<String>,
+    /// Cancel work where this text occurs (any case), as `list --search`.
+    #[arg(long, value_name = "TEXT", conflicts_with_all = ["id", "all"])]
+    search: Option<String>,
     /// Cancel all unfinished work.
     #[arg(long, conflicts_with = "id")]
     all: bool,
 }
 
 pub async fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
-    let selector = match (&a.id, &a.unique, &a.tag, a.all) {
-        (Some(id), ..) => Selector::Id(*id),
-        (_, Some(u), ..) => Selector::UniqueName(u.clone()),
-        (_, _, Some(t), _) => Selector::Tag(t.clone()),
-        _ => Selector::All,
-    };
     let queue = a.store.queue().await?;
-    let ids = queue.cancel(selector).await?;
+    // Filters combine (all must match), as in `retry` and `list`.
+    let ids =
+        if a.handler.is_some() || a.state.is_some() || a.search.is_some() || (a.unique.is_some() && a.tag.is_some()) {
+            let query = Query {
+                handler: a.handler.clone(),
+                state: a.state.as_deref().and_then(TaskState::parse),
+                tag: a.tag.clone(),
+                unique_name: a.unique.clone(),
+                search: a.search.clone(),
+                ..Query::default()
+            };
+            queue.cancel_matching(query).await?
+        } else {
+            let selector = match (&a.id, &a.unique, &a.tag, a.all) {
+                (Some(id), ..) => Selector::Id(*id),
+                (_, Some(u), ..) => Selector::UniqueName(u.clone()),
+                (_, _, Some(t), _) => Selector::Tag(t.clone()),
+                _ => Selector::All,
+            };
+            queue.cancel(selector).await?
+        };
     print_changed("cancelled", &ids);
     Ok(ExitCode::SUCCESS)
 }
