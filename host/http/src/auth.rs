@@ -302,14 +302,16 @@ mod tests {
         let cookie = format!("other=1; {SESSION_COOKIE}={id}");
         let session = a.caller(&headers(&[("cookie", &cookie)])).unwrap();
         assert_eq!(session.via, Via::Session);
-        assert_eq!(
-            a.allow(session, &Method::POST, &HeaderMap::new()).unwrap_err().code,
-            "csrf"
-        );
+        let from_page = headers(&[("cookie", &cookie)]);
+        assert_eq!(a.allow(session, &Method::POST, &from_page).unwrap_err().code, "csrf");
         let csrf = a.csrf.clone();
         assert!(
-            a.allow(session, &Method::POST, &headers(&[("x-csrf-token", &csrf)]))
-                .is_ok()
+            a.allow(
+                session,
+                &Method::POST,
+                &headers(&[("cookie", &cookie), ("x-csrf-token", &csrf)])
+            )
+            .is_ok()
         );
         assert!(a.login("wrong").is_none());
     }
