@@ -45,12 +45,14 @@ demo: guests
 test: setup
     cargo test --workspace
 
-# Lints as CI runs them: formatting, clippy with warnings as errors, and
-# the library's rustdoc (broken or private links are errors).
+# Lints as CI runs them: formatting, clippy with warnings as errors, the
+# CLI's `otlp` feature (checked, not linked), and the library's rustdoc
+# (broken or private links are errors).
 lint: setup
     cargo fmt --all --check
     cd guest-examples && cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cargo check -p workhost-cli --features otlp
     cd guest-examples && cargo clippy --target wasm32-wasip2 -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p workhost
 

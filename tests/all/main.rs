@@ -18,6 +18,7 @@ mod http;
 mod languages;
 mod load;
 mod ops_api;
+mod otlp;
 /// The PostgreSQL store's SQL, checked against a real server by `postgres`.
 #[path = "../../host/src/store/postgres/sql.rs"]
 mod pg_sql;

@@ -23,6 +23,7 @@ macro_rules! out {
 
 mod exec;
 mod store_cmds;
+mod traces;
 
 /// Exit code for bad usage and bad input (arguments, manifest, request,
 /// component).

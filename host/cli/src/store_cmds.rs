@@ -122,6 +122,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!(workhost_http::HttpError::TokenRequired(h.listen));
     }
+    // Dropped last (after the host's shutdown), exporting the last spans.
+    let _traces = crate::traces::install_from_env()?;
     let (handlers, dir) = (config.handlers.len(), config.data_dir.clone());
     let host = Host::start(config).await?;
     let (http_stop, http_task) = match http {
