@@ -54,7 +54,7 @@ lint: setup
     cargo clippy --workspace --all-targets -- -D warnings
     cargo check -p workhost-cli --features otlp
     cd guest-examples && cargo clippy --target wasm32-wasip2 -- -D warnings
-    RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p workhost
+    RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps -p workhost -p workhost-http -p workhost-otlp
 
 # The crash harness, longer: SIGKILL a serving daemon KILLS times at random
 # moments (reproducible from SEED), then check every promise; STORE sqlite
