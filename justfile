@@ -46,8 +46,8 @@ test: setup
     cargo test --workspace
 
 # Lints as CI runs them: formatting, clippy with warnings as errors, the
-# CLI's `otlp` feature (checked, not linked), and the library's rustdoc
-# (broken or private links are errors).
+# CLI's `otlp` feature (checked, not linked), and the rustdoc of the library,
+# the HTTP layer and the OTLP exporter (broken or private links are errors).
 lint: setup
     cargo fmt --all --check
     cd guest-examples && cargo fmt --all --check
