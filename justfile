@@ -36,9 +36,15 @@ guests: setup
     cargo build --quiet -p workhost-tests
     @ls target/guests/*.wasm
 
-# The main job: run the example handlers through `workhost exec`.
-demo: guests
-    cargo build --quiet --workspace --bins
+# The main job: a `workhost serve --debug` daemon on the embedded store,
+# driven by the CLI (scripts/demo). It builds only what it runs: the
+# wasm32-wasip2 target, the six Rust handlers of scripts/demo.toml
+# (scripts/demo-guests) and the `workhost` binary; not the test crate, the
+# other languages' toolchains or the test services that `setup` installs.
+demo:
+    rustup target add wasm32-wasip2
+    scripts/demo-guests
+    cargo build --quiet -p workhost-cli
     scripts/demo
 
 # Run every test: unit, integration (guests built from source), doc tests.
