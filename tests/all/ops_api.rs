@@ -290,6 +290,18 @@ fn cancel_retry_run_now_and_delete_act_on_one_task_and_refuse_the_wrong_state() 
     assert_eq!(r.status, 409, "{}", r.body);
     let r = ops.delete(&format!("/api/v1/tasks/{ok}"));
     assert_eq!(r.status, 204, "{}", r.body);
+
+    // A task that failed because the work it runs after failed cannot be
+    // retried alone: a conflict naming that work. Retrying the parent
+    // brings it back.
+    let parent = ops.enqueue(serde_json::json!({"handler":"fail","task":"p","max_attempts":1}));
+    let child = ops.enqueue(serde_json::json!({"handler":"echo","task":"c","after":[parent]}));
+    ops.wait_state(child, "failed");
+    let r = ops.post(&format!("/api/v1/tasks/{child}/retry"), "");
+    assert_eq!((r.status, r.code()), (409, "conflict".into()), "{}", r.body);
+    assert!(r.body.contains(&format!("retry task {parent}")), "{}", r.body);
+    assert_eq!(ops.post(&format!("/api/v1/tasks/{parent}/retry"), "").status, 200);
+    assert_eq!(ops.get(&format!("/api/v1/tasks/{child}")).json()["state"], "blocked");
     assert_eq!(ops.get(&format!("/api/v1/tasks/{ok}")).status, 404);
     assert_eq!(ops.delete(&format!("/api/v1/tasks/{ok}")).status, 404);
 }

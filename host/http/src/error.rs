@@ -78,7 +78,7 @@ impl From<WorkError> for ApiError {
             WorkError::Store(s) => s.into(),
             WorkError::UnknownTask(_) => ApiError::not_found(e.to_string()),
             WorkError::UnknownHandler(_) => ApiError::not_found(e.to_string()),
-            WorkError::WrongState { .. } => ApiError::conflict(e.to_string()),
+            WorkError::WrongState { .. } | WorkError::Conflict(_) => ApiError::conflict(e.to_string()),
             other => ApiError::invalid(other.to_string()),
         }
     }

@@ -298,7 +298,7 @@ impl Queue {
     /// Retries one FAILED or CANCELLED task (see [`Self::retry`]); returns
     /// it as it is now. [`WorkError::UnknownTask`] if there is none,
     /// [`WorkError::WrongState`] in another state, and
-    /// [`WorkError::Invalid`] if work it runs after is FAILED or CANCELLED
+    /// [`WorkError::Conflict`] if work it runs after is FAILED or CANCELLED
     /// (retry that work instead: its dependents come back with it).
     pub async fn retry_task(&self, id: TaskId) -> Result<TaskInfo, WorkError> {
         let task = self.task_for(id, TaskAction::Retry).await?;
@@ -315,7 +315,7 @@ impl Queue {
             }
         }
         Err(match blocking {
-            Some(p) => WorkError::Invalid(format!(
+            Some(p) => WorkError::Conflict(format!(
                 "task {id} cannot be retried: task {}, which it runs after, is {}; retry task {} (its dependents come back with it)",
                 p.id,
                 p.state.as_str().to_uppercase(),
@@ -328,7 +328,7 @@ impl Queue {
                     state,
                     action: TaskAction::Retry,
                 },
-                _ => WorkError::Invalid(format!("task {id} could not be retried; try again")),
+                _ => WorkError::Conflict(format!("task {id} could not be retried; try again")),
             },
         })
     }
@@ -345,7 +345,7 @@ impl Queue {
 
     /// Deletes one finished task (see [`Self::delete`]).
     /// [`WorkError::UnknownTask`] if there is none, [`WorkError::WrongState`]
-    /// while it is unfinished, and [`WorkError::Invalid`] while unfinished
+    /// while it is unfinished, and [`WorkError::Conflict`] while unfinished
     /// work runs after it (that work needs its output).
     pub async fn delete_task(&self, id: TaskId) -> Result<(), WorkError> {
         let task = self.task_for(id, TaskAction::Delete).await?;
@@ -363,7 +363,7 @@ impl Queue {
                 state: t.state,
                 action: TaskAction::Delete,
             }),
-            Some(_) => Err(WorkError::Invalid(format!(
+            Some(_) => Err(WorkError::Conflict(format!(
                 "task {id} is kept: unfinished work runs after it and needs its output; cancel that work or let it finish first"
             ))),
         }

@@ -133,6 +133,12 @@ pub enum WorkError {
         /// What was asked of it.
         action: TaskAction,
     },
+    /// The action cannot apply now because of other work: a task whose
+    /// prerequisite stays FAILED or CANCELLED cannot be retried alone, a
+    /// finished task that unfinished work runs after cannot be deleted.
+    /// The message says what to do instead.
+    #[error("{0}")]
+    Conflict(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
