@@ -35,7 +35,7 @@ pub use test_driver::TestDriver;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -358,27 +358,22 @@ impl Host {
     /// listening costs the dispatcher nothing; `workhost serve` prints each
     /// alert to stderr.
     pub fn alerts(&self) -> broadcast::Receiver<HostAlert> {
-        self.inner.alerts.subscribe()
+        self.handle().alerts()
     }
 
     /// What the dispatcher has done so far.
     pub fn stats(&self) -> HostStats {
-        HostStats {
-            polls: self.inner.polls.load(Ordering::Relaxed),
-            claims: self.inner.claims.load(Ordering::Relaxed),
-        }
+        self.handle().stats()
     }
 
     /// Cancels work; running work stops within about one epoch tick.
     pub async fn cancel(&self, selector: Selector) -> Result<Vec<TaskId>, StoreError> {
-        let ids = self.inner.queue.cancel(selector).await?;
-        self.inner.stop_running(&ids, StopReason::Cancelled);
-        Ok(ids)
+        self.handle().cancel(selector).await
     }
 
     /// The device state constraints are checked against now.
     pub fn device_state(&self) -> DeviceState {
-        self.inner.device.borrow().clone()
+        self.handle().device_state()
     }
 
     /// Replaces the overrides of the device state (the embedding program
@@ -400,7 +395,7 @@ impl Host {
 
     /// Ids of the tasks running now.
     pub fn running(&self) -> Vec<TaskId> {
-        self.inner.running_ids()
+        self.handle().running()
     }
 
     /// Takes no new work, lets running work finish within the grace period,
