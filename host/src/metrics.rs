@@ -206,6 +206,19 @@ fn outcome_label(outcome: &RunOutcome) -> (&'static str, &'static str) {
     (outcome.kind(), reason)
 }
 
+/// Observes `v` in `handler`'s histogram, made with `bounds` at its first
+/// observation; the handler's name is copied only then, not per run.
+fn observe(by_handler: &mut BTreeMap<String, Histogram>, handler: &str, bounds: &'static [f64], v: f64) {
+    match by_handler.get_mut(handler) {
+        Some(h) => h.observe(v),
+        None => {
+            let mut h = Histogram::new(bounds);
+            h.observe(v);
+            by_handler.insert(handler.to_string(), h);
+        }
+    }
+}
+
 /// Escapes a label value (handler names are restricted, but be exact).
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -226,10 +239,7 @@ impl Metrics {
         let mut s = self.lock();
         *s.started.entry((handler.into(), kind.as_str())).or_default() += 1;
         let seconds = late.as_secs_f64();
-        s.due_to_start
-            .entry(handler.into())
-            .or_insert_with(|| Histogram::new(SECONDS))
-            .observe(seconds);
+        observe(&mut s.due_to_start, handler, SECONDS, seconds);
         s.minute(at).latency.observe(seconds);
     }
 
@@ -249,20 +259,11 @@ impl Metrics {
         *s.finished
             .entry((handler.into(), kind.as_str(), result, reason))
             .or_default() += 1;
-        s.run_seconds
-            .entry(handler.into())
-            .or_insert_with(|| Histogram::new(SECONDS))
-            .observe(outcome.duration.as_secs_f64());
+        observe(&mut s.run_seconds, handler, SECONDS, outcome.duration.as_secs_f64());
         if let Some(fuel) = outcome.fuel_consumed {
-            s.fuel
-                .entry(handler.into())
-                .or_insert_with(|| Histogram::new(FUEL))
-                .observe(fuel as f64);
+            observe(&mut s.fuel, handler, FUEL, fuel as f64);
         }
-        s.peak_memory
-            .entry(handler.into())
-            .or_insert_with(|| Histogram::new(BYTES))
-            .observe(outcome.peak_memory_bytes as f64);
+        observe(&mut s.peak_memory, handler, BYTES, outcome.peak_memory_bytes as f64);
         let m = s.minute(at);
         match state {
             TaskState::Succeeded => m.succeeded += 1,
