@@ -11,7 +11,7 @@
 //!   ([`crate::HttpError::TokenRequired`]).
 //! - Tokens are compared in constant time.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use axum::http::{HeaderMap, Method, StatusCode, header};
@@ -90,12 +90,18 @@ pub(crate) const SESSION_COOKIE: &str = "workhost_session";
 /// The auth state of a listener.
 pub(crate) struct Auth {
     tokens: Vec<Token>,
-    /// Session id -> access, made by logging in. Kept in memory: a restart
-    /// asks browsers to log in again.
-    sessions: Mutex<HashMap<String, Access>>,
+    /// Sessions made by logging in, oldest first, at most
+    /// [`MAX_SESSIONS`]: a login past it ends the oldest session. Kept in
+    /// memory: a restart asks browsers to log in again.
+    sessions: Mutex<VecDeque<(String, Access)>>,
     /// What mutations without a bearer token carry in `X-CSRF-Token`.
     pub(crate) csrf: String,
 }
+
+/// Most browser sessions a listener keeps: logging in again and again
+/// cannot grow its memory, and each request's constant-time search of
+/// the sessions stays short.
+pub const MAX_SESSIONS: usize = 256;
 
 /// 32 random bytes, hex.
 pub(crate) fn random_token() -> String {
@@ -112,7 +118,7 @@ impl Auth {
     pub(crate) fn new(tokens: Vec<Token>) -> Auth {
         Auth {
             tokens,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(VecDeque::new()),
             csrf: random_token(),
         }
     }
@@ -138,16 +144,20 @@ impl Auth {
     pub(crate) fn login(&self, secret: &str) -> Option<(String, Access)> {
         let access = self.token(secret)?;
         let id = random_token();
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), access);
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if sessions.len() >= MAX_SESSIONS {
+            sessions.pop_front();
+        }
+        sessions.push_back((id.clone(), access));
         Some((id, access))
     }
 
     pub(crate) fn logout(&self, headers: &HeaderMap) {
         if let Some(id) = cookie(headers, SESSION_COOKIE) {
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|(k, _)| !equal(k, &id));
         }
     }
 
@@ -314,6 +324,13 @@ mod tests {
             .is_ok()
         );
         assert!(a.login("wrong").is_none());
+        // Logging in again and again keeps at most MAX_SESSIONS; the
+        // oldest session ends first.
+        for _ in 0..MAX_SESSIONS {
+            a.login("read-secret").unwrap();
+        }
+        assert!(a.caller(&headers(&[("cookie", &cookie)])).is_err());
+        assert_eq!(a.sessions.lock().unwrap().len(), MAX_SESSIONS);
     }
 
     #[test]

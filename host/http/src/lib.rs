@@ -40,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use workhost::HostHandle;
 
-pub use auth::{Access, Token};
+pub use auth::{Access, MAX_SESSIONS, Token};
 pub use error::{ErrorBody, ErrorDetail};
 pub use openapi::openapi_json;
 
