@@ -881,8 +881,9 @@ async fn single_task_actions_tell_an_unknown_task_from_a_wrong_state_and_emit_ev
         q.delete_task(later).await,
         Err(workhost::WorkError::UnknownTask(_))
     ));
-    let cancel = q.enqueue(WorkRequest::one_off("echo", "c")).await.unwrap().id;
+    // Paused first, so the dispatcher cannot run it before the cancel.
     q.pause().await.unwrap();
+    let cancel = q.enqueue(WorkRequest::one_off("echo", "c")).await.unwrap().id;
     assert_eq!(q.cancel_task(cancel).await.unwrap().state, TaskState::Cancelled);
     assert!(matches!(
         q.cancel_task(cancel).await,

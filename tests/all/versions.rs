@@ -180,7 +180,10 @@ async fn a_removed_handler_with_pending_work_is_refused_unless_its_work_is_dropp
     }
     assert!(err.to_string().contains("--drop-pending"), "{err}");
     // Nothing changed: the handler is still there.
-    assert!(host.queue().enqueue(WorkRequest::one_off("fail", "x")).await.is_ok());
+    // Delayed, so it is still pending (not run and failed) at the next reload.
+    let mut x = WorkRequest::one_off("fail", "x");
+    x.initial_delay = Duration::from_secs(3600);
+    assert!(host.queue().enqueue(x).await.is_ok());
     let report = host.reload(next, ReloadOptions { drop_pending: true }).await.unwrap();
     assert_eq!(report.removed, ["fail"]);
     assert_eq!(report.dropped.len(), 2);
