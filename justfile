@@ -17,11 +17,13 @@ default:
 # and the dashboard's browser test: playwright-core from
 # tests/browser/package-lock.json and Debian's chromium
 # (scripts/chromium-install).
-# scripts/just itself installs the Python tools (componentize-py, zig,
-# wasm-tools) pinned in scripts/requirements-tools.txt into .tools/venv; the
+# First the PyPI tools pinned in scripts/requirements-tools.txt
+# (componentize-py, zig, wasm-tools, schemathesis) into .tools/venv
+# (scripts/tools-install; scripts/just itself installs only `just`); the
 # Python examples' PyPI packages (guest-examples/py/requirements.txt) are
 # installed by tests/build.rs into target/py-deps.
 setup:
+    scripts/tools-install tools
     rustup target add wasm32-wasip2
     scripts/npm-ci guest-examples/js
     scripts/postgres-install
@@ -40,11 +42,17 @@ guests: setup
 # driven by the CLI (scripts/demo). It builds only what it runs: the
 # wasm32-wasip2 target, the six Rust handlers of scripts/demo.toml
 # (scripts/demo-guests) and the `workhost` binary; not the test crate, the
-# other languages' toolchains or the test services that `setup` installs.
+# other languages' toolchains, the PyPI tools or the test services that
+# `setup` installs.
+# The guests build beside the host: the host's build spends minutes on one
+# core (cranelift-codegen), and the guests take the other.
 demo:
+    #!/usr/bin/env bash
+    set -euo pipefail
     rustup target add wasm32-wasip2
-    scripts/demo-guests
+    scripts/demo-guests & guests=$!
     cargo build --quiet -p workhost-cli
+    wait $guests
     scripts/demo
 
 # Run every test: unit, integration (guests built from source), doc tests.

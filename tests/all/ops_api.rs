@@ -633,7 +633,7 @@ fn metrics_after_a_known_workload_have_the_exact_counts() {
 }
 
 /// schemathesis (PyPI, pinned in scripts/requirements-tools.txt, installed
-/// into .tools/venv by scripts/just) fuzzes every operation of the
+/// into .tools/venv by the setup recipe) fuzzes every operation of the
 /// OpenAPI document, stateful sequences included: no server error, and
 /// every response fits its schema.
 #[test]
@@ -641,7 +641,7 @@ fn schemathesis_finds_no_server_error_and_no_response_off_schema() {
     let tool = workhost_tests::root().join(".tools/venv/bin/schemathesis");
     assert!(
         tool.exists(),
-        "no {}: run `scripts/just setup` (scripts/just installs scripts/requirements-tools.txt)",
+        "no {}: run `scripts/just setup` (its scripts/tools-install installs scripts/requirements-tools.txt)",
         tool.display()
     );
     let ops = Ops::start(vec![Token {
