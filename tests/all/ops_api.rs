@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use workhost::Host;
 use workhost_http::{Access, HttpConfig, HttpServer, Token};
-use workhost_tests::http_client::{Response, read_events, request};
+use workhost_tests::http_client::{Response, open_events, read_events, request};
 
 const READ: &str = "read-token-0123456789";
 const WRITE: &str = "write-token-0123456789";
@@ -388,10 +388,36 @@ fn handlers_pause_and_resume_and_the_other_resources_answer() {
     let counts = ops.get("/api/v1/counts").json();
     assert_eq!(counts["by_state"]["succeeded"], 2, "{counts}");
     assert_eq!(counts["by_handler"]["echo"]["succeeded"], 1, "{counts}");
-    let periodic_id = ops.enqueue(serde_json::json!({"handler":"echo","task":"tick","every":"1h"}));
-    let periodic = ops.get("/api/v1/periodic").json();
-    assert_eq!(periodic[0]["task"]["id"].as_i64(), Some(periodic_id), "{periodic}");
-    assert!(!periodic[0]["next_runs"].as_array().unwrap().is_empty());
+    // Periodic work, newest first, a page at a time.
+    let ticks: Vec<i64> = (1..=3)
+        .map(|n| ops.enqueue(serde_json::json!({"handler":"echo","task":format!("tick-{n}"),"every":"1h"})))
+        .collect();
+    let first = ops.get("/api/v1/periodic?limit=2").json();
+    let ids = |page: &serde_json::Value| -> Vec<i64> {
+        page["periodic"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["task"]["id"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ids(&first), vec![ticks[2], ticks[1]], "{first}");
+    assert!(
+        !first["periodic"][0]["next_runs"].as_array().unwrap().is_empty(),
+        "{first}"
+    );
+    let cursor = first["next_cursor"].as_str().expect("a second page").to_string();
+    let second = ops.get(&format!("/api/v1/periodic?limit=2&cursor={cursor}")).json();
+    assert_eq!(ids(&second), vec![ticks[0]], "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    assert_eq!(
+        ids(&ops.get("/api/v1/periodic").json()),
+        vec![ticks[2], ticks[1], ticks[0]]
+    );
+    for bad in ["limit=0", "limit=501", "cursor=abc"] {
+        let r = ops.get(&format!("/api/v1/periodic?{bad}"));
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+    }
     let hosts = ops.get("/api/v1/hosts").json();
     assert_eq!(hosts[0]["alive"], true, "{hosts}");
     let device = ops.get("/api/v1/device").json();
@@ -423,6 +449,40 @@ fn the_event_stream_reports_changes_coalesced() {
     }
     // Coalesced: far fewer events than the 9 state changes.
     assert!(seen.matches("event: changed").count() <= 4, "{seen}");
+}
+
+#[test]
+fn event_streams_are_capped_per_listener_and_a_closed_one_gives_its_place_back() {
+    let ops = Ops::open();
+    let mut open: Vec<_> = (0..workhost_http::MAX_STREAMS)
+        .map(|_| open_events(ops.addr, "/api/v1/events").expect("a stream under the cap"))
+        .collect();
+    let refused = ops.get("/api/v1/events");
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.code(), "too_many_streams");
+    assert!(refused.body.contains("64 event streams"), "{}", refused.body);
+    // The rest of the API still answers.
+    assert_eq!(ops.get("/api/v1/counts").status, 200);
+    // A client that goes away gives its place back once the server notices,
+    // at the stream's next write: a change makes every stream write.
+    drop(open.pop());
+    ops.enqueue(serde_json::json!({"handler":"echo","task":"wake"}));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match open_events(ops.addr, "/api/v1/events") {
+            Ok(stream) => {
+                open.push(stream);
+                break;
+            }
+            Err(refused) => assert!(refused.contains("too_many_streams"), "{refused}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the closed stream's place never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(open);
 }
 
 #[test]

@@ -214,7 +214,10 @@ test('bulk cancel cancels every task that matches the filter', async () => {
 });
 
 test('the other pages draw, and no script error happened', async () => {
+  const tick = enqueue('echo', '--every', '1h', '--tag', `${RUN}-tick`);
   await go('#/periodic', 'Periodic');
+  await page.locator(`tr[data-task-id="${tick}"]`).waitFor({ timeout: WAIT_MS });
+  await shot('periodic.png');
   await go('#/hosts', 'Hosts');
   await page.locator('tr[data-host]').first().waitFor({ timeout: WAIT_MS });
   await go('#/device', 'Device');

@@ -137,3 +137,31 @@ pub fn read_events(
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+/// Opens an event stream at `path` and returns it once the server's first
+/// comment (`: open`) arrived: a stream that holds its place until dropped.
+/// A response other than 200 is the error, as text (head and body).
+pub fn open_events(addr: SocketAddr, path: &str) -> Result<TcpStream, String> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains(": open") && text.starts_with("HTTP/1.1 200") {
+            return Ok(stream);
+        }
+        if text.contains("\r\n\r\n") && !text.starts_with("HTTP/1.1 200") && text.trim_end().ends_with('}') {
+            return Err(text.into_owned());
+        }
+        let n = stream
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("reading {path}: {e}: {text}"));
+        if n == 0 {
+            return Err(text.into_owned());
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+}

@@ -683,10 +683,21 @@ async function handlers(gen) {
 
 async function periodic(gen) {
   const body = frame('Periodic');
+  // Newest first, 100 a page; the cursors of the newer pages are stacked.
+  const newer = [];
+  let cursor = '';
+  const turn = (to) => { cursor = to; load(); };
   async function load() {
-    const list = await api('/periodic');
+    const q = new URLSearchParams({ limit: '100' });
+    if (cursor) q.set('cursor', cursor);
+    const data = await api('/periodic?' + q);
     if (stale(gen)) return;
-    put(body, list.length === 0 ? h('p', { class: 'muted' }, 'No periodic or cron work.') : h('table', {},
+    const list = data.periodic;
+    const pager = h('div', { class: 'pager' },
+      h('button', { type: 'button', disabled: !cursor, onclick: () => turn(newer.pop() || '') }, '← Newer'),
+      h('span', { class: 'muted' }, `${list.length} shown${cursor ? ' (older page)' : ''}`),
+      h('button', { type: 'button', disabled: !data.next_cursor, onclick: () => { newer.push(cursor); turn(data.next_cursor); } }, 'Older →'));
+    put(body, list.length === 0 ? h('p', { class: 'muted' }, cursor ? 'No older periodic work.' : 'No periodic or cron work.') : h('table', {},
       h('thead', {}, h('tr', {}, ['ID', 'Handler', 'Task', 'Schedule', 'State', 'Next runs', 'Last result'].map((c) => h('th', {}, c)))),
       h('tbody', {}, list.map(({ task: t, next_runs: next = [], last }) => {
         const s = stateOf(t);
@@ -699,7 +710,7 @@ async function periodic(gen) {
           h('td', {}, next.length ? h('ul', { class: 'plain' }, next.slice(0, 3).map((n) => h('li', {}, time(n), ' ', h('span', { class: 'muted' }, relative(n))))) : h('span', { class: 'muted' }, '—')),
           h('td', {}, last ? [h('span', { class: `outcome o-${last.outcome}` }, last.outcome || '—'), ' ', time(last.ended_at),
             last.error ? h('div', { class: 'error-text small' }, last.error) : null] : h('span', { class: 'muted' }, 'not run yet')));
-      }))));
+      }))), pager);
   }
   page.refresh = load;
   page.interval = 2000;

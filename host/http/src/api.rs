@@ -56,20 +56,7 @@ pub(crate) async fn list_tasks(
     params: Result<UrlQuery<ListParams>, QueryRejection>,
 ) -> ApiResult<TaskPage> {
     let UrlQuery(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit: {limit} is not 1-{MAX_PAGE}")));
-    }
-    let before = p
-        .cursor
-        .as_deref()
-        .map(|c| {
-            c.parse::<TaskId>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ApiError::invalid(format!("cursor: {c:?} is not a cursor this API gave")))
-        })
-        .transpose()?;
+    let (limit, before) = page_of(p.limit, p.cursor.as_deref())?;
     let filter = Filter {
         handler: p.handler,
         state: p.state,
@@ -89,6 +76,24 @@ pub(crate) async fn list_tasks(
         tasks: tasks.iter().map(|t| TaskView::new(t, false)).collect(),
         next_cursor,
     }))
+}
+
+/// A page's size and cursor, checked: the limit within 1-[`MAX_PAGE`]
+/// (default [`DEFAULT_PAGE`]), the cursor a task id this API gave.
+fn page_of(limit: Option<u32>, cursor: Option<&str>) -> Result<(u32, Option<TaskId>), ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: {limit} is not 1-{MAX_PAGE}")));
+    }
+    let before = cursor
+        .map(|c| {
+            c.parse::<TaskId>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ApiError::invalid(format!("cursor: {c:?} is not a cursor this API gave")))
+        })
+        .transpose()?;
+    Ok((limit, before))
 }
 
 async fn task_or_404(app: &App, id: TaskId) -> Result<TaskInfo, ApiError> {
@@ -268,20 +273,38 @@ pub(crate) async fn resume_handler(State(app): State<Arc<App>>, Path(name): Path
     set_handler_paused(&app, &name, false).await
 }
 
-/// Periodic and cron work not finished: next runs and last result.
-#[utoipa::path(get, path = "/api/v1/periodic", tag = "tasks", responses((status = 200, body = Vec<PeriodicView>)))]
-pub(crate) async fn periodic(State(app): State<Arc<App>>) -> ApiResult<Vec<PeriodicView>> {
-    let mut out = Vec::new();
+/// Periodic and cron work not finished, newest first, a page at a time:
+/// next runs and last result.
+#[utoipa::path(get, path = "/api/v1/periodic", tag = "tasks", params(PageParams),
+    responses((status = 200, body = PeriodicPage), (status = 400, body = ErrorBody)))]
+pub(crate) async fn periodic(
+    State(app): State<Arc<App>>,
+    params: Result<UrlQuery<PageParams>, QueryRejection>,
+) -> ApiResult<PeriodicPage> {
+    let UrlQuery(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let (limit, before) = page_of(p.limit, p.cursor.as_deref())?;
+    let page = limit as usize;
+    // Unfinished periodic work is in one of three states: each is read a
+    // page deep (indexed, newest first, below the cursor) and the pages are
+    // merged, so a request reads at most three pages and the attempts of
+    // one, however much periodic work there is.
     let mut periodic = Vec::new();
     for state in [TaskState::Enqueued, TaskState::Running, TaskState::Blocked] {
         let query = Query {
             state: Some(state),
             kind: Some(workhost::TaskKind::Periodic),
+            before_id: before,
+            newest_first: true,
+            limit: Some(page + 1),
             ..Query::default()
         };
         periodic.extend(app.host.queue().query(query).await?);
     }
-    periodic.sort_by_key(|t| t.id);
+    periodic.sort_by_key(|t| std::cmp::Reverse(t.id));
+    let more = periodic.len() > page;
+    periodic.truncate(page);
+    let next_cursor = more.then(|| periodic.last().map(|t| t.id.to_string())).flatten();
+    let mut out = Vec::with_capacity(periodic.len());
     for t in periodic {
         let full = app.host.queue().get(t.id).await?.unwrap_or(t);
         let last = full
@@ -304,7 +327,10 @@ pub(crate) async fn periodic(State(app): State<Arc<App>>) -> ApiResult<Vec<Perio
             last,
         });
     }
-    Ok(Json(out))
+    Ok(Json(PeriodicPage {
+        periodic: out,
+        next_cursor,
+    }))
 }
 
 /// The hosts serving the store.

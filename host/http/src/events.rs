@@ -7,11 +7,18 @@
 //! make (the CLI, other hosts), to the store's change counter, read every
 //! [`COALESCE`]. Task events are built only while someone listens, so a
 //! host with no dashboard open pays nothing for them.
+//!
+//! A listener keeps at most [`MAX_STREAMS`] streams open; past that a new
+//! one is refused (503, `too_many_streams`) and the open ones go on. The
+//! streams share one count by state per [`COALESCE`]: however many are open,
+//! the store is counted about once per interval, not once per stream.
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -20,27 +27,90 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::App;
+use crate::error::ApiError;
 
 /// Shortest time between two events of one stream.
 pub const COALESCE: Duration = Duration::from_millis(500);
 /// Most task ids in one event.
 pub const MAX_IDS: usize = 100;
+/// Most event streams open at once on one listener.
+pub const MAX_STREAMS: usize = 64;
+
+/// The open streams of a listener and the counts they share.
+#[derive(Default)]
+pub(crate) struct Streams {
+    open: AtomicUsize,
+    /// The last count by state and when it was read; the lock is held while
+    /// one stream reads it again, so the others wait for that reading
+    /// instead of each counting.
+    counts: tokio::sync::Mutex<Option<(Instant, SharedCounts)>>,
+}
+
+/// A count of tasks by state, shared by the streams.
+type SharedCounts = Arc<BTreeMap<String, usize>>;
+
+/// One open stream's place under [`MAX_STREAMS`], given back when the
+/// stream ends (the client went away or the server shut down).
+struct Slot(Arc<App>);
+
+impl Slot {
+    fn take(app: &Arc<App>) -> Option<Slot> {
+        app.streams
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(app.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.streams.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The count by state, read at most once per [`COALESCE`] for all streams.
+async fn shared_counts(app: &App) -> SharedCounts {
+    let mut cached = app.streams.counts.lock().await;
+    if let Some((at, counts)) = cached.as_ref()
+        && at.elapsed() < COALESCE
+    {
+        return counts.clone();
+    }
+    let counts: SharedCounts = Arc::new(match app.host.queue().count_by_state().await {
+        Ok(c) => c.into_iter().map(|(s, n)| (s.as_str().to_string(), n)).collect(),
+        Err(_) => Default::default(),
+    });
+    *cached = Some((Instant::now(), counts.clone()));
+    counts
+}
 
 #[derive(Serialize)]
-struct Changed {
+struct Changed<'a> {
     ids: Vec<i64>,
     more: bool,
-    counts: std::collections::BTreeMap<String, usize>,
+    counts: &'a BTreeMap<String, usize>,
 }
 
 /// The live stream of changes.
-pub(crate) async fn events(State(app): State<Arc<App>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub(crate) async fn events(
+    State(app): State<Arc<App>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let slot = Slot::take(&app).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!("{MAX_STREAMS} event streams are open on this listener; close one or poll /api/v1/counts"),
+        )
+    })?;
     let rx = app.host.queue().subscribe();
     let counter = app.host.queue().store().change_counter().unwrap_or(0);
     let closing = app.closing.subscribe();
     let changes = futures::stream::unfold(
-        (app, rx, counter, closing),
-        |(app, mut rx, mut last, mut closing)| async move {
+        (app, rx, counter, closing, slot),
+        |(app, mut rx, mut last, mut closing, slot)| async move {
             let mut ids = BTreeSet::new();
             let mut more = false;
             // Wait for a change: an event of this host, or another process's
@@ -74,23 +144,20 @@ pub(crate) async fn events(State(app): State<Arc<App>>) -> Sse<impl Stream<Item 
                 }
             }
             last = app.host.queue().store().change_counter().unwrap_or(0);
-            let counts = match app.host.queue().count_by_state().await {
-                Ok(c) => c.into_iter().map(|(s, n)| (s.as_str().to_string(), n)).collect(),
-                Err(_) => Default::default(),
-            };
+            let counts = shared_counts(&app).await;
             let data = Changed {
                 ids: ids.into_iter().collect(),
                 more,
-                counts,
+                counts: &counts,
             };
             let event = Event::default()
                 .event("changed")
                 .json_data(&data)
                 .unwrap_or_else(|_| Event::default().event("changed").data("{}"));
-            Some((Ok(event), (app, rx, last, closing)))
+            Some((Ok(event), (app, rx, last, closing, slot)))
         },
     );
     // A first comment at once, so the browser knows the stream is open.
     let stream = futures::stream::once(async { Ok(Event::default().comment("open")) }).chain(changes);
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

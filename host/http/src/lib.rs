@@ -42,6 +42,7 @@ use workhost::HostHandle;
 
 pub use auth::{Access, MAX_SESSIONS, Token};
 pub use error::{ErrorBody, ErrorDetail};
+pub use events::{COALESCE, MAX_STREAMS};
 pub use openapi::openapi_json;
 
 use auth::{Auth, Caller};
@@ -95,6 +96,8 @@ pub(crate) struct App {
     /// True once the server shuts down: event streams end, so the
     /// graceful shutdown does not wait on them.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// The event streams open, and the counts they share.
+    pub(crate) streams: events::Streams,
 }
 
 /// A bound listener, ready to serve.
@@ -134,6 +137,7 @@ impl HttpServer {
             host,
             auth: Auth::new(config.tokens),
             closing: tokio::sync::watch::channel(false).0,
+            streams: events::Streams::default(),
         });
         Ok(HttpServer {
             listener,

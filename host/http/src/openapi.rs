@@ -31,7 +31,7 @@ impl Modify for Bearer {
         api::hosts, api::device, api::counts, api::activity, api::pause_queue, api::resume_queue,
     ),
     components(schemas(ErrorBody, ErrorDetail, TaskView, AttemptView, LogLineView, TaskSummary, Chain, TaskDetail,
-        TaskPage, Filter, BulkRequest, BulkResult, EnqueueRequest, EnqueueResult, HandlerView, LastRun, PeriodicView,
+        TaskPage, Filter, BulkRequest, BulkResult, EnqueueRequest, EnqueueResult, HandlerView, LastRun, PeriodicView, PeriodicPage,
         HostView, Counts, MinuteView, Activity, Paused, DeviceView, Session)),
     modifiers(&Bearer),
     security(("token" = [])),

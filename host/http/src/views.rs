@@ -440,6 +440,26 @@ pub struct PeriodicView {
     pub last: Option<LastRun>,
 }
 
+/// A page of periodic or cron work, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PeriodicPage {
+    /// The tasks.
+    pub periodic: Vec<PeriodicView>,
+    /// Pass as `cursor` for the next (older) page; none on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The query of `GET /api/v1/periodic`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Most tasks per page, 1-500 (default 50).
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
 /// A host serving the store.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct HostView {
