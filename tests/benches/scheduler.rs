@@ -25,7 +25,9 @@
 //!
 //! Run: `cargo bench -p workhost-tests --bench scheduler` (`just bench`).
 //! `WORKHOST_BENCH_PENDING` overrides the pending count;
-//! `WORKHOST_BENCH_ONLY=storms` runs only case 3, `=dashboard` only case 5.
+//! `WORKHOST_BENCH_ONLY=storms` runs only case 3, `=dashboard` only case 5,
+//! `=burst` only the SQLite burst of case 1 (executor-only, then end to
+//! end; for a profiler: `WORKHOST_BENCH_N` sets its size).
 
 use std::time::{Duration, Instant};
 
@@ -56,14 +58,21 @@ fn main() {
         println!("{N} echo tasks; executor only: {exec_rate:.0} runs/s");
 
         let (host, _dir) = start_host().await;
+        let burst: usize = std::env::var("WORKHOST_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N);
         let start = Instant::now();
-        let ids = enqueue_burst(host.queue(), N).await;
-        wait_done(host.queue(), N).await;
-        let rate = N as f64 / start.elapsed().as_secs_f64();
-        println!("durable, end to end: {rate:.0} tasks/s ({:.2}x the executor-only rate)", rate / exec_rate);
+        let ids = enqueue_burst(host.queue(), burst).await;
+        wait_done(host.queue(), burst).await;
+        let rate = burst as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "durable, end to end ({burst} tasks): {rate:.0} tasks/s ({:.2}x the executor-only rate)",
+            rate / exec_rate
+        );
         let (p50, p99) = latencies(host.queue(), &ids).await;
         println!("  due-to-started in that burst (queueing included): p50 {p50} ms, p99 {p99} ms");
         host.shutdown().await;
+        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("burst") {
+            return;
+        }
 
         // The same burst on the PostgreSQL store (the tests' private
         // server, which runs with fsync off: the figure is the protocol's
