@@ -135,14 +135,19 @@ struct Minute {
     latency: Histogram,
 }
 
-type Kinded = (String, &'static str);
+/// A counter per label set under one handler: the handler's name is the
+/// outer key, copied once at its first event, so counting an event
+/// allocates nothing.
+type PerHandler<K> = BTreeMap<String, BTreeMap<K, u64>>;
 
 #[derive(Debug, Default)]
 struct State {
-    enqueued: BTreeMap<Kinded, u64>,
-    started: BTreeMap<Kinded, u64>,
-    /// (handler, kind, outcome, stop reason)
-    finished: BTreeMap<(String, &'static str, &'static str, &'static str), u64>,
+    /// By handler, then kind.
+    enqueued: PerHandler<&'static str>,
+    /// By handler, then kind.
+    started: PerHandler<&'static str>,
+    /// By handler, then (kind, outcome, stop reason).
+    finished: PerHandler<(&'static str, &'static str, &'static str)>,
     run_seconds: BTreeMap<String, Histogram>,
     due_to_start: BTreeMap<String, Histogram>,
     fuel: BTreeMap<String, Histogram>,
@@ -219,6 +224,17 @@ fn observe(by_handler: &mut BTreeMap<String, Histogram>, handler: &str, bounds: 
     }
 }
 
+/// Counts one event of `handler` with the labels `key`; the handler's name
+/// is copied only at its first event.
+fn count<K: Ord>(counters: &mut PerHandler<K>, handler: &str, key: K) {
+    if !counters.contains_key(handler) {
+        counters.insert(handler.to_string(), BTreeMap::new());
+    }
+    if let Some(by_key) = counters.get_mut(handler) {
+        *by_key.entry(key).or_default() += 1;
+    }
+}
+
 /// Escapes a label value (handler names are restricted, but be exact).
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -231,13 +247,13 @@ impl Metrics {
 
     /// A request was accepted as a new task.
     pub(crate) fn enqueued(&self, handler: &str, kind: TaskKind) {
-        *self.lock().enqueued.entry((handler.into(), kind.as_str())).or_default() += 1;
+        count(&mut self.lock().enqueued, handler, kind.as_str());
     }
 
     /// A run started `late` after its task was due.
     pub(crate) fn started(&self, handler: &str, kind: TaskKind, late: Duration, at: Millis) {
         let mut s = self.lock();
-        *s.started.entry((handler.into(), kind.as_str())).or_default() += 1;
+        count(&mut s.started, handler, kind.as_str());
         let seconds = late.as_secs_f64();
         observe(&mut s.due_to_start, handler, SECONDS, seconds);
         s.minute(at).latency.observe(seconds);
@@ -256,9 +272,7 @@ impl Metrics {
     ) {
         let (result, reason) = outcome_label(outcome);
         let mut s = self.lock();
-        *s.finished
-            .entry((handler.into(), kind.as_str(), result, reason))
-            .or_default() += 1;
+        count(&mut s.finished, handler, (kind.as_str(), result, reason));
         observe(&mut s.run_seconds, handler, SECONDS, outcome.duration.as_secs_f64());
         if let Some(fuel) = outcome.fuel_consumed {
             observe(&mut s.fuel, handler, FUEL, fuel as f64);
@@ -326,7 +340,7 @@ impl Metrics {
             "counter",
             "Tasks this process's queue accepted.",
         );
-        for ((h, k), n) in &s.enqueued {
+        for (h, (k, n)) in s.enqueued.iter().flat_map(|(h, m)| m.iter().map(move |e| (h, e))) {
             let _ = writeln!(
                 out,
                 "workhost_tasks_enqueued_total{{handler=\"{}\",kind=\"{k}\"}} {n}",
@@ -339,7 +353,7 @@ impl Metrics {
             "counter",
             "Runs this host started.",
         );
-        for ((h, k), n) in &s.started {
+        for (h, (k, n)) in s.started.iter().flat_map(|(h, m)| m.iter().map(move |e| (h, e))) {
             let _ = writeln!(
                 out,
                 "workhost_runs_started_total{{handler=\"{}\",kind=\"{k}\"}} {n}",
@@ -352,7 +366,7 @@ impl Metrics {
             "counter",
             "Runs this host finished, by outcome (success, retry, failed, stopped) and stop reason.",
         );
-        for ((h, k, o, r), n) in &s.finished {
+        for (h, ((k, o, r), n)) in s.finished.iter().flat_map(|(h, m)| m.iter().map(move |e| (h, e))) {
             let _ = writeln!(
                 out,
                 "workhost_runs_finished_total{{handler=\"{}\",kind=\"{k}\",outcome=\"{o}\",stop_reason=\"{r}\"}} {n}",
