@@ -28,6 +28,8 @@
 //! `WORKHOST_BENCH_ONLY=storms` runs only case 3, `=dashboard` only case 5,
 //! `=burst` only the SQLite burst of case 1 (executor-only, then end to
 //! end; for a profiler: `WORKHOST_BENCH_N` sets its size).
+//! `WORKHOST_BENCH_SLOTS` sets the run slots of the benchmark's hosts
+//! (default 64), to tell a slot-bound run from a store-bound one.
 
 use std::time::{Duration, Instant};
 
@@ -61,8 +63,13 @@ fn main() {
         let burst: usize = std::env::var("WORKHOST_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N);
         let start = Instant::now();
         let ids = enqueue_burst(host.queue(), burst).await;
+        let enqueued_in = start.elapsed().as_secs_f64();
         wait_done(host.queue(), burst).await;
         let rate = burst as f64 / start.elapsed().as_secs_f64();
+        println!(
+            "  ({burst} enqueued in {enqueued_in:.2} s: {:.0} enqueues/s with 64 in flight)",
+            burst as f64 / enqueued_in
+        );
         println!(
             "durable, end to end ({burst} tasks): {rate:.0} tasks/s ({:.2}x the executor-only rate)",
             rate / exec_rate
@@ -211,9 +218,13 @@ async fn start_host_with(adjust: impl FnOnce(&mut workhost::HostConfig)) -> (Hos
     let dir = tempfile::tempdir().unwrap();
     let mut config = host_config(dir.path());
     config.engine.cache_dir = Some(workhost_tests::root().join("target/test-compile-cache"));
-    config.max_concurrency = 64;
+    let slots: usize = std::env::var("WORKHOST_BENCH_SLOTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    config.max_concurrency = slots;
     for h in &mut config.handlers {
-        h.concurrency = 64;
+        h.concurrency = slots;
     }
     adjust(&mut config);
     (Host::start(config).await.unwrap(), dir)

@@ -301,6 +301,10 @@ pub(crate) async fn periodic(
         periodic.extend(app.host.queue().query(query).await?);
     }
     periodic.sort_by_key(|t| std::cmp::Reverse(t.id));
+    // The three reads are three snapshots: a task that moved between two
+    // of them (claimed, or rescheduled after its run) is in both. Each
+    // task is shown once, as read again below.
+    periodic.dedup_by_key(|t| t.id);
     let more = periodic.len() > page;
     periodic.truncate(page);
     let next_cursor = more.then(|| periodic.last().map(|t| t.id.to_string())).flatten();

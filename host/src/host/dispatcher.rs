@@ -435,6 +435,10 @@ impl Drop for Claiming<'_> {
 /// past the retention period.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// Least time between two looks for running work another process
+/// cancelled (a look reads the running tasks' states).
+pub(super) const FOREIGN_CANCEL_CHECK: Duration = Duration::from_millis(20);
+
 /// How often the dispatcher looks for due work of handlers it lacks.
 pub(super) const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
 
@@ -460,6 +464,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
     // whoever subscribes to the alerts as the host starts hears of them.
     let mut alerted: Vec<String> = Vec::new();
     let mut handlers_checked = tokio::time::Instant::now();
+    let mut cancels_checked = tokio::time::Instant::now() - FOREIGN_CANCEL_CHECK;
     // When work of this host's handlers with a free slot is next due (None:
     // none, or paused), as last read; `look` asks for a new read.
     let mut due: Option<Millis> = None;
@@ -588,14 +593,25 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
             handlers_checked = tokio::time::Instant::now();
             inner.alert_waiting_for_handler(now, &mut alerted).await;
         }
-        if counter != last_change {
+        // At most once per FOREIGN_CANCEL_CHECK: under a burst every wake
+        // sees a new change counter, and a look per wake cost more than
+        // the claims it came between. A change not looked at yet is looked
+        // at on a later pass.
+        if counter != last_change && cancels_checked.elapsed() >= FOREIGN_CANCEL_CHECK {
             last_change = counter;
+            cancels_checked = tokio::time::Instant::now();
             notice_foreign_cancels(&inner).await;
         }
         // A run that ends wakes the dispatcher through its `Slot`.
         let nap = match due {
             Some(d) if d > now && !look => inner.poll.min(Duration::from_millis((d - now) as u64)),
             _ => inner.poll,
+        };
+        // A change not looked at for cancels yet is looked at soon.
+        let nap = if counter != last_change {
+            nap.min(FOREIGN_CANCEL_CHECK)
+        } else {
+            nap
         };
         tokio::select! {
             () = inner.queue.wake.notified() => look = true,
@@ -667,16 +683,14 @@ pub(super) async fn notice_foreign_cancels(inner: &Arc<Inner>) {
     if ids.is_empty() {
         return;
     }
+    // Only the cancelled ones are read: usually none, one index look each.
     let q = Query {
         ids: Some(ids),
+        state: Some(TaskState::Cancelled),
         ..Query::default()
     };
     if let Ok(tasks) = inner.queue.store.query(q).await {
-        let cancelled: Vec<TaskId> = tasks
-            .iter()
-            .filter(|t| t.state == TaskState::Cancelled)
-            .map(|t| t.id)
-            .collect();
+        let cancelled: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
         inner.stop_running(&cancelled, StopReason::Cancelled);
     }
 }

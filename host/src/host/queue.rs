@@ -483,6 +483,10 @@ impl Queue {
     }
 
     pub(super) fn publish(&self, changes: &[Change], describe: impl Fn(&Change) -> (&'static str, String)) {
+        // Events are built only when someone listens.
+        if self.events.receiver_count() == 0 {
+            return;
+        }
         let at = self.now();
         for c in changes {
             let (event, detail) = describe(c);
@@ -503,6 +507,9 @@ pub(super) fn publish(
     changes: &[Change],
     describe: impl Fn(&Change) -> (&'static str, String),
 ) {
+    if events.receiver_count() == 0 {
+        return;
+    }
     for c in changes {
         let (event, detail) = describe(c);
         let _ = events.send(TaskEvent {

@@ -101,13 +101,15 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
         queue
             .metrics
             .started(&info.handler, info.kind, Duration::from_millis(late), now);
-        let _ = queue.events.send(TaskEvent {
-            id: info.id,
-            state: TaskState::Running,
-            event: "started",
-            detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
-            at: queue.now(),
-        });
+        if queue.events.receiver_count() > 0 {
+            let _ = queue.events.send(TaskEvent {
+                id: info.id,
+                state: TaskState::Running,
+                event: "started",
+                detail: format!("{}/{} attempt {attempt}", info.handler, info.task),
+                at: queue.now(),
+            });
+        }
     }
     let mut progress = None;
     let handlers = inner.handlers();
@@ -195,7 +197,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
     }
     let now = queue.now();
     let transition = skipped.unwrap_or_else(|| decide(&claimed.retry_facts(), &outcome.result, now));
-    let next = crate::units::format_rfc3339(transition.next_run_at);
+    let next = || crate::units::format_rfc3339(transition.next_run_at);
     let why = match (&transition.stop_reason, &transition.error) {
         (Some(r), Some(e)) => format!("{r}: {e}"),
         (Some(r), None) => r.clone(),
@@ -266,9 +268,9 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
             TaskState::Succeeded => ("succeeded", String::new()),
             TaskState::Failed => ("failed", why.clone()),
             TaskState::Cancelled => ("cancelled", String::new()),
-            TaskState::Enqueued if next_period => ("rescheduled", format!("next period at {next}")),
-            _ if why.is_empty() => ("retrying", format!("next attempt at {next}")),
-            _ => ("retrying", format!("{why}; next attempt at {next}")),
+            TaskState::Enqueued if next_period => ("rescheduled", format!("next period at {}", next())),
+            _ if why.is_empty() => ("retrying", format!("next attempt at {}", next())),
+            _ => ("retrying", format!("{why}; next attempt at {}", next())),
         }
     });
     queue.wake.notify_one();

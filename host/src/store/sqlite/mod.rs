@@ -323,8 +323,14 @@ fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Resul
     Ok(out)
 }
 
+/// Runs one cached statement of no result (a savepoint's).
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// The writer thread: takes every queued job, runs each in a savepoint of one
-/// transaction, commits once, then acknowledges them all.
+/// transaction, commits once, then acknowledges them all. Its own
+/// statements (`BEGIN`, the savepoints, `COMMIT`) are prepared once.
 fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -335,7 +341,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         let mut replies = Vec::with_capacity(batch.len());
-        let begin = conn.execute_batch("BEGIN IMMEDIATE");
+        let begin = run_cached(&conn, "BEGIN IMMEDIATE");
         if let Err(e) = begin {
             let e = store_error(e);
             for job in batch {
@@ -346,16 +352,15 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             continue;
         }
         for job in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = run_cached(&conn, "SAVEPOINT job");
             let (ok, reply) = job(&conn);
-            let _ = conn.execute_batch(if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            });
+            if !ok {
+                let _ = run_cached(&conn, "ROLLBACK TO job");
+            }
+            let _ = run_cached(&conn, "RELEASE job");
             replies.push(reply);
         }
-        let commit = conn.execute_batch("COMMIT").err().map(store_error);
+        let commit = run_cached(&conn, "COMMIT").err().map(store_error);
         if commit.is_some() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -733,8 +738,9 @@ mod tests {
         }
         conn.execute_batch(
             "DROP INDEX tasks_handler; DROP INDEX tasks_state; DROP INDEX tasks_pin; DROP TABLE paused_handlers; \
-             ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_handler_due; DROP TABLE hosts; \
-             DROP INDEX tasks_claim; DROP INDEX tasks_expedited; DROP TABLE starts; \
+             ALTER TABLE attempts DROP COLUMN run_attempt; DROP INDEX tasks_enqueued_due; DROP TABLE hosts; \
+             CREATE INDEX tasks_due ON tasks(state, next_run_at); \
+             DROP INDEX tasks_enqueued_claim; DROP INDEX tasks_expedited; DROP TABLE starts; \
              ALTER TABLE tasks DROP COLUMN priority; ALTER TABLE tasks DROP COLUMN expedited; \
              ALTER TABLE tasks DROP COLUMN cron; ALTER TABLE tasks DROP COLUMN pin; \
              ALTER TABLE attempts DROP COLUMN component; ALTER TABLE attempts DROP COLUMN contract",
@@ -764,6 +770,22 @@ mod tests {
             .read(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0)))
             .unwrap();
         assert_eq!(version, schema::SCHEMA_VERSION);
+        let indexes: Vec<String> = store
+            .read(|c| {
+                c.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'tasks' ORDER BY name")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap();
+        for (name, present) in [
+            ("tasks_due", false),
+            ("tasks_handler_due", false),
+            ("tasks_claim", false),
+            ("tasks_enqueued_due", true),
+            ("tasks_enqueued_claim", true),
+        ] {
+            assert_eq!(indexes.iter().any(|i| i == name), present, "{name} in {indexes:?}");
+        }
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
