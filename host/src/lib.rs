@@ -111,7 +111,7 @@ pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
     Change, Claimed, ClockJump, CommitHook, DEFAULT_HOST_LEASE, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity,
-    HostInfo, PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
+    HostInfo, NextClaim, PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, CatchUp, CronSchedule, DEFAULT_BACKOFF, DEFAULT_CATCH_UP_CAP,

@@ -903,3 +903,39 @@ async fn single_task_actions_tell_an_unknown_task_from_a_wrong_state_and_emit_ev
     }
     d.shutdown().await;
 }
+
+/// A run that ends hands its slot on in the same commit as its outcome
+/// (`TaskStore::finish_then_claim`), and the slot goes round the handlers:
+/// another handler's first due task before the finished run's handler's
+/// next. One run slot, three `echo` tasks due before one `counter` task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_handlers_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.max_concurrency = 1;
+    let d = TestDriver::start(config).await.unwrap();
+    let q = d.queue();
+    let mut events = q.subscribe();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(
+            q.enqueue(WorkRequest::one_off("echo", format!("e{n}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let counter = q.enqueue(WorkRequest::one_off("counter", "c")).await.unwrap().id;
+    d.run_until_idle().await;
+    let mut started = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.event == "started" {
+            started.push(e.id);
+        }
+    }
+    assert_eq!(started, vec![ids[0], counter, ids[1], ids[2]]);
+    for id in ids.iter().chain([&counter]) {
+        assert_eq!(task(&d, *id).await.state, TaskState::Succeeded);
+    }
+    d.shutdown().await;
+}

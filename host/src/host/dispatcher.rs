@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, watch};
 use crate::device::{DeviceOverrides, DeviceState, LinuxPaths};
 use crate::executor::{Handler, StopHandle};
 use crate::outcome::StopReason;
-use crate::store::{Change, HostIdentity, Query};
+use crate::store::{Change, Claimed, HostIdentity, NextClaim, Query};
 use crate::work::{Millis, TaskId, TaskState};
 
 use super::blocking;
@@ -288,15 +288,24 @@ impl Inner {
     /// memory budget at the largest memory limit among the handlers with a
     /// free slot.
     pub(super) fn free_slots(&self) -> (usize, HashMap<String, usize>) {
+        self.free_slots_except(None)
+    }
+
+    /// [`Self::free_slots`] as if the run of `except` had ended.
+    pub(super) fn free_slots_except(&self, except: Option<TaskId>) -> (usize, HashMap<String, usize>) {
         let handlers = self.handlers();
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let others = running.len() - except.map_or(0, |id| usize::from(running.contains_key(&id)));
         let mut per: HashMap<String, usize> = handlers
             .by_name
             .iter()
             .map(|(n, h)| (n.clone(), h.config.concurrency))
             .collect();
         let mut reserved = 0u64;
-        for r in running.values() {
+        for (id, r) in running.iter() {
+            if Some(*id) == except {
+                continue;
+            }
             reserved = reserved.saturating_add(r.memory);
             if let Some(n) = per.get_mut(&r.handler) {
                 *n = n.saturating_sub(1);
@@ -311,7 +320,29 @@ impl Inner {
             .unwrap_or(1)
             .max(1);
         let fit = usize::try_from(self.memory_budget.saturating_sub(reserved) / largest).unwrap_or(usize::MAX);
-        (self.max_concurrency.saturating_sub(running.len()).min(fit), per)
+        (self.max_concurrency.saturating_sub(others).min(fit), per)
+    }
+
+    /// The claim for the slot the run of task `id` (of `handler`) frees as
+    /// it finishes ([`crate::store::TaskStore::finish_then_claim`]); none while the host
+    /// shuts down or does not hold its lease, or when the freed slot is not
+    /// free after all (a reload lowered the limits, or memory).
+    pub(super) async fn next_claim(&self, id: TaskId, handler: &str) -> Option<NextClaim> {
+        if *self.shutting_down.borrow() || !self.lease_held.load(Ordering::Acquire) {
+            return None;
+        }
+        let (free, may_run) = self.free_slots_except(Some(id));
+        if free == 0 || may_run.values().all(|n| *n == 0) {
+            return None;
+        }
+        let now = self.follow_clock().await;
+        Some(NextClaim {
+            me: self.me.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            now,
+            may_run,
+            device: self.device.borrow().clone(),
+            after: handler.to_string(),
+        })
     }
 
     /// Raises one alert per handler name for due work that names a handler
@@ -540,48 +571,7 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
             last_seen = Some(report_foreign_enqueues(&inner, last_seen).await);
         }
         for c in claimed.and_then(Result::ok).unwrap_or_default() {
-            let stop = StopHandle::new();
-            let memory = inner
-                .handlers()
-                .by_name
-                .get(&c.info.handler)
-                .map_or(0, |h| h.config.budget_of(&c.info).max_memory_bytes);
-            // Expedited work is not held by `device_idle` (the store's
-            // claim filter says the same).
-            let mut constraints = c.info.constraints;
-            if c.info.expedited {
-                constraints.device_idle = false;
-            }
-            let running = Running {
-                handler: c.info.handler.clone(),
-                stop: stop.clone(),
-                constraints,
-                memory,
-                lease: c.lease,
-                claimed_at: tokio::time::Instant::now(),
-            };
-            {
-                // The claim used a snapshot of the device state; if it changed
-                // since, the run stops at once (see `Inner::set_device`).
-                // Likewise a shutdown (or drop) that came during the claim:
-                // it set the flag before taking this lock to stop what runs,
-                // so each run is stopped either by it or here.
-                let mut all = inner.running.lock().unwrap_or_else(|e| e.into_inner());
-                if !constraints.hold(&inner.device.borrow()) {
-                    stop.stop(StopReason::ConstraintLost);
-                }
-                if *inner.shutting_down.borrow() {
-                    stop.stop(StopReason::HostShutdown);
-                }
-                all.insert(c.info.id, running);
-            }
-            let span = tracing::info_span!(
-                "run",
-                task = c.info.id,
-                handler = %c.info.handler,
-                attempt = c.info.run_attempt_count
-            );
-            runs.spawn(tracing::Instrument::instrument(run_task(inner.clone(), c, stop), span));
+            start_run(&inner, c, None);
         }
         drop(claiming);
         if now >= inner.next_prune_at.load(Ordering::Acquire) {
@@ -621,6 +611,61 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
     }
     runs.close();
     runs.wait().await;
+}
+
+/// Starts a claimed task's run: registers it in `running` (stopped at once
+/// if the device state or a shutdown changed since its claim) and spawns
+/// it. The caller holds a claim epoch, or is the run `replacing`, whose
+/// place in `running` the new run takes under the same lock: a claimed
+/// task is never in neither.
+pub(super) fn start_run(inner: &Arc<Inner>, c: Claimed, replacing: Option<TaskId>) {
+    let stop = StopHandle::new();
+    let memory = inner
+        .handlers()
+        .by_name
+        .get(&c.info.handler)
+        .map_or(0, |h| h.config.budget_of(&c.info).max_memory_bytes);
+    // Expedited work is not held by `device_idle` (the store's
+    // claim filter says the same).
+    let mut constraints = c.info.constraints;
+    if c.info.expedited {
+        constraints.device_idle = false;
+    }
+    let running = Running {
+        handler: c.info.handler.clone(),
+        stop: stop.clone(),
+        constraints,
+        memory,
+        lease: c.lease,
+        claimed_at: tokio::time::Instant::now(),
+    };
+    {
+        // The claim used a snapshot of the device state; if it changed
+        // since, the run stops at once (see `Inner::set_device`).
+        // Likewise a shutdown (or drop) that came during the claim:
+        // it set the flag before taking this lock to stop what runs,
+        // so each run is stopped either by it or here.
+        let mut all = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if !constraints.hold(&inner.device.borrow()) {
+            stop.stop(StopReason::ConstraintLost);
+        }
+        if *inner.shutting_down.borrow() {
+            stop.stop(StopReason::HostShutdown);
+        }
+        if let Some(old) = replacing {
+            all.remove(&old);
+        }
+        all.insert(c.info.id, running);
+    }
+    let span = tracing::info_span!(
+        "run",
+        task = c.info.id,
+        handler = %c.info.handler,
+        attempt = c.info.run_attempt_count
+    );
+    inner
+        .runs
+        .spawn(tracing::Instrument::instrument(run_task(inner.clone(), c, stop), span));
 }
 
 /// Reports tasks another process enqueued since `last_seen`; the first call

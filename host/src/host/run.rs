@@ -208,8 +208,15 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
     let next_period = info.kind == TaskKind::Periodic && transition.attempts == 0;
     let id = info.id;
     let mut refused = Refusals::default();
-    let changes = loop {
-        match queue.store.finish(id, lease, transition.clone(), &outcome, now).await {
+    // The slot this run frees is claimed for in the finish's own commit
+    // (one offer: a refused finish is offered again without it).
+    let mut next_claim = inner.next_claim(id, &info.handler).await;
+    let (changes, claimed) = loop {
+        match queue
+            .store
+            .finish_then_claim(id, lease, transition.clone(), &outcome, now, next_claim.take())
+            .await
+        {
             Ok(changes) => {
                 if let Some(n) = refused.ended() {
                     inner.alert(
@@ -241,10 +248,16 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
                 }
                 tokio::time::sleep(FINISH_RETRY).await
             }
-            Err(_) => break Vec::new(),
+            Err(_) => break (Vec::new(), Vec::new()),
         }
     };
-    inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    match claimed.into_iter().next() {
+        // The next run takes this one's place.
+        Some(c) => super::dispatcher::start_run(&inner, c, Some(id)),
+        None => {
+            inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        }
+    }
     if ran {
         let state = changes
             .iter()

@@ -142,6 +142,24 @@ impl Claimed {
     }
 }
 
+/// The claim [`TaskStore::finish_then_claim`] makes for the slot a finished
+/// run frees.
+#[derive(Debug, Clone)]
+pub struct NextClaim {
+    /// The claiming host.
+    pub me: HostIdentity,
+    /// The claim's "now" (the dispatcher's, after following the clock).
+    pub now: Millis,
+    /// The handlers that may start a run, each with its free slots
+    /// (counting the freed one).
+    pub may_run: HashMap<String, usize>,
+    /// The device state constraints are checked against.
+    pub device: DeviceState,
+    /// The handler of the run that ended: another handler's first due task
+    /// goes before its next.
+    pub after: String,
+}
+
 /// Who a host is to its store. `id` stays the same across restarts of a
 /// host on one data directory (it is kept in `<data_dir>/host-id`);
 /// `incarnation` is new with every start, so a store tells a restarted
@@ -278,6 +296,28 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         outcome: &'a RunOutcome,
         now: Millis,
     ) -> StoreFuture<'a, Result<Vec<Change>, StoreError>>;
+    /// [`Self::finish`], then, when `next` is given, a claim of at most one
+    /// task for the slot the run frees, as [`Self::claim`] would make it
+    /// (pause, rates, constraints and `next.may_run` alike), in the same
+    /// commit where the backend can: a host under load keeps each run slot
+    /// busy without a round trip through its dispatcher. A claim that
+    /// fails claims nothing and never undoes the finish. Among handlers'
+    /// first due tasks, one of a handler other than `next.after` comes
+    /// first, so a slot passes round the handlers rather than staying with
+    /// one. The default records the finish and claims nothing (the
+    /// dispatcher claims for the slot).
+    fn finish_then_claim<'a>(
+        &'a self,
+        id: TaskId,
+        lease: u64,
+        transition: Transition,
+        outcome: &'a RunOutcome,
+        now: Millis,
+        next: Option<NextClaim>,
+    ) -> StoreFuture<'a, Result<(Vec<Change>, Vec<Claimed>), StoreError>> {
+        let _ = next;
+        Box::pin(async move { Ok((self.finish(id, lease, transition, outcome, now).await?, Vec::new())) })
+    }
     /// Stores the latest progress of the run holding `lease`; changes
     /// nothing once that run is no longer the task's current one.
     fn set_progress<'a>(

@@ -28,8 +28,8 @@ use crate::kv::KvStore;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
 use crate::store::{
-    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity, HostInfo, Query,
-    Selector, StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity, HostInfo,
+    NextClaim, Query, Selector, StoreFuture, TaskStore,
 };
 use crate::work::{Enqueued, HandlerLimits, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -409,7 +409,35 @@ impl TaskStore for SqliteStore {
         device: DeviceState,
     ) -> StoreFuture<'_, Result<Vec<Claimed>, StoreError>> {
         let rates = self.rates();
-        self.write_sql(move |conn| claim_in(conn, now, limit, may_run, &device, &rates))
+        self.write_sql(move |conn| claim_in(conn, now, limit, may_run, &device, &rates, None))
+    }
+
+    /// One job: the finish, then the claim in a savepoint of its own, so a
+    /// claim that fails is rolled back alone.
+    fn finish_then_claim<'a>(
+        &'a self,
+        id: TaskId,
+        lease: u64,
+        transition: Transition,
+        outcome: &'a RunOutcome,
+        now: Millis,
+        next: Option<NextClaim>,
+    ) -> StoreFuture<'a, Result<(Vec<Change>, Vec<Claimed>), StoreError>> {
+        let record = AttemptEnd::of(outcome);
+        let rates = next.is_some().then(|| self.rates()).unwrap_or_default();
+        self.write_sql(move |conn| {
+            let changes = finish_in(conn, id, lease, transition, record, now)?;
+            let Some(next) = next else {
+                return Ok((changes, Vec::new()));
+            };
+            run_cached(conn, "SAVEPOINT claim")?;
+            let claimed = claim_in(conn, next.now, 1, next.may_run, &next.device, &rates, Some(&next.after));
+            if claimed.is_err() {
+                run_cached(conn, "ROLLBACK TO claim")?;
+            }
+            run_cached(conn, "RELEASE claim")?;
+            Ok((changes, claimed.unwrap_or_default()))
+        })
     }
 
     fn finish<'a>(
@@ -706,6 +734,48 @@ mod tests {
                 })
                 .unwrap();
             assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{sql}: {plan:?}");
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The claim's look for due work walks the claim-order index (no
+    /// sort) and stays prepared whatever its limit: a statement SQLite must
+    /// prepare again at each claim cost more than the claim itself.
+    #[test]
+    fn the_claim_walks_its_index_and_is_prepared_once() {
+        let dir = tempfile_dir("claim-plan");
+        let store = SqliteStore::open(&dir).unwrap();
+        for device in [
+            DeviceState::default(),
+            DeviceState {
+                charging: true,
+                ..DeviceState::default()
+            },
+        ] {
+            let sql = claim_sql(&device);
+            let (plan, reprepared) = store
+                .read(|c| {
+                    let plan: Vec<String> = c
+                        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?
+                        .query_map(params!["h", 5, 1, 10], |r| r.get::<_, String>(3))?
+                        .collect::<Result<_, _>>()?;
+                    let mut s = c.prepare(&sql)?;
+                    for limit in 1..=10i64 {
+                        let rows: Vec<i64> = s
+                            .query_map(params!["h", limit, limit, limit], |r| r.get(0))?
+                            .collect::<Result<_, _>>()?;
+                        assert!(rows.is_empty());
+                    }
+                    Ok((plan, s.get_status(rusqlite::StatementStatus::RePrepare)))
+                })
+                .unwrap();
+            assert!(
+                plan.iter().any(|p| p.contains("tasks_enqueued_claim")),
+                "{sql}: {plan:?}"
+            );
+            assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{sql}: {plan:?}");
+            assert_eq!(reprepared, 0, "{sql} was prepared again as its limit changed");
         }
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
