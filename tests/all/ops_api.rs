@@ -414,6 +414,17 @@ fn handlers_pause_and_resume_and_the_other_resources_answer() {
         ids(&ops.get("/api/v1/periodic").json()),
         vec![ticks[2], ticks[1], ticks[0]]
     );
+    // Finished periodic work (cancelled) is skipped, and a page is still
+    // full when it sits between two unfinished tasks.
+    assert_eq!(ops.post(&format!("/api/v1/tasks/{}/cancel", ticks[1]), "").status, 200);
+    let page = ops.get("/api/v1/periodic?limit=2").json();
+    assert_eq!(ids(&page), vec![ticks[2], ticks[0]], "{page}");
+    assert!(page["next_cursor"].is_null(), "{page}");
+    let page = ops.get("/api/v1/periodic?limit=1").json();
+    assert_eq!(ids(&page), vec![ticks[2]], "{page}");
+    let cursor = page["next_cursor"].as_str().expect("a second page").to_string();
+    let page = ops.get(&format!("/api/v1/periodic?limit=1&cursor={cursor}")).json();
+    assert_eq!(ids(&page), vec![ticks[0]], "{page}");
     for bad in ["limit=0", "limit=501", "cursor=abc"] {
         let r = ops.get(&format!("/api/v1/periodic?{bad}"));
         assert_eq!(r.status, 400, "{bad}: {}", r.body);

@@ -273,6 +273,9 @@ pub(crate) async fn resume_handler(State(app): State<Arc<App>>, Path(name): Path
     set_handler_paused(&app, &name, false).await
 }
 
+/// Most reads of the store for one page of `/api/v1/periodic`.
+const PERIODIC_READS: usize = 4;
+
 /// Periodic and cron work not finished, newest first, a page at a time:
 /// next runs and last result.
 #[utoipa::path(get, path = "/api/v1/periodic", tag = "tasks", params(PageParams),
@@ -284,30 +287,50 @@ pub(crate) async fn periodic(
     let UrlQuery(p) = params.map_err(|e| ApiError::invalid(e.body_text()))?;
     let (limit, before) = page_of(p.limit, p.cursor.as_deref())?;
     let page = limit as usize;
-    // Unfinished periodic work is in one of three states: each is read a
-    // page deep (indexed, newest first, below the cursor) and the pages are
-    // merged, so a request reads at most three pages and the attempts of
-    // one, however much periodic work there is.
-    let mut periodic = Vec::new();
-    for state in [TaskState::Enqueued, TaskState::Running, TaskState::Blocked] {
-        let query = Query {
-            state: Some(state),
-            kind: Some(workhost::TaskKind::Periodic),
-            before_id: before,
-            newest_first: true,
-            limit: Some(page + 1),
-            ..Query::default()
-        };
-        periodic.extend(app.host.queue().query(query).await?);
-    }
-    periodic.sort_by_key(|t| std::cmp::Reverse(t.id));
-    // The three reads are three snapshots: a task that moved between two
-    // of them (claimed, or rescheduled after its run) is in both. Each
-    // task is shown once, as read again below.
-    periodic.dedup_by_key(|t| t.id);
-    let more = periodic.len() > page;
-    periodic.truncate(page);
-    let next_cursor = more.then(|| periodic.last().map(|t| t.id.to_string())).flatten();
+    // Read by kind alone, newest first, in one snapshot per read, and the
+    // finished ones skipped: a task moving between states while the page
+    // is read (claimed, or rescheduled after its run) is neither missed
+    // nor shown twice, as it was by one read per state. At most
+    // PERIODIC_READS reads a page deep; a page cut short by that cap still
+    // gives the cursor to go on from.
+    let mut periodic: Vec<workhost::TaskInfo> = Vec::new();
+    let mut below = before;
+    let mut reads = 0;
+    let next_cursor = loop {
+        reads += 1;
+        let read = app
+            .host
+            .queue()
+            .query(Query {
+                kind: Some(workhost::TaskKind::Periodic),
+                before_id: below,
+                newest_first: true,
+                limit: Some(page + 1),
+                ..Query::default()
+            })
+            .await?;
+        let exhausted = read.len() <= page;
+        below = read.last().map(|t| t.id);
+        let mut more = false;
+        for t in read.into_iter().filter(|t| !t.state.is_finished()) {
+            if periodic.len() == page {
+                more = true;
+                break;
+            }
+            periodic.push(t);
+        }
+        if more {
+            // One more unfinished task: the next page starts after this one's last.
+            break periodic.last().map(|t| t.id.to_string());
+        }
+        if exhausted {
+            break None;
+        }
+        if reads == PERIODIC_READS {
+            // The cap: the next page goes on below the last task read.
+            break below.map(|id| id.to_string());
+        }
+    };
     let mut out = Vec::with_capacity(periodic.len());
     for t in periodic {
         let full = app.host.queue().get(t.id).await?.unwrap_or(t);
