@@ -110,8 +110,9 @@ pub use progress::{PROGRESS_CALLS_PER_INTERVAL, PROGRESS_INTERVAL};
 pub use retry::{RetryFacts, Transition, decide, decide_orphaned};
 pub use runlog::{LOG_LINE_OVERHEAD, LogLevel, LogLine, LogSource};
 pub use store::{
-    Change, Claimed, ClockJump, CommitHook, DEFAULT_HOST_LEASE, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity,
-    HostInfo, NextClaim, PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore, StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, DEFAULT_HOST_LEASE, EnqueueHooks, FinishedAndClaimed, HandlerCounts,
+    HandlerWait, HostIdentity, HostInfo, NextClaim, PERIODIC_ATTEMPTS_KEPT, PgStore, Query, Selector, SqliteStore,
+    StoreFuture, TaskStore,
 };
 pub use work::{
     AttemptRecord, BackoffPolicy, BudgetOverride, CatchUp, CronSchedule, DEFAULT_BACKOFF, DEFAULT_CATCH_UP_CAP,

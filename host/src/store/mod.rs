@@ -142,6 +142,10 @@ impl Claimed {
     }
 }
 
+/// What [`TaskStore::finish_then_claim`] returns: the finish's changes,
+/// and the task claimed for the freed slot, if any.
+pub type FinishedAndClaimed = (Vec<Change>, Vec<Claimed>);
+
 /// The claim [`TaskStore::finish_then_claim`] makes for the slot a finished
 /// run frees.
 #[derive(Debug, Clone)]
@@ -314,7 +318,7 @@ pub trait TaskStore: Send + Sync + std::fmt::Debug {
         outcome: &'a RunOutcome,
         now: Millis,
         next: Option<NextClaim>,
-    ) -> StoreFuture<'a, Result<(Vec<Change>, Vec<Claimed>), StoreError>> {
+    ) -> StoreFuture<'a, Result<FinishedAndClaimed, StoreError>> {
         let _ = next;
         Box::pin(async move { Ok((self.finish(id, lease, transition, outcome, now).await?, Vec::new())) })
     }

@@ -28,8 +28,8 @@ use crate::kv::KvStore;
 use crate::outcome::RunOutcome;
 use crate::retry::Transition;
 use crate::store::{
-    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, HandlerCounts, HandlerWait, HostIdentity, HostInfo,
-    NextClaim, Query, Selector, StoreFuture, TaskStore,
+    Change, Claimed, ClockJump, CommitHook, EnqueueHooks, FinishedAndClaimed, HandlerCounts, HandlerWait, HostIdentity,
+    HostInfo, NextClaim, Query, Selector, StoreFuture, TaskStore,
 };
 use crate::work::{Enqueued, HandlerLimits, Millis, StoreError, TaskId, TaskInfo, TaskState, WorkError, WorkRequest};
 
@@ -422,9 +422,9 @@ impl TaskStore for SqliteStore {
         outcome: &'a RunOutcome,
         now: Millis,
         next: Option<NextClaim>,
-    ) -> StoreFuture<'a, Result<(Vec<Change>, Vec<Claimed>), StoreError>> {
+    ) -> StoreFuture<'a, Result<FinishedAndClaimed, StoreError>> {
         let record = AttemptEnd::of(outcome);
-        let rates = next.is_some().then(|| self.rates()).unwrap_or_default();
+        let rates = if next.is_some() { self.rates() } else { HashMap::new() };
         self.write_sql(move |conn| {
             let changes = finish_in(conn, id, lease, transition, record, now)?;
             let Some(next) = next else {
