@@ -916,6 +916,8 @@ async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_hand
     let d = TestDriver::start(config).await.unwrap();
     let q = d.queue();
     let mut events = q.subscribe();
+    // All four are due before the first claim.
+    q.pause().await.unwrap();
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(
@@ -926,6 +928,7 @@ async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_hand
         );
     }
     let counter = q.enqueue(WorkRequest::one_off("counter", "c")).await.unwrap().id;
+    q.resume().await.unwrap();
     d.run_until_idle().await;
     let mut started = Vec::new();
     while let Ok(e) = events.try_recv() {
@@ -936,6 +939,43 @@ async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_hand
     assert_eq!(started, vec![ids[0], counter, ids[1], ids[2]]);
     for id in ids.iter().chain([&counter]) {
         assert_eq!(task(&d, *id).await.state, TaskState::Succeeded);
+    }
+    d.shutdown().await;
+}
+
+/// A dependent that a parent's finish releases, and that the slot's
+/// hand-on claims in the same commit, is reported `scheduled` after its
+/// parent's `succeeded` and before its own `started`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_dependent_claimed_by_the_hand_on_is_reported_scheduled_before_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = host_config(dir.path());
+    config.max_concurrency = 1;
+    let d = TestDriver::start(config).await.unwrap();
+    let q = d.queue();
+    let mut events = q.subscribe();
+    for round in 0..20 {
+        let parent = q
+            .enqueue(WorkRequest::one_off("echo", format!("p{round}")))
+            .await
+            .unwrap()
+            .id;
+        let mut r = WorkRequest::one_off("echo", format!("c{round}"));
+        r.after = vec![parent];
+        let child = q.enqueue(r).await.unwrap().id;
+        d.run_until_idle().await;
+        assert_eq!(task(&d, child).await.state, TaskState::Succeeded);
+        let mut seen = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            seen.push((e.id, e.event));
+        }
+        let at = |id, event| {
+            seen.iter()
+                .position(|s| *s == (id, event))
+                .unwrap_or_else(|| panic!("{seen:?}"))
+        };
+        assert!(at(parent, "succeeded") < at(child, "started"), "{seen:?}");
+        assert!(at(child, "scheduled") < at(child, "started"), "{seen:?}");
     }
     d.shutdown().await;
 }

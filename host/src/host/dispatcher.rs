@@ -571,7 +571,8 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
             last_seen = Some(report_foreign_enqueues(&inner, last_seen).await);
         }
         for c in claimed.and_then(Result::ok).unwrap_or_default() {
-            start_run(&inner, c, None);
+            let stop = register_run(&inner, &c, None);
+            spawn_run(&inner, c, stop);
         }
         drop(claiming);
         if now >= inner.next_prune_at.load(Ordering::Acquire) {
@@ -613,12 +614,12 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
     runs.wait().await;
 }
 
-/// Starts a claimed task's run: registers it in `running` (stopped at once
-/// if the device state or a shutdown changed since its claim) and spawns
-/// it. The caller holds a claim epoch, or is the run `replacing`, whose
-/// place in `running` the new run takes under the same lock: a claimed
-/// task is never in neither.
-pub(super) fn start_run(inner: &Arc<Inner>, c: Claimed, replacing: Option<TaskId>) {
+/// Registers a claimed task's run in `running` (stopped at once if the
+/// device state or a shutdown changed since its claim), before
+/// [`spawn_run`] starts it. The caller holds a claim epoch, or is the run
+/// `replacing`, whose place in `running` the new run takes under the same
+/// lock: a claimed task is never in neither.
+pub(super) fn register_run(inner: &Arc<Inner>, c: &Claimed, replacing: Option<TaskId>) -> StopHandle {
     let stop = StopHandle::new();
     let memory = inner
         .handlers()
@@ -657,6 +658,11 @@ pub(super) fn start_run(inner: &Arc<Inner>, c: Claimed, replacing: Option<TaskId
         }
         all.insert(c.info.id, running);
     }
+    stop
+}
+
+/// Starts the run of `c`, registered by [`register_run`].
+pub(super) fn spawn_run(inner: &Arc<Inner>, c: Claimed, stop: StopHandle) {
     let span = tracing::info_span!(
         "run",
         task = c.info.id,

@@ -251,12 +251,15 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
             Err(_) => break (Vec::new(), Vec::new()),
         }
     };
-    match claimed.into_iter().next() {
-        // The next run takes this one's place.
-        Some(c) => super::dispatcher::start_run(&inner, c, Some(id)),
-        None => {
-            inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        }
+    // The next run takes this one's place at once; it starts after this
+    // run's events are out, so a dependent this finish released and the
+    // hand-on claimed is reported scheduled before started.
+    let handed_on = claimed.into_iter().next().map(|c| {
+        let stop = super::dispatcher::register_run(&inner, &c, Some(id));
+        (c, stop)
+    });
+    if handed_on.is_none() {
+        inner.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
     if ran {
         let state = changes
@@ -286,5 +289,8 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
             _ => ("retrying", format!("{why}; next attempt at {}", next())),
         }
     });
+    if let Some((c, stop)) = handed_on {
+        super::dispatcher::spawn_run(&inner, c, stop);
+    }
     queue.wake.notify_one();
 }
