@@ -35,19 +35,23 @@ pub(super) struct Running {
 }
 
 /// A run's place in `Inner::running`: given back when dropped, so a run
-/// whose task panics still frees its slot and its memory.
+/// whose task panics still frees its slot and its memory. The place is the
+/// run's, not the task's: a run that handed its slot on to the next run of
+/// the same task (periodic work due again at once) leaves that run's place.
 pub(super) struct Slot {
     pub(super) inner: Arc<Inner>,
     pub(super) id: TaskId,
+    /// The run's lease, which tells it from a later run of the same task.
+    pub(super) lease: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.inner
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
+        let mut running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.get(&self.id).is_some_and(|r| r.lease == self.lease) {
+            running.remove(&self.id);
+        }
+        drop(running);
         // A freed slot may let waiting work start.
         self.inner.queue.wake.notify_one();
     }
@@ -87,6 +91,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
     let _slot = Slot {
         inner: inner.clone(),
         id: claimed.info.id,
+        lease: claimed.lease,
     };
     let skipped = late_cron_start(&mut claimed, inner.queue.now());
     let ran = skipped.is_none();
