@@ -235,6 +235,13 @@ fn count<K: Ord>(counters: &mut PerHandler<K>, handler: &str, key: K) {
     }
 }
 
+/// Every counter of `counters`: handler, labels, count.
+fn each<K>(counters: &PerHandler<K>) -> impl Iterator<Item = (&String, &K, &u64)> {
+    counters
+        .iter()
+        .flat_map(|(h, by_key)| by_key.iter().map(move |(k, n)| (h, k, n)))
+}
+
 /// Escapes a label value (handler names are restricted, but be exact).
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -340,7 +347,7 @@ impl Metrics {
             "counter",
             "Tasks this process's queue accepted.",
         );
-        for (h, (k, n)) in s.enqueued.iter().flat_map(|(h, m)| m.iter().map(move |e| (h, e))) {
+        for (h, k, n) in each(&s.enqueued) {
             let _ = writeln!(
                 out,
                 "workhost_tasks_enqueued_total{{handler=\"{}\",kind=\"{k}\"}} {n}",
@@ -353,7 +360,7 @@ impl Metrics {
             "counter",
             "Runs this host started.",
         );
-        for (h, (k, n)) in s.started.iter().flat_map(|(h, m)| m.iter().map(move |e| (h, e))) {
+        for (h, k, n) in each(&s.started) {
             let _ = writeln!(
                 out,
                 "workhost_runs_started_total{{handler=\"{}\",kind=\"{k}\"}} {n}",
@@ -366,7 +373,7 @@ impl Metrics {
             "counter",
             "Runs this host finished, by outcome (success, retry, failed, stopped) and stop reason.",
         );
-        for (h, ((k, o, r), n)) in s.finished.iter().flat_map(|(h, m)| m.iter().map(move |e| (h, e))) {
+        for (h, (k, o, r), n) in each(&s.finished) {
             let _ = writeln!(
                 out,
                 "workhost_runs_finished_total{{handler=\"{}\",kind=\"{k}\",outcome=\"{o}\",stop_reason=\"{r}\"}} {n}",

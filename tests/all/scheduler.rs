@@ -904,6 +904,22 @@ async fn single_task_actions_tell_an_unknown_task_from_a_wrong_state_and_emit_ev
     d.shutdown().await;
 }
 
+/// A host with one run slot.
+async fn one_slot(dir: &tempfile::TempDir) -> TestDriver {
+    let mut config = host_config(dir.path());
+    config.max_concurrency = 1;
+    TestDriver::start(config).await.unwrap()
+}
+
+/// The events received so far: task and event name, in order.
+fn received(events: &mut tokio::sync::broadcast::Receiver<workhost::TaskEvent>) -> Vec<(TaskId, &'static str)> {
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push((e.id, e.event));
+    }
+    seen
+}
+
 /// A run that ends hands its slot on in the same commit as its outcome
 /// (`TaskStore::finish_then_claim`), and the slot goes round the handlers:
 /// another handler's first due task before the finished run's handler's
@@ -911,9 +927,7 @@ async fn single_task_actions_tell_an_unknown_task_from_a_wrong_state_and_emit_ev
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_handlers_next() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = host_config(dir.path());
-    config.max_concurrency = 1;
-    let d = TestDriver::start(config).await.unwrap();
+    let d = one_slot(&dir).await;
     let q = d.queue();
     let mut events = q.subscribe();
     // All four are due before the first claim.
@@ -930,12 +944,11 @@ async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_hand
     let counter = q.enqueue(WorkRequest::one_off("counter", "c")).await.unwrap().id;
     q.resume().await.unwrap();
     d.run_until_idle().await;
-    let mut started = Vec::new();
-    while let Ok(e) = events.try_recv() {
-        if e.event == "started" {
-            started.push(e.id);
-        }
-    }
+    let started: Vec<TaskId> = received(&mut events)
+        .into_iter()
+        .filter(|(_, event)| *event == "started")
+        .map(|(id, _)| id)
+        .collect();
     assert_eq!(started, vec![ids[0], counter, ids[1], ids[2]]);
     for id in ids.iter().chain([&counter]) {
         assert_eq!(task(&d, *id).await.state, TaskState::Succeeded);
@@ -949,9 +962,7 @@ async fn a_freed_run_slot_goes_to_another_handlers_due_work_before_the_same_hand
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_dependent_claimed_by_the_hand_on_is_reported_scheduled_before_started() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = host_config(dir.path());
-    config.max_concurrency = 1;
-    let d = TestDriver::start(config).await.unwrap();
+    let d = one_slot(&dir).await;
     let q = d.queue();
     let mut events = q.subscribe();
     for round in 0..20 {
@@ -965,10 +976,7 @@ async fn a_released_dependent_claimed_by_the_hand_on_is_reported_scheduled_befor
         let child = q.enqueue(r).await.unwrap().id;
         d.run_until_idle().await;
         assert_eq!(task(&d, child).await.state, TaskState::Succeeded);
-        let mut seen = Vec::new();
-        while let Ok(e) = events.try_recv() {
-            seen.push((e.id, e.event));
-        }
+        let seen = received(&mut events);
         let at = |id, event| {
             seen.iter()
                 .position(|s| *s == (id, event))

@@ -483,24 +483,12 @@ impl Queue {
     }
 
     pub(super) fn publish(&self, changes: &[Change], describe: impl Fn(&Change) -> (&'static str, String)) {
-        // Events are built only when someone listens.
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let at = self.now();
-        for c in changes {
-            let (event, detail) = describe(c);
-            let _ = self.events.send(TaskEvent {
-                id: c.id,
-                state: c.state,
-                event,
-                detail,
-                at,
-            });
-        }
+        publish(&self.events, self.now(), changes, describe);
     }
 }
 
+/// Sends one event per change, described by `describe`; builds nothing
+/// while nobody listens.
 pub(super) fn publish(
     events: &broadcast::Sender<TaskEvent>,
     at: Millis,
