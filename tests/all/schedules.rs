@@ -538,3 +538,47 @@ fn cron_check_prints_the_next_fires_and_enqueue_shows_them() {
     let t = wh(&m, &["inspect", run.stdout.trim(), "--json"]).json();
     assert_eq!(t["next_run_at"], "2030-06-01T07:00:00.000Z");
 }
+
+/// A run whose finish hands its slot on to the next run of the same task
+/// (a missed fire due at once, caught up) leaves that run its place: the
+/// host counts it running while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_handed_on_to_the_same_task_keeps_its_next_run_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut config = host_config(dir.path());
+        config.max_concurrency = 1;
+        config
+            .handlers
+            .push(workhost::HandlerConfig::new("ledger", workhost_tests::guests::LEDGER));
+        config
+    };
+    let d = TestDriver::start(config()).await.unwrap();
+    let schedule = CronSchedule::new("0 * * * *", None, CatchUp::All(3)).unwrap();
+    let mut request = WorkRequest::cron("ledger", "slow", schedule);
+    request.input = workhost::Data::new().with("sleep_ms", 600i64).with("count", false);
+    let id = d.queue().enqueue(request).await.unwrap().id;
+    // The next host finds fires missed (as in `missed`), three of them to
+    // catch up: each run's finish leaves the task due again at once, and
+    // claims it for its own slot.
+    d.shutdown().await;
+    let d = TestDriver::start(config()).await.unwrap();
+    let mut events = d.queue().subscribe();
+    d.advance(Duration::from_millis((5 * HOUR + 10 * MIN) as u64));
+    let mut starts = 0;
+    while starts < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("two runs start")
+            .unwrap();
+        if e.id == id && e.event == "started" {
+            starts += 1;
+        }
+    }
+    // The first run's end is well past; the second sleeps on.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(d.host().running(), vec![id], "the second run holds the slot");
+    d.run_until_idle().await;
+    assert_eq!(d.host().running(), Vec::<TaskId>::new());
+    d.shutdown().await;
+}
