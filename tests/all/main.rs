@@ -8,6 +8,7 @@ mod config;
 mod dashboard;
 mod device;
 mod edge;
+mod engine_patch;
 mod examples;
 mod exec_cli;
 mod files;
