@@ -29,7 +29,8 @@
 //! `WORKHOST_BENCH_ONLY=storms` runs only case 3, `=dashboard` only case 5,
 //! `=paced` only case 2 (after the executor-only rate it is paced by),
 //! `=burst` only the SQLite burst of case 1 (executor-only, then end to
-//! end; for a profiler: `WORKHOST_BENCH_N` sets its size).
+//! end; for a profiler: `WORKHOST_BENCH_N` sets its size), `=postgres`
+//! that burst and then PostgreSQL's (one host, then paced).
 //! `WORKHOST_BENCH_SLOTS` sets the run slots of the benchmark's hosts
 //! (default 64), to tell a slot-bound run from a store-bound one.
 
@@ -120,6 +121,9 @@ fn main() {
                 "postgres, paced 2000 tasks/s enqueued by another queue (at {achieved:.0}/s): due-to-started p50 {p50} ms, p99 {p99} ms"
             );
             host.shutdown().await;
+        }
+        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("postgres") {
+            return;
         }
 
         // Scale-out: 1, 2 and 4 hosts on one database (in this process),
