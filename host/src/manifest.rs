@@ -62,6 +62,7 @@ impl<'de> Deserialize<'de> for Dur {
 struct File {
     data_dir: Option<String>,
     database: Option<SecretFile>,
+    database_listen: Option<SecretFile>,
     cache_dir: Option<String>,
     cache_max_size: Option<String>,
     max_concurrency: Option<usize>,
@@ -275,22 +276,12 @@ pub fn parse_manifest_for(
         None => base.join(file.data_dir.as_deref().unwrap_or("workhost-data")),
     };
     let mut config = HostConfig::new(data_dir);
-    config.database = match file.database {
-        None => None,
-        Some(SecretFile::Literal(url)) => Some(url),
-        Some(SecretFile::FromEnv(EnvRef { env })) => Some(std::env::var(&env).map_err(|_| {
-            invalid(
-                "database".into(),
-                format!("the environment variable {env:?} is not set (or not UTF-8)"),
-            )
-        })?),
-    };
-    if let Some(url) = &config.database
-        && !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('='))
-    {
+    config.database = database_url(file.database).map_err(|m| invalid("database".into(), m))?;
+    config.database_listen = database_url(file.database_listen).map_err(|m| invalid("database_listen".into(), m))?;
+    if config.database_listen.is_some() && config.database.is_none() {
         return Err(invalid(
-            "database".into(),
-            "expected a PostgreSQL URL (postgres://user@host/db) or connection string (host=... dbname=...)".into(),
+            "database_listen".into(),
+            "it names where a PostgreSQL store listens; set `database` too (the SQLite store has no listener)".into(),
         ));
     }
     if let Some(cache) = &file.cache_dir {
@@ -555,4 +546,23 @@ pub fn parse_manifest_for(
         config.http = Some(crate::host::HttpSettings { listen, tokens });
     }
     Ok(config)
+}
+
+/// A PostgreSQL URL of the manifest, read from the environment variable it
+/// names if it names one, and checked to be a URL or a connection string;
+/// the message says what is wrong.
+fn database_url(value: Option<SecretFile>) -> Result<Option<String>, String> {
+    let url = match value {
+        None => return Ok(None),
+        Some(SecretFile::Literal(url)) => url,
+        Some(SecretFile::FromEnv(EnvRef { env })) => {
+            std::env::var(&env).map_err(|_| format!("the environment variable {env:?} is not set (or not UTF-8)"))?
+        }
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.contains('=')) {
+        return Err(
+            "expected a PostgreSQL URL (postgres://user@host/db) or connection string (host=... dbname=...)".into(),
+        );
+    }
+    Ok(Some(url))
 }

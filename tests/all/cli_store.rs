@@ -229,6 +229,14 @@ fn bad_manifests_and_requests_are_refused_naming_the_problem() {
         ),
         ("this is not toml", &["workhost.toml"]),
         (
+            "data_dir = \"d\"\ndatabase_listen = \"postgres://server/db\"\n",
+            &["database_listen", "set `database` too"],
+        ),
+        (
+            "data_dir = \"d\"\ndatabase = \"postgres://pooler/db\"\ndatabase_listen = \"server\"\n",
+            &["database_listen", "expected a PostgreSQL URL"],
+        ),
+        (
             "[handlers.x]\ncomponent = \"a.wasm\"\nfuel = \"lots\"\n",
             &["line 3", "fuel: true, false or a budget"],
         ),

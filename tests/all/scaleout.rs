@@ -309,6 +309,83 @@ fn a_database_that_is_unreachable_or_another_programs_is_refused_at_start_naming
     });
 }
 
+/// `database_listen` (behind PgBouncer in transaction mode: the server
+/// itself) carries the host's LISTEN, and only it: here the same server
+/// under another `application_name`, so the sessions tell which URL each
+/// came from. Work enqueued by another process still wakes the host. A
+/// listener URL the host cannot use is refused at start, naming it.
+#[test]
+fn a_listener_url_apart_from_the_database_carries_the_listen_and_a_bad_one_is_refused_at_start() {
+    let db = pg::database();
+    let root = tempfile::tempdir().unwrap();
+    let m = host_dir(root.path(), "a", db.url());
+    let probe = "workhost_listener_probe";
+    let listen_url = format!(
+        "{}{}application_name={probe}",
+        db.url(),
+        if db.url().contains('?') { "&" } else { "?" }
+    );
+    let text = std::fs::read_to_string(&m).unwrap();
+    std::fs::write(&m, format!("database_listen = {listen_url:?}\n{text}")).unwrap();
+    let _host = Daemon::start(&m);
+    wait_hosts(&m, 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sessions = |name: &str| -> Vec<String> {
+        rt.block_on(async {
+            let client = db.connect().await;
+            client
+                .query(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                    &[&name],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect()
+        })
+    };
+    let start = Instant::now();
+    loop {
+        let probes = sessions(probe);
+        if probes.len() == 1 && probes[0].starts_with("LISTEN") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "one LISTEN session on the listener URL: {probes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = ok(&m, &["enqueue", "echo", "--task", "woken"]);
+    wait_for(&m, &id, Duration::from_secs(30), |t| t["state"] == "succeeded");
+    assert_eq!(sessions(probe).len(), 1, "only the listener uses the listener URL");
+
+    let other = root.path().join("b");
+    std::fs::create_dir_all(&other).unwrap();
+    let refused = workhost_tests::workhost_expecting_exit(
+        &[
+            "serve",
+            "--config",
+            m.to_str().unwrap(),
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--database-listen",
+            &pg::url_with_database(db.url(), "no_such_database"),
+        ],
+        root.path(),
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("listener URL") && refused.stderr.contains("does not exist"),
+        "{}",
+        refused.stderr
+    );
+}
+
 #[test]
 fn a_task_cancelled_from_another_process_stops_on_the_host_running_it_within_250_ms() {
     let db = pg::database();

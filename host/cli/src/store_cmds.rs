@@ -27,19 +27,33 @@ pub struct StoreArgs {
     /// `postgres://` URL (overrides the manifest's `database`).
     #[arg(long = "database", value_name = "URL", global = true)]
     database: Option<String>,
+    /// Where that store's LISTEN connection goes, when not to `--database`
+    /// (behind PgBouncer in transaction mode: the server itself; overrides
+    /// the manifest's `database_listen`).
+    #[arg(long = "database-listen", value_name = "URL", global = true)]
+    database_listen: Option<String>,
 }
 
 impl StoreArgs {
     fn host_config(&self) -> anyhow::Result<HostConfig> {
         let mut config = workhost::load_manifest(&self.config, self.data_dir.as_deref())?;
-        self.override_database(&mut config);
+        self.override_database(&mut config)?;
         Ok(config)
     }
 
-    fn override_database(&self, config: &mut HostConfig) {
+    fn override_database(&self, config: &mut HostConfig) -> anyhow::Result<()> {
         if let Some(url) = &self.database {
             config.database = Some(url.clone());
         }
+        if let Some(url) = &self.database_listen {
+            config.database_listen = Some(url.clone());
+        }
+        if config.database_listen.is_some() && config.database.is_none() {
+            anyhow::bail!(
+                "--database-listen names where a PostgreSQL store listens: give --database (or the manifest's `database`) too"
+            );
+        }
+        Ok(())
     }
 
     /// The manifest as the commands that only work on the store need it: a
@@ -47,7 +61,7 @@ impl StoreArgs {
     fn store_config(&self) -> anyhow::Result<HostConfig> {
         let mut config =
             workhost::load_manifest_for(&self.config, self.data_dir.as_deref(), workhost::ManifestUse::Store)?;
-        self.override_database(&mut config);
+        self.override_database(&mut config)?;
         Ok(config)
     }
 

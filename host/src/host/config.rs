@@ -126,6 +126,11 @@ pub struct HostConfig {
     /// string); `None`: the embedded SQLite store in `data_dir`. Ignored
     /// when [`Self::store`] is set.
     pub database: Option<String>,
+    /// The PostgreSQL server the store's LISTEN connection goes to, when it
+    /// is not [`Self::database`]: behind a pooler in transaction mode
+    /// (PgBouncer), which cannot hold a LISTEN, `database` names the pooler
+    /// and this the server, for the same database. `None`: `database`.
+    pub database_listen: Option<String>,
     /// How long a host's lease on a shared database lasts without renewal
     /// (default [`DEFAULT_HOST_LEASE`](crate::DEFAULT_HOST_LEASE), 15 s):
     /// a host renews seven times in it, and another host rescues the work
@@ -248,7 +253,9 @@ impl HostConfig {
             return Ok(store.clone());
         }
         match &self.database {
-            Some(url) => Ok(crate::store::PgStore::open_with_lease(url, self.host_lease).await?),
+            Some(url) => {
+                Ok(crate::store::PgStore::open_with(url, self.database_listen.as_deref(), self.host_lease).await?)
+            }
             None => Ok(crate::store::SqliteStore::open(&self.data_dir)?),
         }
     }
@@ -274,6 +281,7 @@ impl HostConfig {
             memory_budget: default_memory_budget(),
             store: None,
             database: None,
+            database_listen: None,
             host_lease: crate::store::DEFAULT_HOST_LEASE,
             schedules: Vec::new(),
             http: None,

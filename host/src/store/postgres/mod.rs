@@ -135,10 +135,45 @@ impl PgStore {
 
     /// [`Self::open`] with hosts holding leases of `lease`.
     pub async fn open_with_lease(url: &str, lease: Duration) -> Result<Arc<PgStore>, StoreError> {
+        Self::open_with(url, None, lease).await
+    }
+
+    /// As [`PgStore::open_with_lease`], with the LISTEN connection to
+    /// `listen_url` when given, instead of to `url`: behind a pooler in
+    /// transaction mode (PgBouncer), which cannot hold a LISTEN, `url` names
+    /// the pooler and `listen_url` the server itself. Same database: a
+    /// listener on another one hears nothing of this one's changes. A
+    /// `listen_url` that cannot be parsed or connected to is refused at
+    /// open, naming it.
+    pub async fn open_with(url: &str, listen_url: Option<&str>, lease: Duration) -> Result<Arc<PgStore>, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable {
             database: "the database URL".into(),
             detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
         })?;
+        let listen_config = match listen_url {
+            None => None,
+            Some(listen_url) => {
+                let listen_config: tokio_postgres::Config =
+                    listen_url.parse().map_err(|e| StoreError::Unavailable {
+                        database: "the listener URL".into(),
+                        detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
+                    })?;
+                // Refused now rather than polled for ever: a listener that
+                // never connects would leave this host reading the database
+                // at every poll.
+                let label = format!("the listener URL ({})", display_name(&listen_config));
+                let (client, connection) = listen_config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| Fail::Pg(e).store(&label))?;
+                let driver = tokio::spawn(connection);
+                let checked = client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await;
+                drop(client);
+                let _ = driver.await;
+                checked.map_err(|e| Fail::Pg(e).store(&label))?;
+                Some(listen_config)
+            }
+        };
         // A host frozen (SIGSTOP, a paused VM) inside a transaction would
         // hold its row locks, and with them every other host's rescue of
         // its work, until it woke: the server ends such a session after a
@@ -167,7 +202,11 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
         let changes = Arc::new(AtomicU64::new(0));
         let listening = Arc::new(AtomicBool::new(false));
-        let listener = tokio::spawn(listen(config, changes.clone(), listening.clone()));
+        let listener = tokio::spawn(listen(
+            listen_config.unwrap_or_else(|| config.clone()),
+            changes.clone(),
+            listening.clone(),
+        ));
         let store = Arc::new_cyclic(|weak| PgStore {
             pool,
             name,
