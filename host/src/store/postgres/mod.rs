@@ -146,18 +146,17 @@ impl PgStore {
     /// `listen_url` that cannot be parsed or connected to is refused at
     /// open, naming it.
     pub async fn open_with(url: &str, listen_url: Option<&str>, lease: Duration) -> Result<Arc<PgStore>, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| StoreError::Unavailable {
-            database: "the database URL".into(),
-            detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
-        })?;
+        let parse = |url: &str, label: &str| -> Result<tokio_postgres::Config, StoreError> {
+            url.parse().map_err(|e| StoreError::Unavailable {
+                database: label.into(),
+                detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
+            })
+        };
+        let mut config = parse(url, "the database URL")?;
         let listen_config = match listen_url {
             None => None,
             Some(listen_url) => {
-                let listen_config: tokio_postgres::Config =
-                    listen_url.parse().map_err(|e| StoreError::Unavailable {
-                        database: "the listener URL".into(),
-                        detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
-                    })?;
+                let listen_config = parse(listen_url, "the listener URL")?;
                 // Refused now rather than polled for ever: a listener that
                 // never connects would leave this host reading the database
                 // at every poll.
