@@ -1590,3 +1590,154 @@ fn counts_by_handler_and_the_pins_of_unfinished_work_are_read_without_the_tasks(
         );
     });
 }
+
+/// Many enqueues and finishes at once, as a busy host makes them (a
+/// backend may write them many to a commit): each caller gets its own
+/// result, a bad request fails alone and loses nothing of the others, one
+/// unique name still has one winner, and a stale finish among them is
+/// refused while its task's real one applies.
+#[test]
+fn concurrent_enqueues_and_finishes_each_get_their_own_result() {
+    each_backend(|open| {
+        let s = open();
+        let parent = s.enqueue(WorkRequest::one_off("b", "parent"), NOW).unwrap().0.id;
+        let request = |i: usize| {
+            let mut r = WorkRequest::one_off("a", format!("task {i}"));
+            r.tags = vec![format!("tag {}", i % 3), "all".into()];
+            match i % 10 {
+                // One unique name, KEEP: one winner among all.
+                3 => r.unique = Some(("only".into(), ExistingWorkPolicy::Keep)),
+                // Runs after work that does not exist: refused.
+                5 => r.after = vec![parent + 1_000_000],
+                // Runs after a task that exists: blocked.
+                7 => r.after = vec![parent],
+                _ => {}
+            }
+            r
+        };
+        // First only good requests, then (a second round) good and bad.
+        let mut ids = Vec::new();
+        let mut kept = Vec::new();
+        for round in [
+            (0..150usize).filter(|i| i % 10 != 5).collect::<Vec<_>>(),
+            (150..200).collect(),
+        ] {
+            let mut set = tokio::task::JoinSet::new();
+            for i in round {
+                let (store, r) = (s.0.clone(), request(i));
+                set.spawn_on(
+                    async move { (i, store.enqueue(r, NOW, EnqueueHooks::default()).await) },
+                    runtime().handle(),
+                );
+            }
+            for (i, result) in s.on(set.join_all()) {
+                match i % 10 {
+                    5 => assert!(
+                        matches!(result, Err(WorkError::UnknownTask(p)) if p == parent + 1_000_000),
+                        "request {i}: {result:?}"
+                    ),
+                    3 => kept.push(result.unwrap().0),
+                    _ => {
+                        let (enqueued, changes) = result.unwrap();
+                        let info = s.get(enqueued.id).unwrap().unwrap();
+                        assert_eq!(info.task, format!("task {i}"), "request {i} got another's task");
+                        let mut tags = info.tags.clone();
+                        tags.sort();
+                        assert_eq!(tags, vec!["all".to_string(), format!("tag {}", i % 3)]);
+                        let expected = if i % 10 == 7 {
+                            TaskState::Blocked
+                        } else {
+                            TaskState::Enqueued
+                        };
+                        assert_eq!(
+                            (info.state, changes),
+                            (
+                                expected,
+                                vec![Change {
+                                    id: enqueued.id,
+                                    state: expected
+                                }]
+                            )
+                        );
+                        ids.push(enqueued.id);
+                    }
+                }
+            }
+        }
+        assert_eq!(kept.iter().filter(|e| e.created).count(), 1, "{kept:?}");
+        assert!(kept.iter().all(|e| e.id == kept[0].id));
+        ids.push(kept[0].id);
+        ids.sort();
+        ids.dedup();
+        assert_eq!(
+            ids.len(),
+            200 - 20 - 20 + 1,
+            "every accepted request has a task of its own"
+        );
+        let tagged = Query {
+            tag: Some("all".into()),
+            ..Query::default()
+        };
+        assert_eq!(s.query(&tagged).unwrap().len(), ids.len());
+
+        // Every enqueued task of `a` claimed, then finished at once: even
+        // ones succeed, odd ones ask to retry; the first also gets a
+        // finish under a stale lease, which changes nothing.
+        let only_a: HashMap<String, usize> = [("a".to_string(), 1000)].into();
+        let claimed = s.claim(NOW, 1000, &only_a, &DeviceState::default()).unwrap();
+        assert_eq!(claimed.len(), ids.len() - 20, "all but the blocked ones");
+        let mut set = tokio::task::JoinSet::new();
+        for (n, c) in claimed.iter().enumerate() {
+            let result = if n % 2 == 0 {
+                RunResult::Succeeded(Data::new())
+            } else {
+                RunResult::Retry
+            };
+            let mut runs = vec![(c.lease, result.clone())];
+            if n == 0 {
+                runs.push((
+                    c.lease + 1_000_000,
+                    RunResult::Failed(workhost::Failure::Error("stale".into())),
+                ));
+            }
+            for (lease, result) in runs {
+                let store = s.0.clone();
+                let (id, t) = (c.info.id, decide(&c.retry_facts(), &result, NOW));
+                set.spawn_on(
+                    async move { (id, lease, store.finish(id, lease, t, &outcome(result), NOW).await) },
+                    runtime().handle(),
+                );
+            }
+        }
+        let finished = s.on(set.join_all());
+        for (id, lease, changes) in finished {
+            let changes = changes.unwrap();
+            let n = claimed.iter().position(|c| c.info.id == id).unwrap();
+            let info = s.get(id).unwrap().unwrap();
+            if lease != claimed[n].lease {
+                assert!(changes.is_empty(), "a stale finish changed {changes:?}");
+            } else if n % 2 == 0 {
+                assert_eq!(info.state, TaskState::Succeeded);
+                assert_eq!(
+                    changes,
+                    vec![Change {
+                        id,
+                        state: TaskState::Succeeded
+                    }]
+                );
+            } else {
+                assert_eq!(info.state, TaskState::Enqueued);
+                assert_eq!(
+                    changes,
+                    vec![Change {
+                        id,
+                        state: TaskState::Enqueued
+                    }]
+                );
+            }
+            let attempt = &info.attempts[0];
+            assert!(attempt.ended_at.is_some(), "task {id}'s attempt is recorded");
+        }
+        assert_eq!(state(&s, claimed[0].info.id), TaskState::Succeeded);
+    });
+}

@@ -9,8 +9,11 @@
 //! - `rows`: task rows to [`TaskInfo`], and the errors of this backend.
 //! - `ops`: the operations that take several statements (enqueue, finish,
 //!   chains, rescue), run inside one transaction.
+//! - `batch`: group commit: the writers of enqueues and finishes, many
+//!   to a transaction.
 //! - `kv`: the handlers' kv stores on the `kv` table.
 
+mod batch;
 mod kv;
 mod ops;
 mod rows;
@@ -87,6 +90,10 @@ pub struct PgStore {
     /// the change counter counts as a change (a poll).
     listening: Arc<AtomicBool>,
     listener: tokio::task::JoinHandle<()>,
+    /// The enqueue and finish writers' queues (`batch`): each writer ends
+    /// once its queue's sender is dropped with the store.
+    enqueues: tokio::sync::mpsc::UnboundedSender<batch::EnqueueJob>,
+    finishes: tokio::sync::mpsc::UnboundedSender<batch::FinishJob>,
     lease: Duration,
     kv: Arc<kv::PgKv>,
     /// Each handler's rate and expedited quota ([`TaskStore::set_limits`]).
@@ -206,12 +213,18 @@ impl PgStore {
             changes.clone(),
             listening.clone(),
         ));
+        let (enqueues, enqueue_queue) = tokio::sync::mpsc::unbounded_channel();
+        let (finishes, finish_queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(batch::enqueuer(pool.clone(), name.clone(), enqueue_queue));
+        tokio::spawn(batch::finisher(pool.clone(), name.clone(), finish_queue));
         let store = Arc::new_cyclic(|weak| PgStore {
             pool,
             name,
             changes,
             listening,
             listener,
+            enqueues,
+            finishes,
             lease,
             kv: Arc::new(kv::PgKv {
                 store: weak.clone(),
@@ -234,10 +247,7 @@ impl PgStore {
 
     /// A pooled connection.
     async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => Fail::Pg(e),
-            other => Fail::Pool(other.to_string()),
-        })
+        pooled(&self.pool).await
     }
 
     /// Turns this backend's error into the store's, naming the database.
@@ -255,6 +265,19 @@ impl PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         in_tx!(self, |tx| ops::migrate_in(&tx, &self.name).await).map_err(|f| self.store_error(f))
     }
+}
+
+/// A connection from `pool`.
+async fn pooled(pool: &Pool) -> Result<deadpool_postgres::Object, Fail> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => Fail::Pg(e),
+        other => Fail::Pool(other.to_string()),
+    })
+}
+
+/// The error of a writer (`batch`) that stopped before it answered.
+fn writer_stopped(what: &str) -> StoreError {
+    StoreError::Backend(format!("the PostgreSQL store's {what} writer stopped"))
 }
 
 /// Listens on the store's channel, counting notifications into `changes`,
@@ -298,25 +321,19 @@ impl TaskStore for PgStore {
         hooks: EnqueueHooks,
     ) -> StoreFuture<'_, Result<(Enqueued, Vec<Change>), WorkError>> {
         Box::pin(async move {
-            let EnqueueHooks {
-                mut before_commit,
-                on_commit,
-            } = hooks;
             let quota = self.limits().get(&request.handler).and_then(|l| l.expedited_quota);
-            let result = in_tx!(self, |tx| async {
-                let value = ops::enqueue_in(&tx, request.clone(), now, quota).await?;
-                ops::notify(&tx, "enq").await?;
-                if let Some(hook) = before_commit.take() {
-                    hook(&value);
-                }
-                Ok::<_, Fail>(value)
-            }
-            .await)
-            .map_err(|f| self.work_error(f))?;
-            if let Some(hook) = on_commit {
-                hook(&result);
-            }
-            Ok(result)
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = batch::EnqueueJob {
+                request,
+                now,
+                quota,
+                hooks,
+                reply,
+            };
+            self.enqueues
+                .send(job)
+                .map_err(|_| WorkError::Store(writer_stopped("enqueue")))?;
+            answer.await.map_err(|_| WorkError::Store(writer_stopped("enqueue")))?
         })
     }
 
@@ -424,21 +441,17 @@ impl TaskStore for PgStore {
     ) -> StoreFuture<'a, Result<Vec<Change>, StoreError>> {
         let record = ops::AttemptEnd::of(outcome);
         Box::pin(async move {
-            in_tx!(self, |tx| async {
-                let changes = ops::finish_in(&tx, id, lease, &transition, &record, now).await?;
-                // Other hosts need to hear of a finish only when it leaves
-                // work to claim: the task itself back in the queue (a retry,
-                // a next period) or dependents released. A plain success or
-                // failure changes nothing they could act on, and each
-                // notification costs every host a read.
-                let leaves_work = changes.iter().any(|c| c.id != id || c.state == TaskState::Enqueued);
-                if leaves_work {
-                    ops::notify(&tx, "finish").await?;
-                }
-                Ok::<_, Fail>(changes)
-            }
-            .await)
-            .map_err(|f| self.store_error(f))
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let job = batch::FinishJob {
+                id,
+                lease,
+                transition,
+                record,
+                now,
+                reply,
+            };
+            self.finishes.send(job).map_err(|_| writer_stopped("finish"))?;
+            answer.await.map_err(|_| writer_stopped("finish"))?
         })
     }
 

@@ -200,7 +200,8 @@ pub(super) async fn enqueue_in(
                 )
                 .await?;
                 exec(tx, sql::DELETE_TAGS, &[&id]).await?;
-                exec(tx, sql::INSERT_TAGS, &[&id, &r.tags]).await?;
+                let tagged = vec![id; r.tags.len()];
+                exec(tx, sql::INSERT_TAGS, &[&tagged, &r.tags]).await?;
                 return kept(id);
             }
             Replace | CancelAndReenqueue => cancel_ids(tx, &unfinished, now, &mut changes).await?,
@@ -274,6 +275,132 @@ impl Spec {
     }
 }
 
+/// Whether enqueueing `r` is a plain insert (no unique name, nothing it
+/// runs after, no expedited quota to count): many such go in one
+/// statement ([`enqueue_plain_in`]).
+pub(super) fn is_plain(r: &WorkRequest, quota: Option<crate::work::Rate>) -> bool {
+    r.unique.is_none() && r.after.is_empty() && !(r.expedited.is_some() && quota.is_some())
+}
+
+/// Enqueues plain requests ([`is_plain`]) in one insert: what
+/// [`enqueue_in`] returns for each, in order.
+pub(super) async fn enqueue_plain_in(
+    tx: &Tx<'_>,
+    requests: &[(&WorkRequest, Millis)],
+) -> Result<Vec<(Enqueued, Vec<Change>)>, Fail> {
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<NewTask<'_>> = requests
+        .iter()
+        .map(|&(r, now)| NewTask::of(r, TaskState::Enqueued, now, None))
+        .collect();
+    let ids = insert_rows(tx, &rows).await?;
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            let enqueued = Enqueued {
+                id,
+                created: true,
+                warnings: Vec::new(),
+            };
+            (
+                enqueued,
+                vec![Change {
+                    id,
+                    state: TaskState::Enqueued,
+                }],
+            )
+        })
+        .collect())
+}
+
+/// A task row to insert: a request's columns, with its state.
+struct NewTask<'r> {
+    r: &'r WorkRequest,
+    spec: Spec,
+    state: TaskState,
+    now: Millis,
+    /// Why it was dropped (out of its expedited quota; then CANCELLED).
+    dropped: Option<&'r str>,
+}
+
+impl<'r> NewTask<'r> {
+    fn of(r: &'r WorkRequest, state: TaskState, now: Millis, dropped: Option<&'r str>) -> NewTask<'r> {
+        NewTask {
+            r,
+            spec: Spec::of(r),
+            state,
+            now,
+            dropped,
+        }
+    }
+}
+
+/// Inserts `tasks` (and their tags) in one statement; their ids, in order.
+async fn insert_rows(tx: &Tx<'_>, tasks: &[NewTask<'_>]) -> Result<Vec<TaskId>, Fail> {
+    fn col<'t, 'r, T>(tasks: &'t [NewTask<'r>], f: impl Fn(&'t NewTask<'r>) -> T) -> Vec<T> {
+        tasks.iter().map(f).collect()
+    }
+    let found = rows(
+        tx,
+        sql::INSERT_TASK,
+        &[
+            &col(tasks, |t| t.spec.handler.as_str()),
+            &col(tasks, |t| t.spec.task.as_str()),
+            &col(tasks, |t| t.spec.input.as_str()),
+            &col(tasks, |t| t.spec.max_attempts),
+            &col(tasks, |t| t.spec.frequency),
+            &col(tasks, |t| t.spec.flex),
+            &col(tasks, |t| t.spec.backoff),
+            &col(tasks, |t| t.spec.backoff_delay),
+            &col(tasks, |t| t.spec.timeout),
+            &col(tasks, |t| t.spec.fuel),
+            &col(tasks, |t| t.spec.max_memory),
+            &col(tasks, |t| t.r.kind.as_str()),
+            &col(tasks, |t| t.state.as_str()),
+            &col(tasks, |t| t.r.unique.as_ref().map(|(n, _)| n.as_str())),
+            &col(tasks, |t| crate::work::first_run(t.r, t.now).1),
+            &col(tasks, |t| crate::work::millis(t.r.initial_delay)),
+            &col(tasks, |t| crate::work::first_run(t.r, t.now).0),
+            &col(tasks, |t| t.now),
+            &col(tasks, |t| t.spec.network),
+            &col(tasks, |t| t.spec.charging),
+            &col(tasks, |t| t.spec.battery),
+            &col(tasks, |t| t.spec.idle),
+            &col(tasks, |t| t.spec.storage),
+            &col(tasks, |t| t.spec.priority),
+            &col(tasks, |t| t.spec.cron.as_deref()),
+            &col(tasks, |t| t.r.expedited.is_some()),
+            &col(tasks, |t| t.dropped.map(|_| t.now)),
+            &col(tasks, |t| t.dropped),
+            &col(tasks, |t| t.spec.pin.as_deref()),
+        ],
+    )
+    .await?;
+    let mut ids: Vec<TaskId> = found.iter().map(|row| row.try_get(0)).collect::<Result<_, _>>()?;
+    if ids.len() != tasks.len() {
+        return Err(Fail::Store(StoreError::Backend(format!(
+            "an insert of {} tasks returned {} ids",
+            tasks.len(),
+            ids.len()
+        ))));
+    }
+    // Taken in insert order, which is `tasks`' order.
+    ids.sort_unstable();
+    let (mut tagged, mut tags) = (Vec::new(), Vec::new());
+    for (task, &id) in tasks.iter().zip(&ids) {
+        for tag in &task.r.tags {
+            tagged.push(id);
+            tags.push(tag.as_str());
+        }
+    }
+    if !tags.is_empty() {
+        exec(tx, sql::INSERT_TAGS, &[&tagged, &tags]).await?;
+    }
+    Ok(ids)
+}
+
 async fn insert_task(
     tx: &Tx<'_>,
     r: &WorkRequest,
@@ -282,8 +409,6 @@ async fn insert_task(
     changes: &mut Vec<Change>,
     dropped: Option<&str>,
 ) -> Result<TaskId, Fail> {
-    let delay = crate::work::millis(r.initial_delay);
-    let (period_start, next_run_at) = crate::work::first_run(r, now);
     // The parents first, locked so none finishes unseen (FOR SHARE).
     if !after.is_empty() {
         let found: Vec<TaskId> = rows(tx, sql::LOCK_PARENTS, &[&after])
@@ -302,54 +427,7 @@ async fn insert_task(
     } else {
         TaskState::Blocked
     };
-    let spec = Spec::of(r);
-    let expedited = r.expedited.is_some();
-    let finished_at = dropped.map(|_| now);
-    let kind = r.kind.as_str();
-    let unique = r.unique.as_ref().map(|(n, _)| n.as_str());
-    let row = rows(
-        tx,
-        sql::INSERT_TASK,
-        &[
-            &spec.handler,
-            &spec.task,
-            &spec.input,
-            &spec.max_attempts,
-            &spec.frequency,
-            &spec.flex,
-            &spec.backoff,
-            &spec.backoff_delay,
-            &spec.timeout,
-            &spec.fuel,
-            &spec.max_memory,
-            &kind,
-            &state.as_str(),
-            &unique,
-            &next_run_at,
-            &delay,
-            &period_start,
-            &now,
-            &spec.network,
-            &spec.charging,
-            &spec.battery,
-            &spec.idle,
-            &spec.storage,
-            &spec.priority,
-            &spec.cron,
-            &expedited,
-            &finished_at,
-            &dropped,
-            &spec.pin,
-        ],
-    )
-    .await?;
-    let id: TaskId = row
-        .first()
-        .ok_or_else(|| Fail::Store(StoreError::Backend("the insert returned no id".into())))?
-        .try_get(0)?;
-    if !r.tags.is_empty() {
-        exec(tx, sql::INSERT_TAGS, &[&id, &r.tags]).await?;
-    }
+    let id = insert_rows(tx, &[NewTask::of(r, state, now, dropped)]).await?[0];
     if dropped.is_some() {
         changes.push(Change { id, state });
         return Ok(id);
@@ -546,6 +624,15 @@ impl AttemptEnd {
     }
 }
 
+/// One run's end, as [`finish_many_in`] records it.
+pub(super) struct Ending<'a> {
+    pub(super) id: TaskId,
+    pub(super) lease: u64,
+    pub(super) transition: &'a Transition,
+    pub(super) record: &'a AttemptEnd,
+    pub(super) now: Millis,
+}
+
 /// Records how the run holding `lease` ended and applies its transition if
 /// that run is still the task's current one; then releases, fails or
 /// cancels dependents. A refused (fenced) finish changes only the run's own
@@ -558,49 +645,124 @@ pub(super) async fn finish_in(
     a: &AttemptEnd,
     now: Millis,
 ) -> Result<Vec<Change>, Fail> {
-    let lease = lease_param(lease);
-    let finished = t.state.is_finished().then_some(now);
-    let output = t.output.as_ref().map(Data::to_typed_json);
-    let row = rows(
+    let end = Ending {
+        id,
+        lease,
+        transition: t,
+        record: a,
+        now,
+    };
+    Ok(finish_many_in(tx, &[end]).await?.pop().unwrap_or_default())
+}
+
+/// `f` of each of `ends`, in `order`: one array parameter.
+fn column<'e, T>(ends: &'e [Ending<'_>], order: &[usize], f: impl Fn(&'e Ending<'_>) -> T) -> Vec<T> {
+    order.iter().map(|&i| f(&ends[i])).collect()
+}
+
+/// [`finish_in`] for many runs (of distinct tasks) in one statement, plus
+/// one for their dependents: the changes of each, in `ends`' order.
+/// Tasks are locked in id order, and dependents handled in that order.
+pub(super) async fn finish_many_in(tx: &Tx<'_>, ends: &[Ending<'_>]) -> Result<Vec<Vec<Change>>, Fail> {
+    let mut order: Vec<usize> = (0..ends.len()).collect();
+    order.sort_by_key(|&i| ends[i].id);
+    let col = |f: &dyn Fn(&Ending<'_>) -> Option<i64>| column(ends, &order, f);
+    let txt = |f: &dyn Fn(&Ending<'_>) -> Option<String>| column(ends, &order, f);
+    let ids = column(ends, &order, |e| e.id);
+    let leases = column(ends, &order, |e| lease_param(e.lease));
+    let nows = column(ends, &order, |e| e.now);
+    let outcomes = column(ends, &order, |e| e.record.outcome.as_str());
+    let run_stops = txt(&|e| e.record.stop_reason.clone());
+    let run_errors = txt(&|e| e.record.error.clone());
+    let fuels = col(&|e| e.record.fuel);
+    let peaks = column(ends, &order, |e| e.record.peak_memory);
+    let logs = column(ends, &order, |e| e.record.log.as_str());
+    let states = column(ends, &order, |e| e.transition.state.as_str());
+    let next_runs = column(ends, &order, |e| e.transition.next_run_at);
+    let periods = column(ends, &order, |e| e.transition.period_start);
+    let attempts = column(ends, &order, |e| i64::from(e.transition.attempts));
+    let outputs = txt(&|e| e.transition.output.as_ref().map(Data::to_typed_json));
+    let stops = txt(&|e| e.transition.stop_reason.clone());
+    let errors = txt(&|e| e.transition.error.clone());
+    let finished = col(&|e| e.transition.state.is_finished().then_some(e.now));
+    let components = txt(&|e| e.record.component.clone());
+    let contracts = txt(&|e| e.record.contract.clone());
+    // One index lookup per run in each table, whatever the statistics
+    // say: a young `attempts` table (not yet analyzed, or grown since) is
+    // otherwise read whole at every batch. Only for this transaction.
+    tx.batch_execute(sql::INDEX_LOOKUPS_ONLY).await?;
+    let found = rows(
         tx,
         sql::FINISH,
         &[
-            &id,
-            &lease,
-            &now,
-            &a.outcome,
-            &a.stop_reason,
-            &a.error,
-            &a.fuel,
-            &a.peak_memory,
-            &a.log,
-            &t.state.as_str(),
-            &t.next_run_at,
-            &t.period_start,
-            &i64::from(t.attempts),
-            &output,
-            &t.stop_reason,
-            &t.error,
+            &ids,
+            &leases,
+            &nows,
+            &outcomes,
+            &run_stops,
+            &run_errors,
+            &fuels,
+            &peaks,
+            &logs,
+            &states,
+            &next_runs,
+            &periods,
+            &attempts,
+            &outputs,
+            &stops,
+            &errors,
             &finished,
-            &a.component,
-            &a.contract,
+            &components,
+            &contracts,
         ],
     )
     .await?;
-    let applied: bool = row.first().map(|r| r.try_get("applied")).transpose()?.unwrap_or(false);
-    let mut changes = Vec::new();
-    if applied {
-        exec(
-            tx,
-            sql::TRIM_PERIODIC_ATTEMPTS,
-            &[&id, &i64::from(PERIODIC_ATTEMPTS_KEPT)],
-        )
-        .await?;
-        changes.push(Change { id, state: t.state });
-        match t.state {
-            TaskState::Succeeded => unblock(tx, id, now, &mut changes).await?,
-            TaskState::Failed | TaskState::Cancelled => propagate(tx, &[id], t.state, now, &mut changes).await?,
-            _ => {}
+    let mut applied = std::collections::HashMap::with_capacity(found.len());
+    for row in &found {
+        let id: TaskId = row.try_get("id")?;
+        if row.try_get::<_, bool>("applied")? {
+            applied.insert(id, row.try_get::<_, bool>("periodic")?);
+        }
+    }
+    let mut changes: Vec<Vec<Change>> = ends.iter().map(|_| Vec::new()).collect();
+    // Only work that ended can have dependents to release or fail.
+    let ended: Vec<TaskId> = order
+        .iter()
+        .map(|&i| &ends[i])
+        .filter(|e| applied.contains_key(&e.id) && e.transition.state.is_finished())
+        .map(|e| e.id)
+        .collect();
+    let parents: std::collections::HashSet<TaskId> = if ended.is_empty() {
+        Default::default()
+    } else {
+        rows(tx, sql::WITH_DEPENDENTS, &[&ended])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?
+    };
+    for &i in &order {
+        let e = &ends[i];
+        let Some(&periodic) = applied.get(&e.id) else {
+            continue;
+        };
+        let state = e.transition.state;
+        let mine = &mut changes[i];
+        mine.push(Change { id: e.id, state });
+        if periodic {
+            exec(
+                tx,
+                sql::TRIM_PERIODIC_ATTEMPTS,
+                &[&e.id, &i64::from(PERIODIC_ATTEMPTS_KEPT)],
+            )
+            .await?;
+        }
+        if parents.contains(&e.id) {
+            match state {
+                TaskState::Succeeded => unblock(tx, e.id, e.now, mine).await?,
+                TaskState::Failed | TaskState::Cancelled => propagate(tx, &[e.id], state, e.now, mine).await?,
+                _ => {}
+            }
         }
     }
     Ok(changes)

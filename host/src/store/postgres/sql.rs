@@ -195,30 +195,41 @@ pub const UNIQUE_UNFINISHED: &str = concat!(
     " ORDER BY id"
 );
 
-/// Inserts a task; returns `id`. `$1` handler, `$2` task, `$3` input
-/// (typed JSON), `$4` max_attempts (`i64`), `$5` frequency_ms, `$6`
-/// flex_ms (`Option<i64>`), `$7` backoff, `$8` backoff_delay_ms, `$9`
-/// timeout_ms, `$10` fuel, `$11` max_memory (`Option<i64>`), `$12` kind,
-/// `$13` state (`enqueued`, or `blocked` when it runs after other work),
-/// `$14` unique_name (`Option<&str>`), `$15` next_run_at, `$16`
-/// initial_delay_ms, `$17` period_start, `$18` created_at (`i64`), `$19`
-/// req_network (`i64`), `$20..$23` req_charging, req_battery, req_idle,
-/// req_storage (`bool`), `$24` priority (`i64`), `$25` cron
-/// (`Option<&str>`), `$26` expedited (`bool`), `$27` finished_at
-/// (`Option<i64>`) and `$28` error (`Option<&str>`): set for a request
-/// dropped as out of its expedited quota (state `cancelled`); `$29` pin
-/// (`Option<&str>`).
+/// Inserts tasks, one per array element, in the arrays' order; returns
+/// each one's `id` (ids are taken in that order: sorted, they match it).
+/// `$1` handler, `$2` task, `$3` input (typed JSON), `$4` max_attempts,
+/// `$5` frequency_ms, `$6` flex_ms, `$7` backoff, `$8` backoff_delay_ms,
+/// `$9` timeout_ms, `$10` fuel, `$11` max_memory, `$12` kind, `$13` state
+/// (`enqueued`, or `blocked` when it runs after other work), `$14`
+/// unique_name, `$15` next_run_at, `$16` initial_delay_ms, `$17`
+/// period_start, `$18` created_at, `$19` req_network, `$20..$23`
+/// req_charging, req_battery, req_idle, req_storage (`bool[]`), `$24`
+/// priority, `$25` cron, `$26` expedited (`bool[]`), `$27` finished_at and
+/// `$28` error: set for a request dropped as out of its expedited quota
+/// (state `cancelled`); `$29` pin. Text columns are `text[]`, numbers
+/// `bigint[]`, NULL where a column is unset.
 pub const INSERT_TASK: &str = "\
 INSERT INTO workhost.tasks (handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms,
     timeout_ms, fuel, max_memory, kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at,
     req_network, req_charging, req_battery, req_idle, req_storage, priority, cron, expedited, finished_at, error, pin)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-    $24, $25, $26, $27, $28, $29)
+SELECT handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms, timeout_ms, fuel,
+    max_memory, kind, state, unique_name, next_run_at, initial_delay_ms, period_start, created_at, req_network,
+    req_charging, req_battery, req_idle, req_storage, priority, cron, expedited, finished_at, error, pin
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+    $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::text[], $15::bigint[],
+    $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::bool[], $21::bool[], $22::bool[], $23::bool[],
+    $24::bigint[], $25::text[], $26::bool[], $27::bigint[], $28::text[], $29::text[])
+    WITH ORDINALITY AS r(handler, task, input, max_attempts, frequency_ms, flex_ms, backoff, backoff_delay_ms,
+        timeout_ms, fuel, max_memory, kind, state, unique_name, next_run_at, initial_delay_ms, period_start,
+        created_at, req_network, req_charging, req_battery, req_idle, req_storage, priority, cron, expedited,
+        finished_at, error, pin, n)
+ORDER BY n
 RETURNING id";
 
-/// Tags a task. `$1` `i64` task, `$2` `text[]` tags.
+/// Tags tasks: `$1` `bigint[]` tasks, `$2` `text[]` tags (pairs).
 pub const INSERT_TAGS: &str = "\
-INSERT INTO workhost.tags (tag, task_id) SELECT DISTINCT unnest($2::text[]), $1::bigint ON CONFLICT DO NOTHING";
+INSERT INTO workhost.tags (tag, task_id) SELECT DISTINCT t, id FROM unnest($1::bigint[], $2::text[]) AS u(id, t)
+ON CONFLICT DO NOTHING";
 
 /// Locks the tasks new work runs after, in id order, and reads them:
 /// `id`, `state`. `FOR SHARE` conflicts with a parent's finish (an
@@ -380,60 +391,95 @@ ORDER BY h.name";
 // ---------------------------------------------------------------------------
 // Finish, progress: fenced by the lease.
 
-/// Records the end of run `$2` (`i64` lease) of task `$1` (`i64`) and
-/// applies its transition, only if that run is still the task's current
-/// one (RUNNING with this lease). Otherwise the task is untouched: it was
-/// cancelled, or rescued (and perhaps claimed again) after this run's host
-/// lost its lease. The attempt row records the run's outcome either way;
-/// a refused write of a run that was not cancelled also sets its
-/// `fenced_at`.
+/// Records the ends of runs, many in one statement (a host's batch of
+/// finishes, or one): each run's transition is applied only if that run
+/// is still its task's current one (RUNNING with its lease). Otherwise the
+/// task is untouched: it was cancelled, or rescued (and perhaps claimed
+/// again) after the run's host lost its lease. Each run's attempt row
+/// records its outcome either way; a refused write of a run whose task was
+/// not cancelled also sets its `fenced_at`. At most one run per task (the
+/// caller's rule): the updates join on the task.
 ///
-/// The attempt: `$3` `i64` ended_at (now), `$4` outcome, `$5` stop_reason,
-/// `$6` error (`Option<&str>`), `$7` fuel (`Option<i64>`), `$8` peak_memory
-/// (`i64`), `$9` log (JSON text). The transition: `$10` state, `$11`
-/// next_run_at, `$12` period_start, `$13` attempts (`i64`), `$14` output
-/// (`Option<&str>`: kept when NULL), `$15` stop_reason, `$16` error
-/// (`Option<&str>`), `$17` finished_at (`Option<i64>`). The component
-/// that ran: `$18` digest, `$19` contract (`Option<&str>`).
+/// One array per column, one element per run, in task-id order (so two
+/// hosts' batches lock rows in one order): `$1` task ids, `$2` leases,
+/// `$3` now (`bigint[]`). The attempt: `$4` outcome, `$5` stop_reason,
+/// `$6` error (`text[]`), `$7` fuel, `$8` peak_memory (`bigint[]`), `$9`
+/// log (`text[]`, JSON). The transition: `$10` state (`text[]`), `$11`
+/// next_run_at, `$12` period_start, `$13` attempts (`bigint[]`), `$14`
+/// output (kept when NULL), `$15` stop_reason, `$16` error (`text[]`),
+/// `$17` finished_at (`bigint[]`). The component that ran: `$18` digest,
+/// `$19` contract (`text[]`).
 ///
-/// Returns one row: `applied` (`bool`: the transition was applied; then
-/// the caller releases or fails dependents), `fenced` (`bool`: refused,
-/// and not because the task was cancelled).
+/// Returns one row per run, by task id: `id`, `applied` (`bool`: the
+/// transition was applied; then the caller releases or fails
+/// dependents), `periodic` (`bool`: applied to periodic work, whose old
+/// attempts the caller trims), `fenced` (`bool`: refused, and not because
+/// the task was cancelled).
 pub const FINISH: &str = concat!(
-    "WITH done AS (
-    UPDATE workhost.tasks
-    SET state = $10, next_run_at = $11, period_start = $12, attempts = $13, output = coalesce($14, output),
-        stop_reason = $15, error = $16, finished_at = $17, ",
+    "WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                         $7::bigint[], $8::bigint[], $9::text[], $10::text[], $11::bigint[], $12::bigint[],
+                         $13::bigint[], $14::text[], $15::text[], $16::text[], $17::bigint[], $18::text[],
+                         $19::text[])
+    AS i(id, lease, now, outcome, run_stop_reason, run_error, fuel, peak_memory, log, state, next_run_at,
+         period_start, attempts, output, stop_reason, error, finished_at, component, contract)
+),
+done AS (
+    UPDATE workhost.tasks t
+    SET state = i.state, next_run_at = i.next_run_at, period_start = i.period_start, attempts = i.attempts,
+        output = coalesce(i.output, t.output), stop_reason = i.stop_reason, error = i.error,
+        finished_at = i.finished_at, ",
     no_lease!(),
     "
-    WHERE id = $1 AND state = 'running' AND lease = $2
-    RETURNING id
+    FROM input i
+    -- `= ANY`: an index lookup per run, whatever the planner estimates of
+    -- the input (a join alone was planned as a scan of every running row).
+    WHERE t.id = ANY($1::bigint[]) AND t.id = i.id AND t.state = 'running' AND t.lease = i.lease
+    RETURNING t.id, t.kind
 ),
 now_state AS (
-    -- The latest state, not the snapshot's: waits for a cancel in flight.
-    SELECT state FROM workhost.tasks WHERE id = $1 FOR SHARE
+    -- The latest states of the tasks not updated, not the snapshot's:
+    -- waits for a cancel in flight.
+    SELECT t.id, t.state FROM workhost.tasks t
+    WHERE t.id = ANY($1::bigint[]) AND t.id NOT IN (SELECT id FROM done)
+    ORDER BY t.id FOR SHARE
 ),
 fenced AS (
-    SELECT NOT EXISTS (SELECT 1 FROM done) AND coalesce((SELECT state FROM now_state), '') <> 'cancelled' AS fenced
+    SELECT i.id, d.id IS NULL AND coalesce(n.state, '') <> 'cancelled' AS fenced
+    FROM input i LEFT JOIN done d ON d.id = i.id LEFT JOIN now_state n ON n.id = i.id
 ),
 recorded AS (
-    -- The run's own row, unless a rescue already closed it; a refused
+    -- Each run's own row, unless a rescue already closed it; a refused
     -- write is marked either way.
-    UPDATE workhost.attempts
-    SET ended_at = CASE WHEN ended_at IS NULL THEN $3 ELSE ended_at END,
-        outcome = CASE WHEN ended_at IS NULL THEN $4 ELSE outcome END,
-        stop_reason = CASE WHEN ended_at IS NULL THEN $5 ELSE stop_reason END,
-        error = CASE WHEN ended_at IS NULL THEN $6 ELSE error END,
-        fuel = CASE WHEN ended_at IS NULL THEN $7 ELSE fuel END,
-        peak_memory = CASE WHEN ended_at IS NULL THEN $8 ELSE peak_memory END,
-        log = CASE WHEN ended_at IS NULL THEN $9 ELSE log END,
-        component = CASE WHEN ended_at IS NULL THEN $18 ELSE component END,
-        contract = CASE WHEN ended_at IS NULL THEN $19 ELSE contract END,
-        fenced_at = CASE WHEN (SELECT fenced FROM fenced) THEN coalesce(fenced_at, $3) ELSE fenced_at END
-    WHERE task_id = $1 AND lease = $2
+    UPDATE workhost.attempts a
+    SET ended_at = CASE WHEN a.ended_at IS NULL THEN i.now ELSE a.ended_at END,
+        outcome = CASE WHEN a.ended_at IS NULL THEN i.outcome ELSE a.outcome END,
+        stop_reason = CASE WHEN a.ended_at IS NULL THEN i.run_stop_reason ELSE a.stop_reason END,
+        error = CASE WHEN a.ended_at IS NULL THEN i.run_error ELSE a.error END,
+        fuel = CASE WHEN a.ended_at IS NULL THEN i.fuel ELSE a.fuel END,
+        peak_memory = CASE WHEN a.ended_at IS NULL THEN i.peak_memory ELSE a.peak_memory END,
+        log = CASE WHEN a.ended_at IS NULL THEN i.log ELSE a.log END,
+        component = CASE WHEN a.ended_at IS NULL THEN i.component ELSE a.component END,
+        contract = CASE WHEN a.ended_at IS NULL THEN i.contract ELSE a.contract END,
+        fenced_at = CASE WHEN f.fenced THEN coalesce(a.fenced_at, i.now) ELSE a.fenced_at END
+    FROM input i JOIN fenced f ON f.id = i.id
+    WHERE a.task_id = ANY($1::bigint[]) AND a.lease = ANY($2::bigint[]) AND a.task_id = i.id AND a.lease = i.lease
 )
-SELECT EXISTS (SELECT 1 FROM done) AS applied, (SELECT fenced FROM fenced) AS fenced"
+SELECT i.id, d.id IS NOT NULL AS applied, coalesce(d.kind = 'periodic', false) AS periodic, f.fenced
+FROM input i LEFT JOIN done d ON d.id = i.id JOIN fenced f ON f.id = i.id
+ORDER BY i.id"
 );
+
+/// Plans the rest of the transaction with index lookups and nested loops
+/// only ([`FINISH`] runs under it: its per-run lookups must not become
+/// scans of a table whose statistics are stale).
+pub const INDEX_LOOKUPS_ONLY: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off";
+
+/// Which of the tasks `$1` (`bigint[]`) have dependents: `parent`. Read
+/// after [`FINISH`], in a statement of its own: a dependent committed
+/// while the finish waited on its parent's row is seen.
+pub const WITH_DEPENDENTS: &str = "\
+SELECT DISTINCT parent FROM workhost.deps WHERE parent = ANY($1::bigint[])";
 
 /// A periodic task keeps its latest `$2` (`i64`, PERIODIC_ATTEMPTS_KEPT)
 /// runs: deletes older attempt rows of task `$1` (`i64`), if periodic.
@@ -1003,6 +1049,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("NEXT_DUE", NEXT_DUE),
     ("WAITING_FOR_HANDLER", WAITING_FOR_HANDLER),
     ("FINISH", FINISH),
+    ("WITH_DEPENDENTS", WITH_DEPENDENTS),
     ("TRIM_PERIODIC_ATTEMPTS", TRIM_PERIODIC_ATTEMPTS),
     ("SET_PROGRESS", SET_PROGRESS),
     ("MARK_FENCED", MARK_FENCED),
