@@ -384,6 +384,42 @@ fn a_listener_url_apart_from_the_database_carries_the_listen_and_a_bad_one_is_re
         "{}",
         refused.stderr
     );
+
+    // A listener URL that reaches another database (it connects and
+    // LISTENs, but would hear nothing of this one) is refused too, before
+    // the fresh database is touched.
+    let (fresh, elsewhere) = (pg::database(), pg::database());
+    let refused = workhost_tests::workhost_expecting_exit(
+        &[
+            "serve",
+            "--config",
+            m.to_str().unwrap(),
+            "--data-dir",
+            other.to_str().unwrap(),
+            "--database",
+            fresh.url(),
+            "--database-listen",
+            elsewhere.url(),
+        ],
+        root.path(),
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("listener URL")
+            && refused.stderr.contains("does not reach the database URL's database"),
+        "{}",
+        refused.stderr
+    );
+    let schemas: i64 = rt.block_on(async {
+        fresh
+            .connect()
+            .await
+            .query_one("SELECT count(*) FROM pg_namespace WHERE nspname = 'workhost'", &[])
+            .await
+            .unwrap()
+            .get(0)
+    });
+    assert_eq!(schemas, 0, "a refused start created the schema");
 }
 
 #[test]

@@ -160,26 +160,7 @@ impl PgStore {
             })
         };
         let mut config = parse(url, "the database URL")?;
-        let listen_config = match listen_url {
-            None => None,
-            Some(listen_url) => {
-                let listen_config = parse(listen_url, "the listener URL")?;
-                // Refused now rather than polled for ever: a listener that
-                // never connects would leave this host reading the database
-                // at every poll.
-                let label = format!("the listener URL ({})", display_name(&listen_config));
-                let (client, connection) = listen_config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| Fail::Pg(e).store(&label))?;
-                let driver = tokio::spawn(connection);
-                let checked = client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await;
-                drop(client);
-                let _ = driver.await;
-                checked.map_err(|e| Fail::Pg(e).store(&label))?;
-                Some(listen_config)
-            }
-        };
+        let listen_config = listen_url.map(|u| parse(u, "the listener URL")).transpose()?;
         // A host frozen (SIGSTOP, a paused VM) inside a transaction would
         // hold its row locks, and with them every other host's rescue of
         // its work, until it woke: the server ends such a session after a
@@ -208,11 +189,30 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("cannot build the connection pool: {e}")))?;
         let changes = Arc::new(AtomicU64::new(0));
         let listening = Arc::new(AtomicBool::new(false));
+        let probe = Arc::new(Probe::default());
+        // With a listener URL of its own, the listener's first connection
+        // is reported (and checked below); without, the pool's own first
+        // connection (the migration) tells whether the database is there.
+        let (first, connected) = tokio::sync::oneshot::channel();
         let listener = tokio::spawn(listen(
-            listen_config.unwrap_or_else(|| config.clone()),
+            listen_config.clone().unwrap_or_else(|| config.clone()),
             changes.clone(),
             listening.clone(),
+            probe.clone(),
+            listen_config.is_some().then_some(first),
         ));
+        if let Some(listen_config) = &listen_config {
+            // Refused now rather than polled for ever: a listener that
+            // never connects, or listens to another database, would leave
+            // this host hearing nothing of other hosts' work. Before the
+            // schema is touched, so a refusal changes nothing.
+            let label = format!("the listener URL ({})", display_name(listen_config));
+            let checked = check_listener(&pool, &name, &probe, connected, &label).await;
+            if let Err(e) = checked {
+                listener.abort();
+                return Err(e);
+            }
+        }
         let (enqueues, enqueue_queue) = tokio::sync::mpsc::unbounded_channel();
         let (finishes, finish_queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(batch::enqueuer(pool.clone(), name.clone(), enqueue_queue));
@@ -280,34 +280,123 @@ fn writer_stopped(what: &str) -> StoreError {
     StoreError::Backend(format!("the PostgreSQL store's {what} writer stopped"))
 }
 
+/// How long the listener URL's check waits to hear the probe it sends
+/// through the pool.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A notification the listener waits for (its payload), to tell whoever
+/// sent it: the check that the listener URL reaches the pool's database.
+#[derive(Default)]
+struct Probe(std::sync::Mutex<Option<(String, tokio::sync::oneshot::Sender<()>)>>);
+
+impl Probe {
+    /// Tells the waiter, if `payload` is the one it waits for.
+    fn heard(&self, payload: &str) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|(want, _)| want == payload)
+            && let Some((_, tell)) = slot.take()
+        {
+            let _ = tell.send(());
+        }
+    }
+}
+
+/// Checks the listener at open (`database_listen`): its first connection
+/// and LISTEN succeeded (`connected`), and a notification sent through the
+/// pool (the `database` URL) is heard on it, so both reach one database.
+async fn check_listener(
+    pool: &Pool,
+    database: &str,
+    probe: &Probe,
+    connected: tokio::sync::oneshot::Receiver<Result<(), tokio_postgres::Error>>,
+    label: &str,
+) -> Result<(), StoreError> {
+    match connected.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(Fail::Pg(e).store(label)),
+        Err(_) => return Err(StoreError::Backend("the listener stopped before it connected".into())),
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let payload = format!("{{\"k\":\"probe\",\"n\":\"{}-{nanos}\"}}", std::process::id());
+    let (tell, heard) = tokio::sync::oneshot::channel();
+    *probe.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((payload.clone(), tell));
+    let client = pooled(pool).await.map_err(|f| f.store(database))?;
+    client
+        .execute(sql::NOTIFY, &[&payload])
+        .await
+        .map_err(|e| Fail::Pg(e).store(database))?;
+    match tokio::time::timeout(PROBE_TIMEOUT, heard).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(StoreError::Unavailable {
+            database: label.to_string(),
+            detail: format!(
+                "it does not reach the database URL's database: a notification sent there was not heard on it \
+                 within {} s (both URLs must name one database, through a pooler or not)",
+                PROBE_TIMEOUT.as_secs()
+            ),
+        }),
+    }
+}
+
 /// Listens on the store's channel, counting notifications into `changes`,
 /// and reconnects (after a second) when the connection ends; `listening`
-/// says whether it is connected.
-async fn listen(config: tokio_postgres::Config, changes: Arc<AtomicU64>, listening: Arc<AtomicBool>) {
+/// says whether it is connected. The first connection's outcome goes to
+/// `first` when given, and if that one fails the listener stops (the store
+/// is refused). Notifications are shown to `probe`.
+async fn listen(
+    config: tokio_postgres::Config,
+    changes: Arc<AtomicU64>,
+    listening: Arc<AtomicBool>,
+    probe: Arc<Probe>,
+    mut first: Option<tokio::sync::oneshot::Sender<Result<(), tokio_postgres::Error>>>,
+) {
     loop {
-        if let Ok((client, mut connection)) = config.connect(NoTls).await {
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-            let changes_seen = changes.clone();
-            let driver = tokio::spawn(async move {
-                while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    match message {
-                        Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
-                            changes_seen.fetch_add(1, Ordering::AcqRel);
+        match config.connect(NoTls).await {
+            Err(e) => {
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(e));
+                    return;
+                }
+            }
+            Ok((client, mut connection)) => {
+                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+                let (changes_seen, probe) = (changes.clone(), probe.clone());
+                let driver = tokio::spawn(async move {
+                    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                        match message {
+                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                changes_seen.fetch_add(1, Ordering::AcqRel);
+                                probe.heard(n.payload());
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
                         }
-                        Ok(_) => {}
-                        Err(_) => break,
+                    }
+                    drop(ready_tx);
+                });
+                match client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await {
+                    Ok(()) => {
+                        listening.store(true, Ordering::Release);
+                        if let Some(first) = first.take() {
+                            let _ = first.send(Ok(()));
+                        }
+                        // Whatever happened while nobody listened counts as a change.
+                        changes.fetch_add(1, Ordering::AcqRel);
+                        let _ = ready_rx.await;
+                    }
+                    Err(e) => {
+                        if let Some(first) = first.take() {
+                            let _ = first.send(Err(e));
+                            driver.abort();
+                            return;
+                        }
                     }
                 }
-                drop(ready_tx);
-            });
-            if client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await.is_ok() {
-                listening.store(true, Ordering::Release);
-                // Whatever happened while nobody listened counts as a change.
-                changes.fetch_add(1, Ordering::AcqRel);
-                let _ = ready_rx.await;
+                listening.store(false, Ordering::Release);
+                driver.abort();
             }
-            listening.store(false, Ordering::Release);
-            driver.abort();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
