@@ -483,7 +483,10 @@ pub(super) const UNKNOWN_HANDLER_CHECK: Duration = Duration::from_secs(1);
 /// does it read again, from the reader connection, when the next work of
 /// its handlers with a free slot is due and whether the store is paused.
 /// Between those it sleeps until that due time or the poll interval,
-/// whichever is first.
+/// whichever is first. After a claim that took all it asked for, the next
+/// claim (once a slot is free) goes ahead without that read: more work is
+/// likely due, and under a burst the read would double the store's round
+/// trips per claim.
 pub(super) async fn dispatch(inner: Arc<Inner>) {
     let mut shutting_down = inner.shutting_down.subscribe();
     let runs = inner.runs.clone();
@@ -501,6 +504,11 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
     let mut due: Option<Millis> = None;
     let mut look = true;
     let mut looked_at = u64::MAX;
+    // The last claim took all it asked for, so more is likely due: the
+    // next claim goes ahead without a look first (under a burst, a look
+    // per claim would double the store round trips per claim). A claim
+    // that takes less than it asks for ends it.
+    let mut more_due = false;
     loop {
         if *shutting_down.borrow() {
             break;
@@ -515,27 +523,29 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
         if counter != looked_at || due.is_some_and(|d| d <= now) {
             look = true;
         }
-        if look && free > 0 {
+        if look && free > 0 && !more_due {
             looked_at = counter;
             look = false;
             due = inner.next_due(&per).await;
         }
         let claiming = Claiming::begin(&inner.claim_epoch);
-        let claimed = if free > 0 && due.is_some_and(|d| d <= now) && inner.lease_held.load(Ordering::Acquire) {
-            inner.claims.fetch_add(1, Ordering::Relaxed);
-            let device = inner.device.borrow().clone();
-            let me = inner.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let claimed = tracing::Instrument::instrument(
-                store.claim(me, now, free, per, device),
-                tracing::debug_span!("claim", free),
-            )
-            .await;
-            // Look again at once: what this claim left may be due too.
-            look = true;
-            Some(claimed)
-        } else {
-            None
-        };
+        let claimed =
+            if free > 0 && (more_due || due.is_some_and(|d| d <= now)) && inner.lease_held.load(Ordering::Acquire) {
+                inner.claims.fetch_add(1, Ordering::Relaxed);
+                let device = inner.device.borrow().clone();
+                let me = inner.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let claimed = tracing::Instrument::instrument(
+                    store.claim(me, now, free, per, device),
+                    tracing::debug_span!("claim", free),
+                )
+                .await;
+                // Look again at once: what this claim left may be due too.
+                look = true;
+                more_due = matches!(&claimed, Ok(c) if c.len() == free);
+                Some(claimed)
+            } else {
+                None
+            };
         // A refused claim is tried again at the next wake or poll; the
         // first refusal of a streak and its end (a claim the store took,
         // not a wake that claimed nothing) are alerts.

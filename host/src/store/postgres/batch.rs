@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ops::{self, AttemptEnd, Ending};
 use super::rows::Fail;
-use super::{TRIES, in_tx, pooled};
+use super::{TRIES, in_tx, pooled, retrying};
 use crate::retry::Transition;
 use crate::store::{Change, CommitHook, EnqueueHooks};
 use crate::work::{Enqueued, Millis, StoreError, TaskId, TaskState, WorkError, WorkRequest};

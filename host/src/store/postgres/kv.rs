@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use crate::kv::{KvError, KvFuture, KvStore, parse_counter};
 
 use super::rows::Fail;
-use super::{PgStore, TRIES, in_tx, sql};
+use super::{PgStore, TRIES, in_tx, retrying, sql};
 
 /// The kv backend of a [`PgStore`].
 pub(super) struct PgKv {

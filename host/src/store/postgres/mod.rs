@@ -52,23 +52,15 @@ pub const POOL_SIZE: usize = 8;
 /// deadlock or a serialization failure (both mean "try again").
 const TRIES: usize = 4;
 
-/// Runs `$body` (an expression using the transaction `$tx`, yielding
-/// `Result<T, Fail>`) in one transaction on a pooled connection, commits,
-/// and tries again from the start when the database reports a deadlock or
-/// a serialization failure.
-macro_rules! in_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {{
+/// Awaits `$attempt` (an `async` block yielding `Result<T, Fail>`), again
+/// from the start when the database reports a deadlock or a serialization
+/// failure, up to [`TRIES`] times.
+macro_rules! retrying {
+    ($attempt:expr) => {{
         let mut tries = 0;
         loop {
             tries += 1;
-            let attempt: Result<_, Fail> = async {
-                let mut client = $store.client().await?;
-                let $tx = client.transaction().await?;
-                let value = $body?;
-                $tx.commit().await?;
-                Ok(value)
-            }
-            .await;
+            let attempt: Result<_, Fail> = $attempt.await;
             match attempt {
                 Err(f) if f.is_retryable() && tries < TRIES => continue,
                 other => break other,
@@ -76,7 +68,23 @@ macro_rules! in_tx {
         }
     }};
 }
-pub(super) use in_tx;
+
+/// Runs `$body` (an expression using the transaction `$tx`, yielding
+/// `Result<T, Fail>`) in one transaction on a pooled connection, commits,
+/// and tries again from the start when the database reports a deadlock or
+/// a serialization failure.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        retrying!(async {
+            let mut client = $store.client().await?;
+            let $tx = client.transaction().await?;
+            let value = $body?;
+            $tx.commit().await?;
+            Ok(value)
+        })
+    };
+}
+pub(super) use {in_tx, retrying};
 
 /// The store on PostgreSQL: `PgStore::open("postgres://...")`.
 pub struct PgStore {
@@ -456,6 +464,39 @@ impl TaskStore for PgStore {
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let grace = crate::work::millis(Duration::from_secs(60));
             let d = device_params(&device);
+            let claim = |rows: Vec<tokio_postgres::Row>| -> Result<Vec<Claimed>, Fail> {
+                rows.iter()
+                    .map(|row| {
+                        let (info, period_start) = task_from_row(row)?;
+                        let lease: Option<i64> = row.try_get("lease")?;
+                        Ok(Claimed {
+                            info,
+                            period_start,
+                            lease: lease.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
+                        })
+                    })
+                    .collect()
+            };
+            let params = ops::ClaimParams {
+                device: &d,
+                me: &me,
+                handlers: &names,
+                limit,
+                now,
+                budgets: &budgets,
+                grace,
+                key_bound,
+            };
+            if rates.iter().all(Option::is_none) {
+                // No window to count: the claim is one statement, atomic
+                // on its own, so it runs without BEGIN and COMMIT (one
+                // round trip instead of three).
+                return retrying!(async {
+                    let client = self.client().await?;
+                    claim(ops::claim_rows(&client, &params, &free).await?)
+                })
+                .map_err(|f| self.store_error(f));
+            }
             in_tx!(self, |tx| async {
                 // A rate-limited handler gets no more slots than its window
                 // has room for, counted under a lock every host takes.
@@ -473,40 +514,7 @@ impl TaskStore for PgStore {
                         slots[i] = slots[i].min((i64::from(rate.count) - used).max(0));
                     }
                 }
-                let stmt = tx.prepare_cached(sql::CLAIM).await?;
-                let rows = tx
-                    .query(
-                        &stmt,
-                        &[
-                            &d.networks,
-                            &d.charging,
-                            &d.battery_low,
-                            &d.idle,
-                            &d.storage_low,
-                            &me.id,
-                            &me.incarnation,
-                            &names,
-                            &slots,
-                            &limit,
-                            &now,
-                            &budgets,
-                            &grace,
-                            &key_bound,
-                        ],
-                    )
-                    .await?;
-                let claimed = rows
-                    .iter()
-                    .map(|row| {
-                        let (info, period_start) = task_from_row(row)?;
-                        let lease: Option<i64> = row.try_get("lease")?;
-                        Ok(Claimed {
-                            info,
-                            period_start,
-                            lease: lease.and_then(|l| u64::try_from(l).ok()).unwrap_or(0),
-                        })
-                    })
-                    .collect::<Result<Vec<_>, Fail>>()?;
+                let claimed = claim(ops::claim_rows(&tx, &params, &slots).await?)?;
                 for (i, rate) in rates.iter().enumerate() {
                     let n = claimed.iter().filter(|c| c.info.handler == names[i]).count() as i64;
                     if rate.is_some() && n > 0 {

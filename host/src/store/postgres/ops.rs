@@ -41,6 +41,46 @@ async fn exec(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> R
     Ok(tx.execute(&stmt, params).await?)
 }
 
+/// `sql::CLAIM`'s parameters but each handler's slots (see the statement).
+pub(super) struct ClaimParams<'p> {
+    pub(super) device: &'p super::rows::DeviceParams,
+    pub(super) me: &'p HostIdentity,
+    pub(super) handlers: &'p Vec<&'p str>,
+    pub(super) limit: i64,
+    pub(super) now: Millis,
+    pub(super) budgets: &'p Vec<i64>,
+    pub(super) grace: i64,
+    pub(super) key_bound: i64,
+}
+
+/// The rows `sql::CLAIM` claims with `p` and each handler's `slots`,
+/// inside a transaction or as a statement of its own.
+pub(super) async fn claim_rows(
+    client: &impl GenericClient,
+    p: &ClaimParams<'_>,
+    slots: &Vec<i64>,
+) -> Result<Vec<tokio_postgres::Row>, Fail> {
+    let stmt = client.prepare_cached(sql::CLAIM).await?;
+    let d = p.device;
+    let params: [&(dyn ToSql + Sync); 14] = [
+        &d.networks,
+        &d.charging,
+        &d.battery_low,
+        &d.idle,
+        &d.storage_low,
+        &p.me.id,
+        &p.me.incarnation,
+        p.handlers,
+        slots,
+        &p.limit,
+        &p.now,
+        p.budgets,
+        &p.grace,
+        &p.key_bound,
+    ];
+    Ok(client.query(&stmt, &params).await?)
+}
+
 /// Tells every host, at commit, that something changed (`what` is for
 /// anyone reading the channel; hosts count notifications).
 pub(super) async fn notify(tx: &Tx<'_>, what: &str) -> Result<(), Fail> {
