@@ -9,7 +9,11 @@
 //! A batch is all or nothing: when it fails (after the deadlock retries
 //! every transaction gets), it is rolled back and each of its jobs is done
 //! again alone, in a transaction of its own, so one bad request fails
-//! alone and no accepted job is lost or written twice.
+//! alone and no accepted job is lost or written twice. Only when the
+//! failure says nothing was committed ([`nothing_committed`]): a batch
+//! whose connection was lost (perhaps during its COMMIT) is reported
+//! failed to each of its callers, as a single write would be, never
+//! written again.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -101,9 +105,11 @@ pub(super) async fn finisher(pool: Pool, name: String, mut jobs: mpsc::Unbounded
                     let _ = job.reply.send(Ok(changes));
                 }
             }
-            Err(f) if batch.len() == 1 => {
-                let job = batch.into_iter().next().expect("one job");
-                let _ = job.reply.send(Err(f.store(&writer.name)));
+            Err(f) if batch.len() == 1 || !nothing_committed(&f) => {
+                let e = f.store(&writer.name);
+                for job in batch {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
             }
             Err(_) => {
                 for job in batch {
@@ -155,6 +161,12 @@ pub(super) async fn enqueuer(pool: Pool, name: String, mut jobs: mpsc::Unbounded
                 let job = batch.pop().expect("one job");
                 let _ = job.reply.send(Err(f.work(&writer.name)));
             }
+            Err(f) if !nothing_committed(&f) => {
+                let e = f.store(&writer.name);
+                for job in batch {
+                    let _ = job.reply.send(Err(WorkError::Store(e.clone())));
+                }
+            }
             Err(_) => {
                 for mut job in batch {
                     let alone = write_enqueues(&writer, std::slice::from_mut(&mut job)).await;
@@ -198,6 +210,18 @@ async fn write_enqueues(writer: &Writer, jobs: &mut [EnqueueJob]) -> Result<Vec<
         run_hook(&mut job.hooks.on_commit, value);
     }
     Ok(values)
+}
+
+/// Whether a failed batch certainly committed nothing, so its jobs may be
+/// written again one by one: the server refused a statement (or its
+/// COMMIT), the store or the work model refused a job, or no connection
+/// was had. A connection that failed may have failed after the server
+/// committed.
+fn nothing_committed(f: &Fail) -> bool {
+    match f {
+        Fail::Pg(e) => e.as_db_error().is_some(),
+        Fail::Pool(_) | Fail::Store(_) | Fail::Work(_) | Fail::Kv(_) | Fail::Fenced => true,
+    }
 }
 
 /// Runs `hook` once, if it has not run.
