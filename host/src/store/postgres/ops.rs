@@ -706,27 +706,25 @@ fn column<'e, T>(ends: &'e [Ending<'_>], order: &[usize], f: impl Fn(&'e Ending<
 pub(super) async fn finish_many_in(tx: &Tx<'_>, ends: &[Ending<'_>]) -> Result<Vec<Vec<Change>>, Fail> {
     let mut order: Vec<usize> = (0..ends.len()).collect();
     order.sort_by_key(|&i| ends[i].id);
-    let col = |f: &dyn Fn(&Ending<'_>) -> Option<i64>| column(ends, &order, f);
-    let txt = |f: &dyn Fn(&Ending<'_>) -> Option<String>| column(ends, &order, f);
     let ids = column(ends, &order, |e| e.id);
     let leases = column(ends, &order, |e| lease_param(e.lease));
     let nows = column(ends, &order, |e| e.now);
     let outcomes = column(ends, &order, |e| e.record.outcome.as_str());
-    let run_stops = txt(&|e| e.record.stop_reason.clone());
-    let run_errors = txt(&|e| e.record.error.clone());
-    let fuels = col(&|e| e.record.fuel);
+    let run_stops = column(ends, &order, |e| e.record.stop_reason.as_deref());
+    let run_errors = column(ends, &order, |e| e.record.error.as_deref());
+    let fuels = column(ends, &order, |e| e.record.fuel);
     let peaks = column(ends, &order, |e| e.record.peak_memory);
     let logs = column(ends, &order, |e| e.record.log.as_str());
     let states = column(ends, &order, |e| e.transition.state.as_str());
     let next_runs = column(ends, &order, |e| e.transition.next_run_at);
     let periods = column(ends, &order, |e| e.transition.period_start);
     let attempts = column(ends, &order, |e| i64::from(e.transition.attempts));
-    let outputs = txt(&|e| e.transition.output.as_ref().map(Data::to_typed_json));
-    let stops = txt(&|e| e.transition.stop_reason.clone());
-    let errors = txt(&|e| e.transition.error.clone());
-    let finished = col(&|e| e.transition.state.is_finished().then_some(e.now));
-    let components = txt(&|e| e.record.component.clone());
-    let contracts = txt(&|e| e.record.contract.clone());
+    let outputs = column(ends, &order, |e| e.transition.output.as_ref().map(Data::to_typed_json));
+    let stops = column(ends, &order, |e| e.transition.stop_reason.as_deref());
+    let errors = column(ends, &order, |e| e.transition.error.as_deref());
+    let finished = column(ends, &order, |e| e.transition.state.is_finished().then_some(e.now));
+    let components = column(ends, &order, |e| e.record.component.as_deref());
+    let contracts = column(ends, &order, |e| e.record.contract.as_deref());
     // One index lookup per run in each table, whatever the statistics
     // say: a young `attempts` table (not yet analyzed, or grown since) is
     // otherwise read whole at every batch. Only for this transaction.
