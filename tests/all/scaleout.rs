@@ -534,3 +534,198 @@ fn postgres_stopped_and_started_under_load_loses_nothing_and_hosts_keep_their_ru
         "the outage was shorter than the lease: {log}"
     );
 }
+
+/// A test certificate authority (rcgen), and what it issues.
+struct Ca(rcgen::CertifiedIssuer<'static, rcgen::KeyPair>);
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        Ca(rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap())
+    }
+
+    /// A certificate for `common_name` and the DNS names `names`, and its
+    /// key, both PEM.
+    fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.0).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// TLS to PostgreSQL as libpq's `sslmode`, `sslrootcert`, `sslcert` and
+/// `sslkey` say, in the database URL of the manifest: a host serves over
+/// verify-full, every session it opens (pool and listener) is encrypted,
+/// and each mode checks what it promises and no more; what a mode refuses
+/// is refused at start (exit 1) naming the problem.
+#[test]
+fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem() {
+    let ca = Ca::new("workhost test CA");
+    let stranger = Ca::new("another CA");
+    // The server's certificate names `localhost` only, not 127.0.0.1.
+    let (server_cert, server_key) = ca.issue("localhost", &["localhost"]);
+    let (client_cert, client_key) = ca.issue("certuser", &[]);
+    let server = pg::OwnServer::start_tls(&pg::ServerTls {
+        cert_pem: server_cert,
+        key_pem: server_key,
+        client_ca_pem: ca.0.pem(),
+        hba: [
+            "hostssl certdb all 127.0.0.1/32 cert",
+            "hostssl all all 127.0.0.1/32 trust",
+            "host all all 127.0.0.1/32 reject",
+        ]
+        .join("\n"),
+    });
+    server.admin_sql("CREATE DATABASE tlsdb");
+    server.admin_sql("CREATE ROLE certuser LOGIN");
+    server.admin_sql("CREATE DATABASE certdb OWNER certuser");
+    let root = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| {
+        let path = root.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let ca_pem = file("ca.pem", &ca.0.pem());
+    let stranger_pem = file("stranger.pem", &stranger.0.pem());
+    let client_pem = file("client.pem", &client_cert);
+    let client_key = file("client.key", &client_key);
+    let port = server.port();
+    let url = |user: &str, host: &str, db: &str, query: &str| format!("postgres://{user}@{host}:{port}/{db}?{query}");
+
+    // verify-full by the name the certificate gives: a host serves and
+    // runs a task, and every session of the database is encrypted.
+    let full = url(
+        "workhost",
+        "localhost",
+        "tlsdb",
+        &format!("sslmode=verify-full&sslrootcert={ca_pem}"),
+    );
+    let m = host_dir(root.path(), "served", &full);
+    let _host = Daemon::start(&m);
+    wait_hosts(&m, 1);
+    let id = ok(&m, &["enqueue", "echo", "--task", "over-tls"]);
+    wait_for(&m, &id, Duration::from_secs(30), |t| t["state"] == "succeeded");
+    let sessions = server.admin_query(
+        "SELECT s.ssl::text FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.datname = 'tlsdb' AND a.backend_type = 'client backend'",
+    );
+    assert!(
+        sessions.len() >= 2,
+        "the pool and the listener are connected: {sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|row| row[0].as_deref() == Some("true")),
+        "every session is encrypted: {sessions:?}"
+    );
+
+    let start = |name: &str, url: &str| {
+        let m = host_dir(root.path(), name, url);
+        wh(&m, &["hosts", "--json"])
+    };
+    let accepted = [
+        (
+            "verify-ca checks the chain, not the name",
+            url(
+                "workhost",
+                "127.0.0.1",
+                "tlsdb",
+                &format!("sslmode=verify-ca&sslrootcert={ca_pem}"),
+            ),
+        ),
+        (
+            "require takes the certificate as it is",
+            url("workhost", "127.0.0.1", "tlsdb", "sslmode=require"),
+        ),
+        (
+            "the default, prefer, negotiates TLS",
+            url("workhost", "127.0.0.1", "tlsdb", ""),
+        ),
+        (
+            "a key=value string",
+            format!("host=localhost port={port} user=workhost dbname=tlsdb sslmode=verify-full sslrootcert='{ca_pem}'"),
+        ),
+        (
+            "a unix socket never uses TLS (as libpq), whatever the mode",
+            format!("{}&sslmode=require", server.database("sockdb")),
+        ),
+        (
+            "a client certificate",
+            url(
+                "certuser",
+                "localhost",
+                "certdb",
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}&sslcert={client_pem}&sslkey={client_key}"),
+            ),
+        ),
+    ];
+    for (i, (what, url)) in accepted.iter().enumerate() {
+        let run = start(&format!("accepted-{i}"), url);
+        assert_eq!(run.code, 0, "{what} ({url}): {run:?}");
+    }
+    let refused = [
+        (
+            "the server refuses a session without TLS",
+            url("workhost", "127.0.0.1", "tlsdb", "sslmode=disable"),
+            "no encryption",
+        ),
+        (
+            "verify-full refuses a certificate of another CA",
+            url(
+                "workhost",
+                "localhost",
+                "tlsdb",
+                &format!("sslmode=verify-full&sslrootcert={stranger_pem}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            "verify-full refuses a host name the certificate does not give",
+            url(
+                "workhost",
+                "127.0.0.1",
+                "tlsdb",
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}"),
+            ),
+            "not valid for name",
+        ),
+        (
+            "a root file that is not there",
+            url(
+                "workhost",
+                "localhost",
+                "tlsdb",
+                "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ),
+            "sslrootcert",
+        ),
+        (
+            "a mode libpq does not have",
+            url("workhost", "localhost", "tlsdb", "sslmode=verify"),
+            "sslmode \"verify\"",
+        ),
+        (
+            "the server asks for a client certificate",
+            url(
+                "certuser",
+                "localhost",
+                "certdb",
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}"),
+            ),
+            "certificate",
+        ),
+    ];
+    for (i, (what, url, needle)) in refused.iter().enumerate() {
+        let run = start(&format!("refused-{i}"), url);
+        assert_eq!(run.code, 1, "{what} ({url}): {run:?}");
+        assert!(
+            run.stderr.contains(needle) && run.stderr.contains("Nothing was changed"),
+            "{what}: the message names {needle:?}: {}",
+            run.stderr
+        );
+    }
+}

@@ -220,7 +220,7 @@ fn start_private() -> Result<Server, String> {
             String::from_utf8_lossy(&initdb.stderr).trim()
         ));
     }
-    let pid = spawn_postgres(&bin.join("postgres"), &dir, owner)?;
+    let pid = spawn_postgres(&bin.join("postgres"), &dir, owner, &[])?;
     let _ = RUNNING.set(Running { pid, dir: dir.clone() });
     // SAFETY: registers a function without arguments that libc calls once
     // at exit.
@@ -231,7 +231,7 @@ fn start_private() -> Result<Server, String> {
     let admin: tokio_postgres::Config = format!("postgresql:///postgres?host={}&user={ROLE}", dir.display())
         .parse()
         .map_err(|e| format!("its URL does not parse: {e}"))?;
-    wait_until_ready(&dir, pid, &admin)?;
+    wait_until_ready(&dir, pid, &admin, DEFAULT_PORT)?;
     Ok(Server::Private { socket_dir: dir, admin })
 }
 
@@ -311,7 +311,13 @@ fn command(program: &Path, dir: &Path, owner: Option<(u32, u32)>, signal: libc::
 /// Starts `postgres` on the cluster in `dir` from a thread that lives as
 /// long as the process, so the parent-death signal (which follows the
 /// spawning thread) fires only when the process ends; returns its pid.
-fn spawn_postgres(program: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Result<libc::pid_t, String> {
+/// `extra` are more `-c name=value` settings, after (so over) the defaults.
+fn spawn_postgres(
+    program: &Path,
+    dir: &Path,
+    owner: Option<(u32, u32)>,
+    extra: &[String],
+) -> Result<libc::pid_t, String> {
     let log = std::fs::File::create(dir.join("server.log")).map_err(|e| format!("creating server.log: {e}"))?;
     // SIGINT: postgres's fast shutdown.
     let mut command = command(program, dir, owner, libc::SIGINT);
@@ -333,6 +339,7 @@ fn spawn_postgres(program: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Resu
             "-c",
             "max_connections=300",
         ])
+        .args(extra.iter().flat_map(|setting| ["-c", setting]))
         .stdout(Stdio::null())
         .stderr(log);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -354,9 +361,13 @@ fn spawn_postgres(program: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Resu
         .map_err(|e| format!("running {program:?}: {e}"))
 }
 
-/// Waits (up to 60 s) until the server answers on its socket; fails early,
-/// with its log, if it exits.
-fn wait_until_ready(dir: &Path, pid: libc::pid_t, admin: &tokio_postgres::Config) -> Result<(), String> {
+/// The port of a server's socket (`.s.PGSQL.<port>`) unless it listens on
+/// TCP too.
+const DEFAULT_PORT: u16 = 5432;
+
+/// Waits (up to 60 s) until the server answers on its socket for `port`;
+/// fails early, with its log, if it exits.
+fn wait_until_ready(dir: &Path, pid: libc::pid_t, admin: &tokio_postgres::Config, port: u16) -> Result<(), String> {
     let log = || {
         let text = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -367,7 +378,7 @@ fn wait_until_ready(dir: &Path, pid: libc::pid_t, admin: &tokio_postgres::Config
         if !process_alive(pid) || is_zombie(pid) {
             return Err(format!("postgres exited at start; its log:\n{}", log()));
         }
-        if dir.join(".s.PGSQL.5432").exists() && run_admin(admin.clone(), "SELECT 1".into()).is_ok() {
+        if dir.join(format!(".s.PGSQL.{port}")).exists() && run_admin(admin.clone(), "SELECT 1".into()).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -462,6 +473,12 @@ fn remove_stale_servers() {
 /// Runs `sql` on a connection of its own, from a thread of its own (so it
 /// works inside and outside a tokio runtime).
 fn run_admin(config: tokio_postgres::Config, sql: String) -> Result<(), String> {
+    query_admin(config, sql).map(drop)
+}
+
+/// The rows of `sql` (several statements may be given), each column as
+/// text, from a connection of its own (as [`run_admin`]).
+fn query_admin(config: tokio_postgres::Config, sql: String) -> Result<Vec<Vec<Option<String>>>, String> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -470,17 +487,66 @@ fn run_admin(config: tokio_postgres::Config, sql: String) -> Result<(), String> 
         runtime.block_on(async {
             let (client, connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
             let driver = tokio::spawn(connection);
-            let result = client.batch_execute(&sql).await.map_err(|e| match e.as_db_error() {
+            let result = client.simple_query(&sql).await.map_err(|e| match e.as_db_error() {
                 Some(db) => db.to_string(),
                 None => e.to_string(),
             });
             drop(client);
             let _ = driver.await;
-            result
+            Ok(result?
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+                    }
+                    _ => None,
+                })
+                .collect())
         })
     })
     .join()
     .unwrap_or_else(|_| Err("the admin thread panicked".into()))
+}
+
+/// Writes a TLS server's files into `dir` (the key readable by its owner
+/// only, as postgres demands) and picks a free port; returns the port and
+/// the settings that turn TLS and the TCP listener on.
+fn tls_settings(dir: &Path, owner: Option<(u32, u32)>, tls: &ServerTls) -> Result<(u16, Vec<String>), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let files = [
+        ("server.crt", &tls.cert_pem, 0o644),
+        ("server.key", &tls.key_pem, 0o600),
+        ("client-ca.crt", &tls.client_ca_pem, 0o644),
+        ("tls_hba.conf", &format!("local all all trust\n{}\n", tls.hba), 0o644),
+    ];
+    for (name, text, mode) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| format!("writing {path:?}: {e}"))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("chmod {path:?}: {e}"))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| format!("chown {path:?}: {e}"))?;
+        }
+    }
+    // The kernel's pick of a free port; released just before postgres
+    // binds it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("finding a free port: {e}"))?
+        .port();
+    let file = |name: &str| dir.join(name).display().to_string();
+    Ok((
+        port,
+        vec![
+            "listen_addresses=127.0.0.1".into(),
+            format!("port={port}"),
+            "ssl=on".into(),
+            format!("ssl_cert_file={}", file("server.crt")),
+            format!("ssl_key_file={}", file("server.key")),
+            format!("ssl_ca_file={}", file("client-ca.crt")),
+            format!("hba_file={}", file("tls_hba.conf")),
+        ],
+    ))
 }
 
 /// `name` as a quoted SQL identifier.
@@ -550,11 +616,38 @@ pub struct OwnServer {
     bin: PathBuf,
     owner: Option<(u32, u32)>,
     pid: Option<libc::pid_t>,
+    port: u16,
+    extra: Vec<String>,
+}
+
+/// What a server with TLS on is given ([`OwnServer::start_tls`]).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// Its certificate (chain), PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// The CA it checks client certificates against, PEM.
+    pub client_ca_pem: String,
+    /// Its `pg_hba.conf` lines for TCP (a `local` line trusting the socket
+    /// comes first).
+    pub hba: String,
 }
 
 impl OwnServer {
-    /// Creates and starts it; panics naming the failed step.
+    /// Creates and starts it, on its unix socket only; panics naming the
+    /// failed step.
     pub fn start() -> OwnServer {
+        Self::start_with(None)
+    }
+
+    /// Creates and starts one that also listens on 127.0.0.1 at
+    /// [`Self::port`] with TLS on, as `tls` says.
+    pub fn start_tls(tls: &ServerTls) -> OwnServer {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<&ServerTls>) -> OwnServer {
         let start = || -> Result<OwnServer, String> {
             let bin = server_programs()?;
             let owner = unprivileged_owner()?;
@@ -575,11 +668,17 @@ impl OwnServer {
             if !initdb.status.success() {
                 return Err(format!("initdb failed: {}", String::from_utf8_lossy(&initdb.stderr)));
             }
+            let (port, extra) = match tls {
+                None => (DEFAULT_PORT, Vec::new()),
+                Some(tls) => tls_settings(&dir, owner, tls)?,
+            };
             let mut server = OwnServer {
                 dir,
                 bin,
                 owner,
                 pid: None,
+                port,
+                extra,
             };
             server.start_again()?;
             Ok(server)
@@ -588,15 +687,39 @@ impl OwnServer {
     }
 
     fn admin(&self) -> tokio_postgres::Config {
-        format!("postgresql:///postgres?host={}&user={ROLE}", self.dir.display())
-            .parse()
-            .expect("a socket URL parses")
+        format!(
+            "postgresql:///postgres?host={}&port={}&user={ROLE}",
+            self.dir.display(),
+            self.port
+        )
+        .parse()
+        .expect("a socket URL parses")
     }
 
     fn start_again(&mut self) -> Result<(), String> {
-        let pid = spawn_postgres(&self.bin.join("postgres"), &self.dir, self.owner)?;
+        let pid = spawn_postgres(&self.bin.join("postgres"), &self.dir, self.owner, &self.extra)?;
         self.pid = Some(pid);
-        wait_until_ready(&self.dir, pid, &self.admin())
+        wait_until_ready(&self.dir, pid, &self.admin(), self.port)
+    }
+
+    /// Its TCP port on 127.0.0.1 ([`Self::start_tls`]).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The role it was created with, a superuser.
+    pub fn role(&self) -> &'static str {
+        ROLE
+    }
+
+    /// Runs `sql` as its superuser, over its socket; panics naming it.
+    pub fn admin_sql(&self, sql: &str) {
+        run_admin(self.admin(), sql.to_string()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// The rows of `sql` (as text), run as its superuser over its socket.
+    pub fn admin_query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        query_admin(self.admin(), sql.to_string()).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Starts it again after [`Self::stop`].
@@ -616,7 +739,11 @@ impl OwnServer {
     pub fn database(&self, name: &str) -> String {
         run_admin(self.admin(), format!("CREATE DATABASE {}", quote_ident(name)))
             .unwrap_or_else(|e| panic!("creating database {name:?}: {e}"));
-        format!("postgresql:///{name}?host={}&user={ROLE}", self.dir.display())
+        format!(
+            "postgresql:///{name}?host={}&port={}&user={ROLE}",
+            self.dir.display(),
+            self.port
+        )
     }
 }
 

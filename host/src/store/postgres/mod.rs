@@ -18,6 +18,7 @@ mod kv;
 mod ops;
 mod rows;
 pub(crate) mod sql;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,7 +26,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 use crate::data::Data;
 use crate::device::DeviceState;
@@ -125,12 +125,21 @@ impl Drop for PgStore {
 /// `url` without its password, to name the database in messages.
 fn display_name(config: &tokio_postgres::Config) -> String {
     let user = config.get_user().unwrap_or("");
+    let ports = config.get_ports();
     let hosts: Vec<String> = config
         .get_hosts()
         .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            // One port for all hosts, or one each (libpq's rule).
+            match ports.get(i).or(ports.first().filter(|_| ports.len() == 1)) {
+                Some(&port) if port != 5432 => format!("{host}:{port}"),
+                _ => host,
+            }
         })
         .collect();
     let db = config.get_dbname().unwrap_or(user);
@@ -143,7 +152,9 @@ impl PgStore {
     /// A database that holds another program's tables, a `workhost` schema
     /// without workhost's mark, or a store of a newer schema version is
     /// refused, naming it, and left unchanged; so is one that cannot be
-    /// reached or refuses the credentials.
+    /// reached or refuses the credentials. TLS is as libpq's `sslmode`,
+    /// `sslrootcert`, `sslcert` and `sslkey` options in `url` say
+    /// (docs/scale-out.md, "Connections").
     pub async fn open(url: &str) -> Result<Arc<PgStore>, StoreError> {
         Self::open_with_lease(url, DEFAULT_HOST_LEASE).await
     }
@@ -161,13 +172,19 @@ impl PgStore {
     /// `listen_url` that cannot be parsed or connected to is refused at
     /// open, naming it.
     pub async fn open_with(url: &str, listen_url: Option<&str>, lease: Duration) -> Result<Arc<PgStore>, StoreError> {
-        let parse = |url: &str, label: &str| -> Result<tokio_postgres::Config, StoreError> {
-            url.parse().map_err(|e| StoreError::Unavailable {
+        let parse = |url: &str, label: &str| -> Result<(tokio_postgres::Config, tls::Tls), StoreError> {
+            let refused = |detail: String| StoreError::Unavailable {
                 database: label.into(),
-                detail: format!("it is not a PostgreSQL connection URL or string: {e}"),
-            })
+                detail,
+            };
+            let (rest, tls) = tls::split(url).map_err(refused)?;
+            let mut config = rest
+                .parse()
+                .map_err(|e| refused(format!("it is not a PostgreSQL connection URL or string: {e}")))?;
+            tls::without_tls_on_sockets(&mut config);
+            Ok((config, tls))
         };
-        let mut config = parse(url, "the database URL")?;
+        let (mut config, tls) = parse(url, "the database URL")?;
         let listen_config = listen_url.map(|u| parse(u, "the listener URL")).transpose()?;
         // A host frozen (SIGSTOP, a paused VM) inside a transaction would
         // hold its row locks, and with them every other host's rescue of
@@ -186,7 +203,7 @@ impl PgStore {
         let name = display_name(&config);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -202,14 +219,16 @@ impl PgStore {
         // is reported (and checked below); without, the pool's own first
         // connection (the migration) tells whether the database is there.
         let (first, connected) = tokio::sync::oneshot::channel();
+        let (listen_to, listen_tls) = listen_config.clone().unwrap_or_else(|| (config.clone(), tls));
         let listener = tokio::spawn(listen(
-            listen_config.clone().unwrap_or_else(|| config.clone()),
+            listen_to,
+            listen_tls,
             changes.clone(),
             listening.clone(),
             probe.clone(),
             listen_config.is_some().then_some(first),
         ));
-        if let Some(listen_config) = &listen_config {
+        if let Some((listen_config, _)) = &listen_config {
             // Refused now rather than polled for ever: a listener that
             // never connects, or listens to another database, would leave
             // this host hearing nothing of other hosts' work. Before the
@@ -355,13 +374,14 @@ async fn check_listener(
 /// is refused). Notifications are shown to `probe`.
 async fn listen(
     config: tokio_postgres::Config,
+    tls: tls::Tls,
     changes: Arc<AtomicU64>,
     listening: Arc<AtomicBool>,
     probe: Arc<Probe>,
     mut first: Option<tokio::sync::oneshot::Sender<Result<(), tokio_postgres::Error>>>,
 ) {
     loop {
-        match config.connect(NoTls).await {
+        match config.connect(tls.clone()).await {
             Err(e) => {
                 if let Some(first) = first.take() {
                     let _ = first.send(Err(e));
