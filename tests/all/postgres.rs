@@ -1182,3 +1182,40 @@ async fn a_runs_kv_writes_are_refused_once_its_lease_was_taken_away() {
         .get(0);
     assert!(fenced.is_some(), "the old run is marked fenced");
 }
+
+/// A store of schema version 4 (before `kv_namespaces`) with kv keys is
+/// migrated forward with each namespace's count taken from its keys, so
+/// the key limit holds from the first write after the upgrade.
+#[tokio::test]
+async fn a_version_4_store_is_migrated_with_its_kv_namespaces_counted() {
+    let db = pg::database();
+    let client = db.connect().await;
+    for migration in &sql::MIGRATIONS[..4] {
+        client.batch_execute(migration).await.unwrap();
+    }
+    client.execute(sql::SET_SCHEMA_VERSION, &[&"4"]).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO workhost.kv (namespace, key, value) VALUES \
+             ('a', 'x', '1'), ('a', 'y', '2'), ('a', 'z', '3'), ('b', 'x', '1')",
+        )
+        .await
+        .unwrap();
+    let store = workhost::PgStore::open(db.url()).await.unwrap();
+    let counts: Vec<(String, i64)> = client
+        .query(
+            "SELECT namespace, keys FROM workhost.kv_namespaces ORDER BY namespace",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(counts, [("a".to_string(), 3), ("b".to_string(), 1)]);
+    let kv = workhost::TaskStore::kv(&*store);
+    kv.set("a", "w", b"4", 4).await.unwrap();
+    assert_eq!(kv.set("a", "v", b"5", 4).await, Err(workhost::KvError::TooManyKeys(4)));
+    kv.set("b", "y", b"2", 2).await.unwrap();
+    assert_eq!(kv.get("a", "y").await.unwrap(), Some(b"2".to_vec()));
+}

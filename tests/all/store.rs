@@ -600,6 +600,82 @@ fn kv_namespaces_are_apart_increments_are_atomic_and_values_survive_reopening() 
     });
 }
 
+/// The kv key limit is exact under concurrent writers: of 40 new keys
+/// raced into a namespace of 10, 10 are added; a key raced by several
+/// writers counts once; deleting a key (not a missing one) makes room;
+/// an existing key is written when the namespace is full; and the count
+/// survives reopening.
+#[test]
+fn the_kv_key_limit_is_exact_under_concurrent_new_keys_and_deletes_make_room() {
+    each_backend(|open| {
+        let s = open();
+        let kv = s.kv();
+        runtime().block_on(async {
+            let racers: Vec<_> = (0..40)
+                .map(|i| {
+                    let kv = kv.clone();
+                    tokio::spawn(async move {
+                        let key = format!("k{i}");
+                        if i % 2 == 0 {
+                            kv.set("lim", &key, b"v", 10).await.map(drop)
+                        } else {
+                            kv.increment("lim", &key, 5, 10).await.map(drop)
+                        }
+                    })
+                })
+                .collect();
+            let mut added = Vec::new();
+            for (i, r) in racers.into_iter().enumerate() {
+                match r.await.unwrap() {
+                    Ok(()) => added.push(format!("k{i}")),
+                    Err(e) => assert_eq!(e, workhost::KvError::TooManyKeys(10)),
+                }
+            }
+            assert_eq!(added.len(), 10, "exactly the limit was added: {added:?}");
+            kv.set("lim", &added[0], b"again", 10)
+                .await
+                .expect("an existing key is written when the namespace is full");
+            kv.delete("lim", "never-there").await.unwrap();
+            assert_eq!(
+                kv.set("lim", "new", b"v", 10).await,
+                Err(workhost::KvError::TooManyKeys(10)),
+                "deleting a missing key makes no room"
+            );
+            for key in &added[..3] {
+                kv.delete("lim", key).await.unwrap();
+            }
+            // Three places: one key raced by five writers takes one.
+            let same: Vec<_> = (0..5)
+                .map(|_| {
+                    let kv = kv.clone();
+                    tokio::spawn(async move { kv.increment("lim", "shared", 1, 10).await })
+                })
+                .collect();
+            for r in same {
+                r.await.unwrap().unwrap();
+            }
+            assert_eq!(kv.get("lim", "shared").await.unwrap(), Some(b"5".to_vec()));
+            kv.set("lim", "second", b"v", 10).await.unwrap();
+            kv.set("lim", "third", b"v", 10).await.unwrap();
+            assert_eq!(
+                kv.set("lim", "fourth", b"v", 10).await,
+                Err(workhost::KvError::TooManyKeys(10))
+            );
+        });
+        drop((kv, s));
+        let again = open();
+        let kv = again.kv();
+        runtime().block_on(async {
+            assert_eq!(
+                kv.set("lim", "after-reopening", b"v", 10).await,
+                Err(workhost::KvError::TooManyKeys(10))
+            );
+            kv.delete("lim", "third").await.unwrap();
+            kv.set("lim", "after-reopening", b"v", 10).await.unwrap();
+        });
+    });
+}
+
 #[test]
 fn only_work_whose_constraints_hold_is_claimed() {
     each_backend(|open| {

@@ -1,6 +1,8 @@
-//! The handlers' kv stores on the `kv` table: a new key takes its
-//! namespace's advisory lock before counting, so the key limit holds
-//! across hosts; an increment locks its row.
+//! The handlers' kv stores on the `kv` table. `kv_namespaces` keeps each
+//! namespace's number of keys, changed in the transaction that adds or
+//! removes a key: a new key is counted in with the limit checked on that
+//! one row (locked until commit, so the limit holds across hosts), never
+//! by counting the namespace. An increment locks its key's row.
 
 use std::sync::{Arc, Weak};
 
@@ -73,18 +75,34 @@ fn back(store: &PgStore, f: Fail) -> KvError {
     }
 }
 
-/// Whether a new key may be added to `ns` (under the namespace's lock).
-async fn room_for(tx: &deadpool_postgres::Transaction<'_>, ns: &str, key: &str, max_keys: u32) -> Result<(), Fail> {
-    let row = tx.query_one(sql::KV_COUNT, &[&ns, &key]).await?;
-    let exists: bool = row.try_get("exists")?;
-    if !exists {
-        tx.execute(sql::KV_NAMESPACE_LOCK, &[&ns]).await?;
-        let keys: i64 = tx.query_one(sql::KV_COUNT, &[&ns, &key]).await?.try_get("keys")?;
-        if keys >= i64::from(max_keys) {
-            return Err(rule(KvError::TooManyKeys(max_keys)));
-        }
+/// Adds key `key` of `ns` with `value` if it is new and `ns` has room for
+/// it; true if added, false if the key exists (perhaps added by another
+/// transaction just now, which this one waited for).
+async fn add_key(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ns: &str,
+    key: &str,
+    value: &[u8],
+    max_keys: u32,
+) -> Result<bool, Fail> {
+    if tx.execute(sql::KV_INSERT, &[&ns, &key, &value]).await? == 0 {
+        return Ok(false);
     }
-    Ok(())
+    if tx.execute(sql::KV_KEY_ADDED, &[&ns, &i64::from(max_keys)]).await? == 0 {
+        return Err(rule(KvError::TooManyKeys(max_keys)));
+    }
+    Ok(true)
+}
+
+/// How many times a write looks for its key again after it was added and
+/// then removed by other transactions between two statements of its own.
+const LOOKS: usize = 8;
+
+/// The error when every look ([`LOOKS`]) lost such a race.
+fn contended() -> Fail {
+    rule(KvError::Unavailable(
+        "the key was added and removed by other writes each time this one looked".into(),
+    ))
 }
 
 impl PgKv {
@@ -123,9 +141,14 @@ impl KvStore for PgKv {
             let store = self.store()?;
             let done = in_tx!(store, |tx| async {
                 check_fence(&tx, self.fence).await?;
-                room_for(&tx, namespace, key, max_keys).await?;
-                tx.execute(sql::KV_PUT, &[&namespace, &key, &value]).await?;
-                Ok::<_, Fail>(())
+                for _ in 0..LOOKS {
+                    if tx.execute(sql::KV_UPDATE, &[&namespace, &key, &value]).await? == 1
+                        || add_key(&tx, namespace, key, value, max_keys).await?
+                    {
+                        return Ok(());
+                    }
+                }
+                Err(contended())
             }
             .await);
             self.settle(&store, done).await
@@ -137,7 +160,9 @@ impl KvStore for PgKv {
             let store = self.store()?;
             let done = in_tx!(store, |tx| async {
                 check_fence(&tx, self.fence).await?;
-                tx.execute(sql::KV_DELETE, &[&namespace, &key]).await?;
+                if tx.execute(sql::KV_DELETE, &[&namespace, &key]).await? == 1 {
+                    tx.execute(sql::KV_KEY_REMOVED, &[&namespace]).await?;
+                }
                 Ok::<_, Fail>(())
             }
             .await);
@@ -150,24 +175,21 @@ impl KvStore for PgKv {
             let store = self.store()?;
             let done = in_tx!(store, |tx| async {
                 check_fence(&tx, self.fence).await?;
-                let mut current = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await?;
-                if current.is_none() {
-                    // A new key: under the namespace's lock, look again (an
-                    // increment that held it may have just created it).
-                    tx.execute(sql::KV_NAMESPACE_LOCK, &[&namespace]).await?;
-                    current = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await?;
-                    if current.is_none() {
-                        room_for(&tx, namespace, key, max_keys).await?;
+                for _ in 0..LOOKS {
+                    if let Some(row) = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await? {
+                        let current = parse_counter(&row.get::<_, Vec<u8>>(0)).map_err(rule)?;
+                        let next = current.checked_add(delta).ok_or_else(|| rule(KvError::Overflow))?;
+                        tx.execute(sql::KV_UPDATE, &[&namespace, &key, &next.to_string().into_bytes()])
+                            .await?;
+                        return Ok(next);
+                    }
+                    // A new key starts at 0; if another write adds it
+                    // first, look again and add to its value.
+                    if add_key(&tx, namespace, key, delta.to_string().as_bytes(), max_keys).await? {
+                        return Ok(delta);
                     }
                 }
-                let current = match current {
-                    Some(row) => parse_counter(&row.get::<_, Vec<u8>>(0)).map_err(rule)?,
-                    None => 0,
-                };
-                let next = current.checked_add(delta).ok_or_else(|| rule(KvError::Overflow))?;
-                tx.execute(sql::KV_PUT, &[&namespace, &key, &next.to_string().into_bytes()])
-                    .await?;
-                Ok::<_, Fail>(next)
+                Err(contended())
             }
             .await);
             self.settle(&store, done).await

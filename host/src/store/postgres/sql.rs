@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002.sql"),
     include_str!("migrations/0003.sql"),
     include_str!("migrations/0004.sql"),
+    include_str!("migrations/0005.sql"),
 ];
 
 /// The schema version this build writes: a store at a higher one is
@@ -1005,21 +1006,30 @@ pub const KV_GET_FOR_UPDATE: &str = "SELECT value FROM workhost.kv WHERE namespa
 pub const KV_FENCE: &str = "\
 SELECT 1 AS held FROM workhost.tasks WHERE id = $1 AND state = 'running' AND lease = $2 FOR SHARE";
 
-/// Serializes new keys of one namespace, so the key limit holds across
-/// hosts: taken, when the key is new, before [`KV_COUNT`]. `$1` `text`
-/// namespace.
-pub const KV_NAMESPACE_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtextextended('workhost.kv:' || $1::text, 0))";
+/// Writes the value of a key that exists: `$1` namespace, `$2` key, `$3`
+/// `&[u8]` value. No row changed: the key is new.
+pub const KV_UPDATE: &str = "UPDATE workhost.kv SET value = $3 WHERE namespace = $1 AND key = $2";
 
-/// Whether a key exists, and how many keys its namespace holds: `exists`
-/// (`bool`), `keys` (`i64`). `$1` namespace, `$2` key.
-pub const KV_COUNT: &str = "\
-SELECT EXISTS (SELECT 1 FROM workhost.kv WHERE namespace = $1 AND key = $2) AS exists,
-       (SELECT count(*) FROM workhost.kv WHERE namespace = $1) AS keys";
-
-/// Writes a value: `$1` namespace, `$2` key, `$3` `&[u8]` value.
-pub const KV_PUT: &str = "\
+/// Adds a new key: `$1` namespace, `$2` key, `$3` `&[u8]` value. No row
+/// added: another transaction added it first (this one waited for it to
+/// commit). Followed, when a row was added, by [`KV_KEY_ADDED`].
+pub const KV_INSERT: &str = "\
 INSERT INTO workhost.kv (namespace, key, value) VALUES ($1, $2, $3)
-ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value";
+ON CONFLICT (namespace, key) DO NOTHING";
+
+/// Counts a new key into its namespace if the namespace has room: `$1`
+/// namespace, `$2` `i64` the limit. No row: the namespace is full (the
+/// transaction is rolled back). The namespace's row is locked until
+/// commit, so new keys of one namespace are counted one at a time, across
+/// hosts, and the limit holds exactly.
+pub const KV_KEY_ADDED: &str = "\
+INSERT INTO workhost.kv_namespaces AS n (namespace, keys)
+SELECT $1, 1 WHERE $2::bigint >= 1
+ON CONFLICT (namespace) DO UPDATE SET keys = n.keys + 1 WHERE n.keys < $2::bigint";
+
+/// Counts a deleted key out of its namespace: `$1` namespace. After a
+/// [`KV_DELETE`] that removed a row.
+pub const KV_KEY_REMOVED: &str = "UPDATE workhost.kv_namespaces SET keys = keys - 1 WHERE namespace = $1";
 
 /// Deletes a key: `$1` namespace, `$2` key.
 pub const KV_DELETE: &str = "DELETE FROM workhost.kv WHERE namespace = $1 AND key = $2";
@@ -1105,8 +1115,9 @@ pub const ALL: &[(&str, &str)] = &[
     ("KV_GET", KV_GET),
     ("KV_GET_FOR_UPDATE", KV_GET_FOR_UPDATE),
     ("KV_FENCE", KV_FENCE),
-    ("KV_NAMESPACE_LOCK", KV_NAMESPACE_LOCK),
-    ("KV_COUNT", KV_COUNT),
-    ("KV_PUT", KV_PUT),
+    ("KV_UPDATE", KV_UPDATE),
+    ("KV_INSERT", KV_INSERT),
+    ("KV_KEY_ADDED", KV_KEY_ADDED),
+    ("KV_KEY_REMOVED", KV_KEY_REMOVED),
     ("KV_DELETE", KV_DELETE),
 ];
