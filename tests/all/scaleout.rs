@@ -562,7 +562,8 @@ impl Ca {
 /// `sslkey` say, in the database URL of the manifest: a host serves over
 /// verify-full, every session it opens (pool and listener) is encrypted,
 /// and each mode checks what it promises and no more; what a mode refuses
-/// is refused at start (exit 1) naming the problem.
+/// is refused at start (exit 1) naming the problem, as is a wrong password,
+/// without showing it.
 #[test]
 fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem() {
     let ca = Ca::new("workhost test CA");
@@ -576,6 +577,7 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
         client_ca_pem: ca.0.pem(),
         hba: [
             "hostssl certdb all 127.0.0.1/32 cert",
+            "hostssl pwdb all 127.0.0.1/32 scram-sha-256",
             "hostssl all all 127.0.0.1/32 trust",
             "host all all 127.0.0.1/32 reject",
         ]
@@ -584,6 +586,8 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
     server.admin_sql("CREATE DATABASE tlsdb");
     server.admin_sql("CREATE ROLE certuser LOGIN");
     server.admin_sql("CREATE DATABASE certdb OWNER certuser");
+    server.admin_sql("CREATE ROLE pwuser LOGIN PASSWORD 'right-secret'");
+    server.admin_sql("CREATE DATABASE pwdb OWNER pwuser");
     let root = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| {
         let path = root.path().join(name);
@@ -654,6 +658,15 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
             format!("{}&sslmode=require", server.database("sockdb")),
         ),
         (
+            "a password (SCRAM inside TLS)",
+            url(
+                "pwuser:right-secret",
+                "localhost",
+                "pwdb",
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}"),
+            ),
+        ),
+        (
             "a client certificate",
             url(
                 "certuser",
@@ -709,6 +722,16 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
             "sslmode \"verify\"",
         ),
         (
+            "a wrong password",
+            url(
+                "pwuser:wrong-secret",
+                "localhost",
+                "pwdb",
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}"),
+            ),
+            "password authentication failed for user \"pwuser\"",
+        ),
+        (
             "the server asks for a client certificate",
             url(
                 "certuser",
@@ -725,6 +748,11 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
         assert!(
             run.stderr.contains(needle) && run.stderr.contains("Nothing was changed"),
             "{what}: the message names {needle:?}: {}",
+            run.stderr
+        );
+        assert!(
+            !run.stderr.contains("secret"),
+            "{what}: the message shows no password: {}",
             run.stderr
         );
     }
