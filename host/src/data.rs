@@ -107,6 +107,11 @@ impl Data {
         self.0.get(key)
     }
 
+    /// The pairs, moved out, sorted by key.
+    pub(crate) fn into_pairs(self) -> impl Iterator<Item = (String, Value)> {
+        self.0.into_iter()
+    }
+
     /// Pairs in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Value)> {
         self.0.iter()
@@ -135,10 +140,14 @@ impl Data {
     pub fn from_pairs(pairs: impl IntoIterator<Item = (String, Value)>) -> Result<Data, DataError> {
         let mut map = BTreeMap::new();
         for (k, v) in pairs {
-            if map.contains_key(&k) {
-                return Err(DataError::DuplicateKey(k));
+            match map.entry(k) {
+                std::collections::btree_map::Entry::Vacant(place) => {
+                    place.insert(v);
+                }
+                std::collections::btree_map::Entry::Occupied(taken) => {
+                    return Err(DataError::DuplicateKey(taken.key().clone()));
+                }
             }
-            map.insert(k, v);
         }
         let data = Data(map);
         data.validate()?;
@@ -148,7 +157,20 @@ impl Data {
     /// The serialized size: the length of the canonical JSON form (the
     /// store keeps a typed form of it, see docs/store.md).
     pub fn serialized_size(&self) -> usize {
-        self.to_json().len()
+        /// Counts what is written, keeping nothing.
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0 += bytes.len();
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, self).expect("task data always serializes");
+        count.0
     }
 
     /// Checks the rules of SPEC section 8: non-empty keys, finite floats,
@@ -525,6 +547,11 @@ mod tests {
         let just_fits = Data::new().with("k", "x".repeat(MAX_DATA_BYTES - 8));
         assert_eq!(just_fits.serialized_size(), MAX_DATA_BYTES);
         just_fits.validate().unwrap();
+        let escaped = Data::new()
+            .with("quote\"d", "tab\t, newline\n, é, \u{1}")
+            .with("floats", vec![1.5f64, -0.0, 1e300])
+            .with("none", Vec::<String>::new());
+        assert_eq!(escaped.serialized_size(), escaped.to_json().len());
     }
 
     #[test]

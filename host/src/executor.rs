@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::watch;
 use wasmtime::Trap;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -17,7 +16,7 @@ use crate::data::Data;
 use crate::engine::{CacheStatus, Engine, EngineConfig, EngineError, LoadError};
 use crate::kv::Kv;
 use crate::outcome::{Failure, RunOutcome, RunResult, StopReason};
-use crate::platform::{ProgressSink, RunState, TaskFacts, data_from_wit, data_to_wit};
+use crate::platform::{ProgressSink, RunState, TaskFacts, data_from_wit, data_into_wit};
 use crate::quota::QuotaFsData;
 use crate::runlog::{LogLevel, LogSource, SharedLog};
 
@@ -130,10 +129,10 @@ impl Executor {
                 pre,
                 engine: self.engine.clone(),
                 cache,
-                component: ComponentId {
+                component: Arc::new(ComponentId {
                     digest: crate::engine::sha256_hex(bytes),
                     contract,
-                },
+                }),
             }),
         })
     }
@@ -150,7 +149,8 @@ struct HandlerInner {
     pre: TaskHandlerPre<RunState>,
     engine: Engine,
     cache: CacheStatus,
-    component: ComponentId,
+    /// Shared with every outcome of this handler's runs.
+    component: Arc<ComponentId>,
 }
 
 /// Which component a handler is: what every attempt records of the
@@ -173,13 +173,14 @@ impl std::fmt::Debug for Handler {
 
 /// Stops a run from outside: cancel, constraint lost, host shutdown. The
 /// first reason given wins. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct StopHandle(Arc<watch::Sender<Option<StopReason>>>);
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle(Arc<StopState>);
 
-impl Default for StopHandle {
-    fn default() -> Self {
-        StopHandle(Arc::new(watch::channel(None).0))
-    }
+/// The reason a run was stopped, and who waits for it.
+#[derive(Debug, Default)]
+struct StopState {
+    reason: std::sync::Mutex<Option<StopReason>>,
+    stopped: tokio::sync::Notify,
 }
 
 impl StopHandle {
@@ -192,25 +193,33 @@ impl StopHandle {
     /// yields at every epoch tick, so a running guest stops within about
     /// one tick (10 ms).
     pub fn stop(&self, reason: StopReason) {
-        self.0.send_if_modified(|current| {
-            if current.is_none() {
-                *current = Some(reason);
-                true
-            } else {
-                false
+        {
+            let mut current = self.0.reason.lock().unwrap_or_else(|e| e.into_inner());
+            if current.is_some() {
+                return;
             }
-        });
+            *current = Some(reason);
+        }
+        self.0.stopped.notify_waiters();
     }
 
     /// The reason given, if the run was stopped.
     pub fn reason(&self) -> Option<StopReason> {
-        *self.0.borrow()
+        *self.0.reason.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn stopped(&self) -> StopReason {
-        let mut rx = self.0.subscribe();
-        let reason = *rx.wait_for(Option::is_some).await.expect("the sender lives in self");
-        reason.expect("waited for Some")
+        loop {
+            // Registered before the reason is read, so a stop between the
+            // two still wakes this waiter.
+            let notified = self.0.stopped.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(reason) = self.reason() {
+                return reason;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -257,11 +266,20 @@ impl RunRequest {
             kv: Kv::in_memory(name),
             progress: None,
             stop: StopHandle::new(),
-            grants: Arc::default(),
-            resolver: Arc::new(crate::outbound::SystemResolver),
+            grants: NO_GRANTS.get_or_init(Arc::default).clone(),
+            resolver: SYSTEM_RESOLVER
+                .get_or_init(|| Arc::new(crate::outbound::SystemResolver))
+                .clone(),
         }
     }
 }
+
+/// The grants of [`RunRequest::new`] (none), shared by every request
+/// that keeps them.
+static NO_GRANTS: std::sync::OnceLock<Arc<crate::grants::Grants>> = std::sync::OnceLock::new();
+
+/// The resolver of [`RunRequest::new`], shared likewise.
+static SYSTEM_RESOLVER: std::sync::OnceLock<Arc<dyn crate::outbound::Resolver>> = std::sync::OnceLock::new();
 
 impl Handler {
     /// Whether loading this handler compiled it or found it in the cache.
@@ -298,6 +316,7 @@ impl Handler {
             RunLimiter::new(&budget),
             log.clone(),
             task.clone(),
+            started,
             deadline,
             kv,
             progress,
@@ -307,7 +326,7 @@ impl Handler {
         let mut store = wasmtime::Store::new(engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
         engine.prepare_store(&mut store, fuel);
-        let input = data_to_wit(&input);
+        let input = data_into_wit(input);
 
         let quota = store.data().data_quota();
         let ended = {
@@ -332,12 +351,17 @@ impl Handler {
                     .await
             };
             // A stop is checked before the call is polled, so a run stopped
-            // before it starts never instantiates.
-            tokio::select! {
-                biased;
-                reason = stop.stopped() => Err(reason),
-                result = call => Ok(result),
-                () = tokio::time::sleep_until(deadline.into()) => Err(StopReason::Timeout),
+            // before it starts never instantiates. The call is polled first:
+            // a run that ends without waiting never registers a waiter for
+            // the stop or the deadline.
+            match stop.reason() {
+                Some(reason) => Err(reason),
+                None => tokio::select! {
+                    biased;
+                    result = call => Ok(result),
+                    reason = stop.stopped() => Err(reason),
+                    () = tokio::time::sleep_until(deadline.into()) => Err(StopReason::Timeout),
+                },
             }
         };
 

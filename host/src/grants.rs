@@ -266,8 +266,14 @@ pub(crate) struct HttpGate {
     grants: Arc<Grants>,
     resolver: Arc<dyn Resolver>,
     log: SharedLog,
-    requests: Arc<AtomicU32>,
-    response_bytes: Arc<AtomicU64>,
+    usage: Arc<HttpUsage>,
+}
+
+/// What a run's requests used so far, shared with their response bodies.
+#[derive(Default)]
+struct HttpUsage {
+    requests: AtomicU32,
+    response_bytes: AtomicU64,
 }
 
 impl HttpGate {
@@ -276,8 +282,7 @@ impl HttpGate {
             grants,
             resolver,
             log,
-            requests: Arc::default(),
-            response_bytes: Arc::default(),
+            usage: Arc::default(),
         }
     }
 }
@@ -298,8 +303,7 @@ impl WasiHttpHooks for HttpGate {
         let grants = self.grants.clone();
         let resolver = self.resolver.clone();
         let log = self.log.clone();
-        let requests = self.requests.clone();
-        let used = self.response_bytes.clone();
+        let used = self.usage.clone();
         Box::new(async move {
             let uri = request.uri().clone();
             let refuse = |why: String| {
@@ -321,7 +325,7 @@ impl WasiHttpHooks for HttpGate {
             let Some(entry) = grants.allowed_hosts.iter().find(|o| o.matches(&scheme, &host, port)) else {
                 return refuse("not on the handler's allowed_hosts".into());
             };
-            if requests.fetch_add(1, Ordering::SeqCst) >= grants.http.max_requests {
+            if used.requests.fetch_add(1, Ordering::SeqCst) >= grants.http.max_requests {
                 return refuse(format!(
                     "the run already made its {} requests",
                     grants.http.max_requests
@@ -376,7 +380,7 @@ impl WasiHttpHooks for HttpGate {
 /// A response body that fails once the run's response bytes pass the limit.
 struct Capped<B> {
     inner: Pin<Box<B>>,
-    used: Arc<AtomicU64>,
+    used: Arc<HttpUsage>,
     limit: u64,
 }
 
@@ -389,7 +393,7 @@ impl<B: Body<Data = Bytes, Error = HttpError>> Body for Capped<B> {
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
         {
-            let total = self.used.fetch_add(data.len() as u64, Ordering::SeqCst) + data.len() as u64;
+            let total = self.used.response_bytes.fetch_add(data.len() as u64, Ordering::SeqCst) + data.len() as u64;
             if total > self.limit {
                 return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(self.limit)))));
             }

@@ -151,8 +151,8 @@ pub struct RunOutcome {
     /// The run's log lines, capped.
     pub log: Vec<LogLine>,
     /// The component that ran (`None` when none did: the run was skipped
-    /// or its handler was missing).
-    pub component: Option<crate::executor::ComponentId>,
+    /// or its handler was missing), shared with the handler.
+    pub component: Option<std::sync::Arc<crate::executor::ComponentId>>,
 }
 
 impl RunOutcome {

@@ -69,6 +69,7 @@ impl RunState {
         limiter: RunLimiter,
         log: SharedLog,
         task: Arc<TaskFacts>,
+        started: Instant,
         deadline: Instant,
         kv: Kv,
         progress: Option<ProgressSink>,
@@ -92,7 +93,7 @@ impl RunState {
             kv,
             progress,
             http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
-            progress_window: (Instant::now(), 0),
+            progress_window: (started, 0),
         }
     }
 }
@@ -313,21 +314,21 @@ pub(crate) fn data_from_wit(pairs: Vec<(String, types::Value)>) -> Result<Data, 
     }))
 }
 
-/// Converts data for the guest.
-pub(crate) fn data_to_wit(data: &Data) -> Vec<(String, types::Value)> {
-    data.iter()
+/// Converts data for the guest, moving its keys and values.
+pub(crate) fn data_into_wit(data: Data) -> Vec<(String, types::Value)> {
+    data.into_pairs()
         .map(|(k, v)| {
             let v = match v {
-                Value::S64(x) => types::Value::S64(*x),
-                Value::Bool(x) => types::Value::Bool(*x),
-                Value::F64(x) => types::Value::F64(*x),
-                Value::String(x) => types::Value::String(x.clone()),
-                Value::S64List(x) => types::Value::S64List(x.clone()),
-                Value::BoolList(x) => types::Value::BoolList(x.clone()),
-                Value::F64List(x) => types::Value::F64List(x.clone()),
-                Value::StringList(x) => types::Value::StringList(x.clone()),
+                Value::S64(x) => types::Value::S64(x),
+                Value::Bool(x) => types::Value::Bool(x),
+                Value::F64(x) => types::Value::F64(x),
+                Value::String(x) => types::Value::String(x),
+                Value::S64List(x) => types::Value::S64List(x),
+                Value::BoolList(x) => types::Value::BoolList(x),
+                Value::F64List(x) => types::Value::F64List(x),
+                Value::StringList(x) => types::Value::StringList(x),
             };
-            (k.clone(), v)
+            (k, v)
         })
         .collect()
 }

@@ -213,10 +213,10 @@ fn outcome(result: RunResult) -> RunOutcome {
         fuel_consumed: Some(7),
         peak_memory_bytes: 65536,
         log: Vec::new(),
-        component: Some(workhost::ComponentId {
+        component: Some(std::sync::Arc::new(workhost::ComponentId {
             digest: "ab".repeat(32),
             contract: "workhost:task/handler@0.1.1".into(),
-        }),
+        })),
     }
 }
 
