@@ -127,14 +127,6 @@ fn tasks_are_enqueued_listed_and_shown_with_their_attempts() {
     let id = r.json()["id"].as_i64().unwrap();
     assert_eq!(r.json()["created"], true);
     assert_eq!(r.json()["task"]["handler"], "echo");
-    // KEEP: the same unique name again is the same task, 200.
-    let again = ops.post("/api/v1/tasks", r#"{"handler":"echo","task":"first","unique":"one"}"#);
-    assert_eq!(
-        (again.status, again.json()["id"].as_i64()),
-        (200, Some(id)),
-        "{}",
-        again.body
-    );
     let done = ops.wait_state(id, "succeeded");
     assert_eq!(done["output"], serde_json::json!({"n": 1}));
     let attempts = done["attempts"].as_array().unwrap();
@@ -193,6 +185,25 @@ fn tasks_are_enqueued_listed_and_shown_with_their_attempts() {
         .map(|t| t["task"].as_str().unwrap())
         .collect();
     assert_eq!(found, vec!["t2"]);
+
+    // KEEP: the same unique name again, while its task waits, is the same
+    // task, 200. (A task that waits an hour: `first` may already have
+    // succeeded, and a finished task's name is free again.)
+    let waiting = ops.post(
+        "/api/v1/tasks",
+        r#"{"handler":"echo","task":"later","unique":"kept","delay":"1h"}"#,
+    );
+    assert_eq!(waiting.status, 201, "{}", waiting.body);
+    let again = ops.post(
+        "/api/v1/tasks",
+        r#"{"handler":"echo","task":"later","unique":"kept","delay":"1h"}"#,
+    );
+    assert_eq!(
+        (again.status, again.json()["id"].as_i64()),
+        (200, waiting.json()["id"].as_i64()),
+        "{}",
+        again.body
+    );
 }
 
 #[test]
