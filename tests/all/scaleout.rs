@@ -654,6 +654,10 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
             format!("host=localhost port={port} user=workhost dbname=tlsdb sslmode=verify-full sslrootcert='{ca_pem}'"),
         ),
         (
+            "hostaddr alone: the address is the name, as libpq",
+            format!("hostaddr=127.0.0.1 port={port} user=workhost dbname=tlsdb"),
+        ),
+        (
             "a unix socket never uses TLS (as libpq), whatever the mode",
             format!("{}&sslmode=require", server.database("sockdb")),
         ),

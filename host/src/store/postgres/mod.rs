@@ -181,7 +181,7 @@ impl PgStore {
             let mut config = rest
                 .parse()
                 .map_err(|e| refused(format!("it is not a PostgreSQL connection URL or string: {e}")))?;
-            tls::without_tls_on_sockets(&mut config);
+            tls::settle(&mut config);
             Ok((config, tls))
         };
         let (mut config, tls) = parse(url, "the database URL")?;

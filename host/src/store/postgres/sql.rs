@@ -1028,8 +1028,10 @@ SELECT $1, 1 WHERE $2::bigint >= 1
 ON CONFLICT (namespace) DO UPDATE SET keys = n.keys + 1 WHERE n.keys < $2::bigint";
 
 /// Counts a deleted key out of its namespace: `$1` namespace. After a
-/// [`KV_DELETE`] that removed a row.
-pub const KV_KEY_REMOVED: &str = "UPDATE workhost.kv_namespaces SET keys = keys - 1 WHERE namespace = $1";
+/// [`KV_DELETE`] that removed a row. Never below zero: a count an older
+/// host left short (see docs/scale-out.md, "Upgrading") must not make
+/// every later delete fail.
+pub const KV_KEY_REMOVED: &str = "UPDATE workhost.kv_namespaces SET keys = greatest(keys - 1, 0) WHERE namespace = $1";
 
 /// Deletes a key: `$1` namespace, `$2` key.
 pub const KV_DELETE: &str = "DELETE FROM workhost.kv WHERE namespace = $1 AND key = $2";

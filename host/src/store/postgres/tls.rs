@@ -106,32 +106,45 @@ impl Options {
     }
 }
 
+/// Whether `key` is one of the TLS options taken out here.
+fn is_tls_option(key: &str) -> bool {
+    matches!(key, "sslmode" | "sslrootcert" | "sslcert" | "sslkey")
+}
+
 /// `url` without the TLS options tokio-postgres does not know (with
 /// `sslmode` as it knows it), and the connector that does what they ask.
-/// The error names the option and what is wrong with it.
+/// Everything else is left as written, for tokio-postgres to read (and to
+/// refuse, naming it). The error names the option and what is wrong with
+/// it, never showing another option's value (a password may be one).
 pub(super) fn split(url: &str) -> Result<(String, Tls), String> {
     let mut options = Options::default();
-    let rest = if let Some((base, query)) = url.split_once('?').filter(|_| url.contains("://")) {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let rest = if is_url {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut kept = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !options.take(&percent_decoded(key)?, &percent_decoded(value)?)? {
-                kept.push(pair.to_string());
+            let key = percent_decoded(key).unwrap_or_else(|()| key.to_string());
+            if is_tls_option(&key) {
+                let value = percent_decoded(value).map_err(|()| {
+                    format!("{key}: its value is not percent-encoded UTF-8 (a `%` must be followed by two hex digits)")
+                })?;
+                options.take(&key, &value)?;
+            } else {
+                kept.push(pair);
             }
         }
-        if let Some(mode) = options.mode {
-            kept.push(format!("sslmode={}", mode.negotiated()));
-        }
+        let mode = options.mode.map(|m| format!("sslmode={}", m.negotiated()));
+        kept.extend(mode.as_deref());
         if kept.is_empty() {
             base.to_string()
         } else {
             format!("{base}?{}", kept.join("&"))
         }
-    } else if url.contains("://") {
-        url.to_string()
     } else {
+        let (pairs, unread) = key_values(url);
         let mut kept = String::new();
-        for (key, value, text) in key_values(url)? {
+        for (key, value, text) in pairs {
             if !options.take(&key, &value)? {
                 kept.push_str(text);
                 kept.push(' ');
@@ -140,23 +153,34 @@ pub(super) fn split(url: &str) -> Result<(String, Tls), String> {
         if let Some(mode) = options.mode {
             kept.push_str("sslmode=");
             kept.push_str(mode.negotiated());
+            kept.push(' ');
         }
+        kept.push_str(unread);
         kept.trim_end().to_string()
     };
     Ok((rest, Tls::new(&options)?))
 }
 
-/// `config` with TLS off when every host is a unix socket (libpq ignores
-/// `sslmode` there; the server would answer a TLS request with "no").
-pub(super) fn without_tls_on_sockets(config: &mut tokio_postgres::Config) {
+/// Settles TLS in `config` as libpq would: off when every host is a unix
+/// socket (libpq ignores `sslmode` there; the server would answer a TLS
+/// request with "no"), and with only `hostaddr` given, the addresses are
+/// the hosts as well (the names a certificate is checked against).
+pub(super) fn settle(config: &mut tokio_postgres::Config) {
+    if config.get_hosts().is_empty() {
+        let addresses: Vec<String> = config.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+        for address in addresses {
+            config.host(&address);
+        }
+    }
     let hosts = config.get_hosts();
     if !hosts.is_empty() && hosts.iter().all(|h| matches!(h, tokio_postgres::config::Host::Unix(_))) {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
 }
 
-/// `text` with its `%XX` escapes decoded, as UTF-8.
-fn percent_decoded(text: &str) -> Result<String, String> {
+/// `text` with its `%XX` escapes decoded, as UTF-8; `Err` when an escape
+/// is malformed or the bytes are not UTF-8.
+fn percent_decoded(text: &str) -> Result<String, ()> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -165,7 +189,7 @@ fn percent_decoded(text: &str) -> Result<String, String> {
             let hex = text
                 .get(i + 1..i + 3)
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("{text:?} has a `%` that is not followed by two hex digits"))?;
+                .ok_or(())?;
             out.push(hex);
             i += 3;
         } else {
@@ -173,12 +197,13 @@ fn percent_decoded(text: &str) -> Result<String, String> {
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| format!("{text:?} does not decode to UTF-8"))
+    String::from_utf8(out).map_err(drop)
 }
 
 /// The `key=value` pairs of a libpq connection string (values quoted with
-/// `'...'` or not, `\` escaping), each with its text as written.
-fn key_values(text: &str) -> Result<Vec<(String, String, &str)>, String> {
+/// `'...'` or not, `\` escaping), each with its text as written; and the
+/// text from the first part that is not a pair on, unread.
+fn key_values(text: &str) -> (Vec<(String, String, &str)>, &str) {
     let mut pairs = Vec::new();
     let mut chars = text.char_indices().peekable();
     let skip_space = |chars: &mut std::iter::Peekable<std::str::CharIndices>| {
@@ -187,7 +212,7 @@ fn key_values(text: &str) -> Result<Vec<(String, String, &str)>, String> {
     loop {
         skip_space(&mut chars);
         let Some(&(start, _)) = chars.peek() else {
-            return Ok(pairs);
+            return (pairs, "");
         };
         let mut key = String::new();
         while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
@@ -195,8 +220,8 @@ fn key_values(text: &str) -> Result<Vec<(String, String, &str)>, String> {
         }
         skip_space(&mut chars);
         if chars.next_if(|(_, c)| *c == '=').is_none() {
-            // tokio-postgres names the malformed part; leave it to it.
-            return Ok(pairs);
+            // Left as written: tokio-postgres refuses it, naming it.
+            return (pairs, &text[start..]);
         }
         skip_space(&mut chars);
         let mut value = String::new();
@@ -244,6 +269,12 @@ impl Tls {
             }
             given => given.unwrap_or(Mode::Prefer),
         };
+        if mode == Mode::VerifyCa && (options.root.is_none() || system) {
+            // Any publicly trusted certificate, for any name, would pass.
+            return Err("sslmode=verify-ca needs sslrootcert naming a file of the CA to trust: \
+                        without a name check, public roots prove nothing (or use verify-full)"
+                .into());
+        }
         let roots = match options.root.as_deref() {
             Some(path) if !system => Some(read_roots(path)?),
             _ if matches!(mode, Mode::VerifyCa | Mode::VerifyFull) => Some(RootCertStore {
@@ -287,6 +318,10 @@ impl Tls {
             (Some(_), None) => return Err("sslcert is given without sslkey (its private key)".into()),
             (None, Some(_)) => return Err("sslkey is given without sslcert (its certificate)".into()),
         };
+        // What PostgreSQL 17 asks of a direct TLS connection
+        // (`sslnegotiation=direct`); older servers ignore it.
+        let mut config = config;
+        config.alpn_protocols = vec![b"postgresql".to_vec()];
         Ok(Tls {
             config: Arc::new(config),
         })
@@ -499,7 +534,7 @@ mod tests {
             "postgres://u@h/db?sslmode=prefer"
         );
         assert_eq!(
-            rest("host=h user=u sslmode = verify-ca  dbname='my db'"),
+            rest("host=h user=u sslmode = verify-full  dbname='my db'"),
             "host=h user=u dbname='my db' sslmode=require"
         );
         assert_eq!(rest("host=h options='-c a=b\\'c'"), "host=h options='-c a=b\\'c'");
@@ -515,6 +550,32 @@ mod tests {
         assert!(err("postgres://h/db?sslkey=/a.pem").contains("without sslcert"));
         assert!(err("postgres://h/db?sslrootcert=system&sslmode=require").contains("verify-full"));
         assert!(err("postgres://h/db?sslmode=%zz").contains("hex"));
+        assert!(err("postgres://h/db?sslmode=verify-ca").contains("needs sslrootcert"));
+        assert!(err("postgres://h/db?sslmode=verify-ca&sslrootcert=system").contains("verify-full"));
+    }
+
+    #[test]
+    fn what_is_not_a_tls_option_is_left_as_written_and_never_shown() {
+        // A value that is not percent-encoded, as tokio-postgres reads it.
+        assert_eq!(
+            rest("postgres://u@h/db?password=50%off&sslmode=require"),
+            "postgres://u@h/db?password=50%off&sslmode=require"
+        );
+        let err = split("postgres://u@h/db?password=50%off&sslrootcert=%zz")
+            .err()
+            .unwrap();
+        assert!(!err.contains("50%off"), "{err}");
+        // A malformed part of a key=value string stays, for tokio-postgres
+        // to refuse: nothing after it is dropped.
+        assert_eq!(
+            rest("host=db junk sslmode=verify-full sslrootcert=/x"),
+            "host=db junk sslmode=verify-full sslrootcert=/x"
+        );
+        // `://` inside a key=value string does not make it a URL.
+        assert_eq!(
+            rest("host=h application_name=http://x sslmode=require"),
+            "host=h application_name=http://x sslmode=require"
+        );
     }
 
     #[test]

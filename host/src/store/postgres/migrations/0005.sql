@@ -6,5 +6,7 @@ CREATE TABLE workhost.kv_namespaces (
     namespace text PRIMARY KEY,
     keys bigint NOT NULL CHECK (keys >= 0)
 );
+-- No kv write of an older host may slip between the count and the commit.
+LOCK TABLE workhost.kv IN SHARE MODE;
 INSERT INTO workhost.kv_namespaces (namespace, keys)
 SELECT namespace, count(*) FROM workhost.kv GROUP BY namespace;
