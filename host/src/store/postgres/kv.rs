@@ -8,6 +8,7 @@ use std::sync::{Arc, Weak};
 
 use crate::kv::{KvError, KvFuture, KvStore, parse_counter};
 
+use super::ops::{exec, rows};
 use super::rows::Fail;
 use super::{PgStore, TRIES, in_tx, retrying, sql};
 
@@ -27,7 +28,7 @@ async fn check_fence(tx: &deadpool_postgres::Transaction<'_>, fence: Option<(i64
     let Some((task, lease)) = fence else {
         return Ok(());
     };
-    if tx.query_opt(sql::KV_FENCE, &[&task, &lease]).await?.is_some() {
+    if !rows(tx, sql::KV_FENCE, &[&task, &lease]).await?.is_empty() {
         return Ok(());
     }
     Err(Fail::Fenced)
@@ -39,7 +40,7 @@ async fn mark_fenced(store: &PgStore, fence: Option<(i64, i64)>) {
     if let Some((task, lease)) = fence {
         let now = crate::work::millis(super::rows::wall_now());
         let _ = in_tx!(store, |tx| async {
-            tx.query(sql::MARK_FENCED, &[&task, &lease, &now]).await?;
+            rows(&tx, sql::MARK_FENCED, &[&task, &lease, &now]).await?;
             Ok::<_, Fail>(())
         }
         .await);
@@ -85,10 +86,10 @@ async fn add_key(
     value: &[u8],
     max_keys: u32,
 ) -> Result<bool, Fail> {
-    if tx.execute(sql::KV_INSERT, &[&ns, &key, &value]).await? == 0 {
+    if exec(tx, sql::KV_INSERT, &[&ns, &key, &value]).await? == 0 {
         return Ok(false);
     }
-    if tx.execute(sql::KV_KEY_ADDED, &[&ns, &i64::from(max_keys)]).await? == 0 {
+    if exec(tx, sql::KV_KEY_ADDED, &[&ns, &i64::from(max_keys)]).await? == 0 {
         return Err(rule(KvError::TooManyKeys(max_keys)));
     }
     Ok(true)
@@ -129,7 +130,8 @@ impl KvStore for PgKv {
             let store = self.store()?;
             let read = async {
                 let client = store.client().await?;
-                let row = client.query_opt(sql::KV_GET, &[&namespace, &key]).await?;
+                let statement = client.prepare_cached(sql::KV_GET).await?;
+                let row = client.query_opt(&statement, &[&namespace, &key]).await?;
                 Ok::<_, Fail>(row.map(|r| r.get::<_, Vec<u8>>(0)))
             };
             read.await.map_err(|f| unavailable(&store, f))
@@ -142,7 +144,7 @@ impl KvStore for PgKv {
             let done = in_tx!(store, |tx| async {
                 check_fence(&tx, self.fence).await?;
                 for _ in 0..LOOKS {
-                    if tx.execute(sql::KV_UPDATE, &[&namespace, &key, &value]).await? == 1
+                    if exec(&tx, sql::KV_UPDATE, &[&namespace, &key, &value]).await? == 1
                         || add_key(&tx, namespace, key, value, max_keys).await?
                     {
                         return Ok(());
@@ -160,8 +162,8 @@ impl KvStore for PgKv {
             let store = self.store()?;
             let done = in_tx!(store, |tx| async {
                 check_fence(&tx, self.fence).await?;
-                if tx.execute(sql::KV_DELETE, &[&namespace, &key]).await? == 1 {
-                    tx.execute(sql::KV_KEY_REMOVED, &[&namespace]).await?;
+                if exec(&tx, sql::KV_DELETE, &[&namespace, &key]).await? == 1 {
+                    exec(&tx, sql::KV_KEY_REMOVED, &[&namespace]).await?;
                 }
                 Ok::<_, Fail>(())
             }
@@ -176,11 +178,10 @@ impl KvStore for PgKv {
             let done = in_tx!(store, |tx| async {
                 check_fence(&tx, self.fence).await?;
                 for _ in 0..LOOKS {
-                    if let Some(row) = tx.query_opt(sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await? {
+                    if let Some(row) = rows(&tx, sql::KV_GET_FOR_UPDATE, &[&namespace, &key]).await?.pop() {
                         let current = parse_counter(&row.get::<_, Vec<u8>>(0)).map_err(rule)?;
                         let next = current.checked_add(delta).ok_or_else(|| rule(KvError::Overflow))?;
-                        tx.execute(sql::KV_UPDATE, &[&namespace, &key, &next.to_string().into_bytes()])
-                            .await?;
+                        exec(&tx, sql::KV_UPDATE, &[&namespace, &key, &next.to_string().into_bytes()]).await?;
                         return Ok(next);
                     }
                     // A new key starts at 0; if another write adds it

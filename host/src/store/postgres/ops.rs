@@ -30,13 +30,17 @@ const RESCUE_BATCH: i64 = 500;
 type Tx<'a> = Transaction<'a>;
 
 /// A prepared (and cached, per connection) statement's rows.
-async fn rows(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<tokio_postgres::Row>, Fail> {
+pub(super) async fn rows(
+    tx: &Tx<'_>,
+    statement: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, Fail> {
     let stmt = tx.prepare_cached(statement).await?;
     Ok(tx.query(&stmt, params).await?)
 }
 
 /// A prepared statement's count of rows changed.
-async fn exec(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Fail> {
+pub(super) async fn exec(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Fail> {
     let stmt = tx.prepare_cached(statement).await?;
     Ok(tx.execute(&stmt, params).await?)
 }
