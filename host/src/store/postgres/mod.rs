@@ -524,13 +524,11 @@ impl TaskStore for PgStore {
                 for (i, rate) in rates.iter().enumerate() {
                     if let Some(rate) = rate {
                         let handler = names[i];
-                        tx.execute(sql::LIMIT_LOCK, &[&format!("rate:{handler}")]).await?;
+                        ops::exec(&tx, sql::LIMIT_LOCK, &[&format!("rate:{handler}")]).await?;
                         let since = now.saturating_sub(rate.window_ms());
-                        tx.execute(sql::FORGET_STARTS, &[&handler, &since]).await?;
-                        let used: i64 = tx
-                            .query_one(sql::COUNT_STARTS, &[&handler, &since])
-                            .await?
-                            .try_get("n")?;
+                        ops::exec(&tx, sql::FORGET_STARTS, &[&handler, &since]).await?;
+                        let counted = ops::rows(&tx, sql::COUNT_STARTS, &[&handler, &since]).await?;
+                        let used: i64 = counted.first().map_or(Ok(0), |r| r.try_get("n"))?;
                         slots[i] = slots[i].min((i64::from(rate.count) - used).max(0));
                     }
                 }
@@ -538,7 +536,7 @@ impl TaskStore for PgStore {
                 for (i, rate) in rates.iter().enumerate() {
                     let n = claimed.iter().filter(|c| c.info.handler == names[i]).count() as i64;
                     if rate.is_some() && n > 0 {
-                        tx.execute(sql::RECORD_STARTS, &[&names[i], &n, &now]).await?;
+                        ops::exec(&tx, sql::RECORD_STARTS, &[&names[i], &n, &now]).await?;
                     }
                 }
                 Ok::<_, Fail>(claimed)
@@ -582,7 +580,7 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let lease = rows::lease_param(lease);
             in_tx!(self, |tx| async {
-                let n = tx.execute(sql::SET_PROGRESS, &[&id, &lease, &json]).await?;
+                let n = ops::exec(&tx, sql::SET_PROGRESS, &[&id, &lease, &json]).await?;
                 if n == 0 {
                     tx.query(sql::MARK_FENCED, &[&id, &lease, &crate::work::millis(rows::wall_now())])
                         .await?;
@@ -686,7 +684,7 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 client
-                    .query(sql::PAUSED_HANDLERS, &[])
+                    .query(&client.prepare_cached(sql::PAUSED_HANDLERS).await?, &[])
                     .await?
                     .iter()
                     .map(|r| Ok(r.try_get(0)?))
@@ -701,7 +699,10 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 let mut out: HandlerCounts = HashMap::new();
-                for row in client.query(sql::COUNT_BY_HANDLER, &[]).await? {
+                for row in client
+                    .query(&client.prepare_cached(sql::COUNT_BY_HANDLER).await?, &[])
+                    .await?
+                {
                     let handler: String = row.try_get(0)?;
                     let state: String = row.try_get(1)?;
                     let n: i64 = row.try_get(2)?;
@@ -722,7 +723,7 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 client
-                    .query(sql::PINS_IN_USE, &[])
+                    .query(&client.prepare_cached(sql::PINS_IN_USE).await?, &[])
                     .await?
                     .iter()
                     .map(|r| Ok(r.try_get(0)?))
@@ -802,7 +803,12 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                Ok::<_, Fail>(client.query_one(sql::LAST_ID, &[]).await?.try_get::<_, i64>(0)?)
+                Ok::<_, Fail>(
+                    client
+                        .query_one(&client.prepare_cached(sql::LAST_ID).await?, &[])
+                        .await?
+                        .try_get::<_, i64>(0)?,
+                )
             };
             read.await.map_err(|f| self.store_error(f))
         })
@@ -813,7 +819,10 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 let mut out = HashMap::new();
-                for row in client.query(sql::COUNT_BY_STATE, &[]).await? {
+                for row in client
+                    .query(&client.prepare_cached(sql::COUNT_BY_STATE).await?, &[])
+                    .await?
+                {
                     let state: String = row.try_get(0)?;
                     let n: i64 = row.try_get(1)?;
                     if let Some(state) = TaskState::parse(&state) {
@@ -862,7 +871,9 @@ impl TaskStore for PgStore {
                     let mut due = row.try_get::<_, Option<i64>>(0)?;
                     if let (Some(d), Some(rate)) = (due, rated(&group[0]).filter(|_| group.len() == 1)) {
                         let nth = i64::from(rate.count) - 1;
-                        let filled = client.query_opt(sql::NTH_START, &[&group[0], &nth]).await?;
+                        let filled = client
+                            .query_opt(&client.prepare_cached(sql::NTH_START).await?, &[&group[0], &nth])
+                            .await?;
                         if let Some(row) = filled {
                             let at: i64 = row.try_get("at")?;
                             due = Some(d.max(at.saturating_add(rate.window_ms())));
@@ -937,7 +948,9 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                let row = client.query_opt(sql::GET_SETTING, &[&"paused"]).await?;
+                let row = client
+                    .query_opt(&client.prepare_cached(sql::GET_SETTING).await?, &[&"paused"])
+                    .await?;
                 Ok::<_, Fail>(row.map(|r| r.get::<_, String>(0)).is_some_and(|v| v == "1"))
             };
             read.await.map_err(|f| self.store_error(f))
@@ -1084,7 +1097,7 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 client
-                    .query(sql::LIST_HOSTS, &[])
+                    .query(&client.prepare_cached(sql::LIST_HOSTS).await?, &[])
                     .await?
                     .iter()
                     .map(|r| {

@@ -183,7 +183,7 @@ pub(super) async fn enqueue_in(
     let mut after = std::mem::take(&mut r.after);
     if let Some((name, policy)) = r.unique.clone() {
         // Every enqueue of this name waits here for the one before it.
-        tx.execute(sql::UNIQUE_LOCK, &[&name]).await?;
+        exec(tx, sql::UNIQUE_LOCK, &[&name]).await?;
         let latest = rows(tx, sql::UNIQUE_LATEST, &[&name]).await?;
         let latest: Option<(TaskId, String)> = match latest.first() {
             Some(row) => Some((row.try_get(0)?, row.try_get(1)?)),
