@@ -504,10 +504,8 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
     let mut due: Option<Millis> = None;
     let mut look = true;
     let mut looked_at = u64::MAX;
-    // The last claim took all it asked for, so more is likely due: the
-    // next claim goes ahead without a look first (under a burst, a look
-    // per claim would double the store round trips per claim). A claim
-    // that takes less than it asks for ends it.
+    // The last claim took all it asked for (see above); one that takes
+    // less ends it.
     let mut more_due = false;
     loop {
         if *shutting_down.borrow() {

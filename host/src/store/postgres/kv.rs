@@ -130,8 +130,7 @@ impl KvStore for PgKv {
             let store = self.store()?;
             let read = async {
                 let client = store.client().await?;
-                let statement = client.prepare_cached(sql::KV_GET).await?;
-                let row = client.query_opt(&statement, &[&namespace, &key]).await?;
+                let row = rows(&client, sql::KV_GET, &[&namespace, &key]).await?.pop();
                 Ok::<_, Fail>(row.map(|r| r.get::<_, Vec<u8>>(0)))
             };
             read.await.map_err(|f| unavailable(&store, f))

@@ -381,53 +381,56 @@ async fn listen(
     mut first: Option<tokio::sync::oneshot::Sender<Result<(), tokio_postgres::Error>>>,
 ) {
     loop {
-        match config.connect(tls.clone()).await {
-            Err(e) => {
-                if let Some(first) = first.take() {
-                    let _ = first.send(Err(e));
-                    return;
-                }
-            }
-            Ok((client, mut connection)) => {
-                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-                let (changes_seen, probe) = (changes.clone(), probe.clone());
-                let driver = tokio::spawn(async move {
-                    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                        match message {
-                            Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                changes_seen.fetch_add(1, Ordering::AcqRel);
-                                probe.heard(n.payload());
-                            }
-                            Ok(_) => {}
-                            Err(_) => break,
-                        }
-                    }
-                    drop(ready_tx);
-                });
-                match client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await {
-                    Ok(()) => {
-                        listening.store(true, Ordering::Release);
-                        if let Some(first) = first.take() {
-                            let _ = first.send(Ok(()));
-                        }
-                        // Whatever happened while nobody listened counts as a change.
-                        changes.fetch_add(1, Ordering::AcqRel);
-                        let _ = ready_rx.await;
-                    }
-                    Err(e) => {
-                        if let Some(first) = first.take() {
-                            let _ = first.send(Err(e));
-                            driver.abort();
-                            return;
-                        }
-                    }
-                }
-                listening.store(false, Ordering::Release);
-                driver.abort();
-            }
+        let session = listen_once(&config, &tls, &changes, &listening, &probe, &mut first).await;
+        if let Err(e) = session
+            && let Some(first) = first.take()
+        {
+            let _ = first.send(Err(e));
+            return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// One listener session: connects, LISTENs (reporting that to `first`, if
+/// it is still there) and counts notifications until the connection ends.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tls: &tls::Tls,
+    changes: &Arc<AtomicU64>,
+    listening: &AtomicBool,
+    probe: &Arc<Probe>,
+    first: &mut Option<tokio::sync::oneshot::Sender<Result<(), tokio_postgres::Error>>>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(tls.clone()).await?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (changes_seen, probe) = (changes.clone(), probe.clone());
+    let driver = tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    changes_seen.fetch_add(1, Ordering::AcqRel);
+                    probe.heard(n.payload());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        drop(ready_tx);
+    });
+    let listened = client.batch_execute(&format!("LISTEN {}", sql::CHANNEL)).await;
+    if listened.is_ok() {
+        listening.store(true, Ordering::Release);
+        if let Some(first) = first.take() {
+            let _ = first.send(Ok(()));
+        }
+        // Whatever happened while nobody listened counts as a change.
+        changes.fetch_add(1, Ordering::AcqRel);
+        let _ = ready_rx.await;
+    }
+    listening.store(false, Ordering::Release);
+    driver.abort();
+    listened
 }
 
 impl TaskStore for PgStore {
@@ -683,8 +686,7 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                client
-                    .query(&client.prepare_cached(sql::PAUSED_HANDLERS).await?, &[])
+                ops::rows(&client, sql::PAUSED_HANDLERS, &[])
                     .await?
                     .iter()
                     .map(|r| Ok(r.try_get(0)?))
@@ -699,10 +701,7 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 let mut out: HandlerCounts = HashMap::new();
-                for row in client
-                    .query(&client.prepare_cached(sql::COUNT_BY_HANDLER).await?, &[])
-                    .await?
-                {
+                for row in ops::rows(&client, sql::COUNT_BY_HANDLER, &[]).await? {
                     let handler: String = row.try_get(0)?;
                     let state: String = row.try_get(1)?;
                     let n: i64 = row.try_get(2)?;
@@ -722,8 +721,7 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                client
-                    .query(&client.prepare_cached(sql::PINS_IN_USE).await?, &[])
+                ops::rows(&client, sql::PINS_IN_USE, &[])
                     .await?
                     .iter()
                     .map(|r| Ok(r.try_get(0)?))
@@ -803,12 +801,9 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                Ok::<_, Fail>(
-                    client
-                        .query_one(&client.prepare_cached(sql::LAST_ID).await?, &[])
-                        .await?
-                        .try_get::<_, i64>(0)?,
-                )
+                // One row always (`coalesce(max(id), 0)`).
+                let last = ops::rows(&client, sql::LAST_ID, &[]).await?;
+                Ok::<_, Fail>(last.first().map_or(Ok(0), |r| r.try_get::<_, i64>(0))?)
             };
             read.await.map_err(|f| self.store_error(f))
         })
@@ -819,10 +814,7 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 let mut out = HashMap::new();
-                for row in client
-                    .query(&client.prepare_cached(sql::COUNT_BY_STATE).await?, &[])
-                    .await?
-                {
+                for row in ops::rows(&client, sql::COUNT_BY_STATE, &[]).await? {
                     let state: String = row.try_get(0)?;
                     let n: i64 = row.try_get(1)?;
                     if let Some(state) = TaskState::parse(&state) {
@@ -871,9 +863,7 @@ impl TaskStore for PgStore {
                     let mut due = row.try_get::<_, Option<i64>>(0)?;
                     if let (Some(d), Some(rate)) = (due, rated(&group[0]).filter(|_| group.len() == 1)) {
                         let nth = i64::from(rate.count) - 1;
-                        let filled = client
-                            .query_opt(&client.prepare_cached(sql::NTH_START).await?, &[&group[0], &nth])
-                            .await?;
+                        let filled = ops::rows(&client, sql::NTH_START, &[&group[0], &nth]).await?.pop();
                         if let Some(row) = filled {
                             let at: i64 = row.try_get("at")?;
                             due = Some(d.max(at.saturating_add(rate.window_ms())));
@@ -895,9 +885,7 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                let stmt = client.prepare_cached(sql::WAITING_FOR_HANDLER).await?;
-                client
-                    .query(&stmt, &[&known, &now])
+                ops::rows(&client, sql::WAITING_FOR_HANDLER, &[&known, &now])
                     .await?
                     .iter()
                     .map(|row| {
@@ -948,9 +936,7 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                let row = client
-                    .query_opt(&client.prepare_cached(sql::GET_SETTING).await?, &[&"paused"])
-                    .await?;
+                let row = ops::rows(&client, sql::GET_SETTING, &[&"paused"]).await?.pop();
                 Ok::<_, Fail>(row.map(|r| r.get::<_, String>(0)).is_some_and(|v| v == "1"))
             };
             read.await.map_err(|f| self.store_error(f))
@@ -1096,8 +1082,7 @@ impl TaskStore for PgStore {
         Box::pin(async move {
             let read = async {
                 let client = self.client().await?;
-                client
-                    .query(&client.prepare_cached(sql::LIST_HOSTS).await?, &[])
+                ops::rows(&client, sql::LIST_HOSTS, &[])
                     .await?
                     .iter()
                     .map(|r| {

@@ -29,20 +29,28 @@ const RESCUE_BATCH: i64 = 500;
 
 type Tx<'a> = Transaction<'a>;
 
-/// A prepared (and cached, per connection) statement's rows.
+/// A prepared (and cached, per connection) statement's rows, in a
+/// transaction or on a pooled connection: the statements of every task,
+/// run and read go through here or [`exec`] (tokio-postgres given a
+/// statement's text prepares it again at every call, a round trip of its
+/// own); start-up, leases and operator actions may pass text.
 pub(super) async fn rows(
-    tx: &Tx<'_>,
+    client: &impl GenericClient,
     statement: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<tokio_postgres::Row>, Fail> {
-    let stmt = tx.prepare_cached(statement).await?;
-    Ok(tx.query(&stmt, params).await?)
+    let stmt = client.prepare_cached(statement).await?;
+    Ok(client.query(&stmt, params).await?)
 }
 
-/// A prepared statement's count of rows changed.
-pub(super) async fn exec(tx: &Tx<'_>, statement: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, Fail> {
-    let stmt = tx.prepare_cached(statement).await?;
-    Ok(tx.execute(&stmt, params).await?)
+/// A prepared statement's count of rows changed (see [`rows`]).
+pub(super) async fn exec(
+    client: &impl GenericClient,
+    statement: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, Fail> {
+    let stmt = client.prepare_cached(statement).await?;
+    Ok(client.execute(&stmt, params).await?)
 }
 
 /// `sql::CLAIM`'s parameters but each handler's slots (see the statement).

@@ -282,19 +282,18 @@ impl Tls {
             }),
             _ => None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match roots {
-            Some(roots) => {
-                let chain =
-                    rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                        .build()
-                        .map_err(|e| format!("sslrootcert: {e}"))?;
-                Arc::new(Checked {
-                    chain,
-                    name: mode == Mode::VerifyFull,
-                })
-            }
-            None => Arc::new(Unchecked(provider.clone())),
-        };
+        let chain = roots
+            .map(|roots| {
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| format!("sslrootcert: {e}"))
+            })
+            .transpose()?;
+        let verifier = Arc::new(Verifier {
+            chain,
+            name: mode == Mode::VerifyFull,
+            provider: provider.clone(),
+        });
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("TLS: {e}"))?
@@ -303,12 +302,7 @@ impl Tls {
         let config = match (&options.cert, &options.key) {
             (None, None) => builder.with_no_client_auth(),
             (Some(cert), Some(key)) => {
-                let chain = CertificateDer::pem_file_iter(cert)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| format!("sslcert: cannot read a PEM certificate from {cert:?}: {e}"))?;
-                if chain.is_empty() {
-                    return Err(format!("sslcert: {cert:?} holds no PEM certificate"));
-                }
+                let chain = read_certs("sslcert", cert)?;
                 let key_der = PrivateKeyDer::from_pem_file(key)
                     .map_err(|e| format!("sslkey: cannot read a PEM private key from {key:?}: {e}"))?;
                 builder
@@ -328,11 +322,21 @@ impl Tls {
     }
 }
 
-/// The trusted roots in the PEM file at `path`.
-fn read_roots(path: &str) -> Result<RootCertStore, String> {
+/// The certificates in the PEM file at `path`, given as `option`; at
+/// least one.
+fn read_certs(option: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("sslrootcert: cannot read PEM certificates from {path:?}: {e}"))?;
+        .map_err(|e| format!("{option}: cannot read PEM certificates from {path:?}: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{option}: {path:?} holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// The trusted roots in the PEM file at `path`.
+fn read_roots(path: &str) -> Result<RootCertStore, String> {
+    let certs = read_certs("sslrootcert", path)?;
     let mut roots = RootCertStore::empty();
     let (added, _) = roots.add_parsable_certificates(certs);
     if added == 0 {
@@ -341,15 +345,19 @@ fn read_roots(path: &str) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// Checks the server's certificate chain against trusted roots, and its
-/// name only for `verify-full` (libpq's `verify-ca` does not).
+/// Checks the server's certificate as the mode asks: against trusted
+/// roots (`chain`), with its name only for `verify-full` (libpq's
+/// `verify-ca` does not check it); without roots (`prefer`, `require`
+/// without `sslrootcert`) it is taken as it is. Either way the handshake's
+/// signature is checked, so the server holds the certificate's key.
 #[derive(Debug)]
-struct Checked {
-    chain: Arc<rustls::client::WebPkiServerVerifier>,
+struct Verifier {
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     name: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Checked {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -358,10 +366,10 @@ impl ServerCertVerifier for Checked {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .chain
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.name => Ok(ServerCertVerified::assertion()),
@@ -375,7 +383,7 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -384,51 +392,11 @@ impl ServerCertVerifier for Checked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.chain.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.chain.supported_verify_schemes()
-    }
-}
-
-/// Takes the server's certificate as it is (`prefer`, `require` without
-/// `sslrootcert`), still checking that the server holds its key.
-#[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
