@@ -59,6 +59,12 @@ fn main() {
             dashboard().await;
             return;
         }
+        // `WORKHOST_BENCH_ONLY=store`: only the store alone (for a profiler).
+        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("store") {
+            let n = std::env::var("WORKHOST_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N);
+            println!("the store alone, no runs: {:.0} tasks/s", store_only(n).await);
+            return;
+        }
         let exec_rate = executor_only().await;
         println!("{N} echo tasks; executor only: {exec_rate:.0} runs/s");
         if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("paced") {
@@ -84,6 +90,20 @@ fn main() {
         let (p50, p99) = latencies(host.queue(), &ids).await;
         println!("  due-to-started in that burst (queueing included): p50 {p50} ms, p99 {p99} ms");
         host.shutdown().await;
+        // The store's part of it: the same burst through the store alone,
+        // and SQLite's floor for the same rows.
+        let store_rate = store_only(burst).await;
+        let floor = tokio::task::spawn_blocking(move || sqlite_floor(burst)).await.unwrap();
+        println!(
+            "  the store alone, no runs: {store_rate:.0} tasks/s ({:.2}x the executor-only rate; end to end is {:.2}x of it)",
+            store_rate / exec_rate,
+            rate / store_rate
+        );
+        println!(
+            "  SQLite's floor for the same rows (one thread, no workhost code): {floor:.0} tasks/s ({:.2}x the executor-only rate; end to end is {:.2}x of it)",
+            floor / exec_rate,
+            rate / floor
+        );
         if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("burst") {
             return;
         }
@@ -498,4 +518,165 @@ async fn dashboard() {
         "dashboard open beside a full load: median {:.2}x the throughput without it (target at least 0.90x)",
         ratios[1]
     );
+}
+
+/// The store alone, no runs: `n` `echo` tasks enqueued through
+/// [`SqliteStore`]'s own API (64 in flight, as the burst's), each claimed
+/// and finished with a success by one of 64 loops that hand their slot on
+/// in the finish's commit (`finish_then_claim`), as a host's runs do. The
+/// burst's ceiling on this store: the host adds the runs, the dispatcher
+/// and its events to it.
+async fn store_only(n: usize) -> f64 {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use workhost::{
+        DeviceState, EnqueueHooks, HostIdentity, NextClaim, PeriodicFloor, RunOutcome, RunResult, SqliteStore,
+        TaskStore,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let now = now_ms;
+    let me = HostIdentity {
+        id: "bench".into(),
+        incarnation: "1".into(),
+    };
+    let may_run = || HashMap::from([("echo".to_string(), 1)]);
+    let done = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let enqueuer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..n {
+                if set.len() >= 64 {
+                    set.join_next().await.unwrap().unwrap();
+                }
+                let store = store.clone();
+                set.spawn(async move {
+                    let mut r = WorkRequest::one_off("echo", "bench");
+                    r.input = Data::new().with("i", i as i64);
+                    let (r, _) = r.checked(&PeriodicFloor::default()).unwrap();
+                    store.enqueue(r, now(), EnqueueHooks::default()).await.unwrap();
+                });
+            }
+            while set.join_next().await.is_some() {}
+        })
+    };
+    let mut loops = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (store, done, me) = (store.clone(), done.clone(), me.clone());
+        loops.spawn(async move {
+            let mut claimed = Vec::new();
+            while done.load(Ordering::Relaxed) < n {
+                let Some(c) = claimed.pop() else {
+                    claimed = store
+                        .claim(me.clone(), now(), 1, may_run(), DeviceState::default())
+                        .await
+                        .unwrap();
+                    if claimed.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    continue;
+                };
+                let c: workhost::Claimed = c;
+                let outcome = RunOutcome {
+                    result: RunResult::Succeeded(c.info.input.clone()),
+                    duration: Duration::ZERO,
+                    fuel_consumed: None,
+                    peak_memory_bytes: 0,
+                    log: Vec::new(),
+                    component: None,
+                };
+                let at = now();
+                let transition = workhost::decide(&c.retry_facts(), &outcome.result, at);
+                let next = NextClaim {
+                    me: me.clone(),
+                    now: at,
+                    may_run: may_run(),
+                    device: DeviceState::default(),
+                    after: "echo".into(),
+                };
+                let (_, next) = store
+                    .finish_then_claim(c.info.id, c.lease, transition, &outcome, at, Some(next))
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                claimed = next;
+            }
+        });
+    }
+    enqueuer.await.unwrap();
+    while loops.join_next().await.is_some() {}
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// SQLite's own floor for the rows of `n` tasks, on one thread with no
+/// workhost code: on a store of the real schema, at `synchronous=FULL` in
+/// WAL mode, each task inserted, marked running with its attempt row
+/// opened, then marked succeeded with the attempt closed, 64 tasks to a
+/// commit for each of the three steps (the burst's group commits), every
+/// statement prepared once. No reads, savepoints or threads: the least any
+/// design keeping these rows in SQLite writes.
+fn sqlite_floor(n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    drop(workhost::SqliteStore::open(dir.path()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join("workhost.db")).unwrap();
+    conn.pragma_update(None, "synchronous", "FULL").unwrap();
+    let now = now_ms();
+    let start = Instant::now();
+    let mut next_id = 0i64;
+    while (next_id as usize) < n {
+        let first = next_id + 1;
+        let last = (next_id + 64).min(n as i64);
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in first..=last {
+            tx.prepare_cached(
+                "INSERT INTO tasks (id, handler, task, kind, state, input, max_attempts, next_run_at, backoff, \
+                 backoff_delay_ms, created_at) VALUES (?1, 'echo', 'bench', 'one_off', 'enqueued', ?2, 10, ?3, \
+                 'exponential', 10000, ?3)",
+            )
+            .unwrap()
+            .execute(rusqlite::params![i, format!("{{\"i\":{i}}}"), now])
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in first..=last {
+            tx.prepare_cached("UPDATE tasks SET state = 'running', attempts = attempts + 1 WHERE id = ?1")
+                .unwrap()
+                .execute([i])
+                .unwrap();
+            tx.prepare_cached("INSERT INTO attempts (task_id, attempt, run_attempt, started_at) VALUES (?1, 1, 1, ?2)")
+                .unwrap()
+                .execute(rusqlite::params![i, now])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in first..=last {
+            tx.prepare_cached(
+                "UPDATE attempts SET ended_at = ?2, outcome = 'success' WHERE task_id = ?1 AND attempt = 1",
+            )
+            .unwrap()
+            .execute(rusqlite::params![i, now])
+            .unwrap();
+            tx.prepare_cached("UPDATE tasks SET state = 'succeeded', output = ?2, finished_at = ?3 WHERE id = ?1")
+                .unwrap()
+                .execute(rusqlite::params![i, format!("{{\"i\":{i}}}"), now])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+        next_id = last;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The wall clock in milliseconds since the epoch, as the store keeps it.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -120,11 +120,23 @@ pub(super) fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TaskInfo, 
     Ok((info, r.get(23)?))
 }
 
+/// Reads task `info.id`'s tags and the tasks it runs after, in one
+/// statement (a claim runs it for every task it claims).
 pub(super) fn load_tags_and_deps(conn: &Connection, info: &mut TaskInfo) -> rusqlite::Result<()> {
-    let mut s = conn.prepare_cached("SELECT tag FROM tags WHERE task_id = ?1 ORDER BY tag")?;
-    info.tags = s.query_map([info.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
-    let mut s = conn.prepare_cached("SELECT parent FROM deps WHERE child = ?1 ORDER BY parent")?;
-    info.after = s.query_map([info.id], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let mut s = conn.prepare_cached(
+        "SELECT tag, NULL FROM tags WHERE task_id = ?1 UNION ALL SELECT NULL, parent FROM deps WHERE child = ?1",
+    )?;
+    let mut rows = s.query([info.id])?;
+    let (mut tags, mut after) = (Vec::new(), Vec::new());
+    while let Some(row) = rows.next()? {
+        match row.get::<_, Option<String>>(0)? {
+            Some(tag) => tags.push(tag),
+            None => after.push(row.get(1)?),
+        }
+    }
+    tags.sort_unstable();
+    after.sort_unstable();
+    (info.tags, info.after) = (tags, after);
     Ok(())
 }
 
@@ -526,10 +538,22 @@ pub(super) fn claim_in(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    if setting(conn, "paused")?.as_deref() == Some("1") {
-        return Ok(Vec::new());
+    // Whether the whole store is paused, and which handlers are, in one
+    // statement: a row of NULL stands for the store.
+    let mut paused: Vec<String> = Vec::new();
+    let mut s = conn.prepare_cached(
+        "SELECT NULL FROM settings WHERE key = 'paused' AND value = '1' \
+         UNION ALL SELECT handler FROM paused_handlers",
+    )?;
+    let mut rows = s.query([])?;
+    while let Some(row) = rows.next()? {
+        match row.get::<_, Option<String>>(0)? {
+            Some(handler) => paused.push(handler),
+            None => return Ok(Vec::new()),
+        }
     }
-    let paused = paused_handlers_in(conn)?;
+    drop(rows);
+    drop(s);
     // Each handler's first due tasks in claim order (expedited, then due
     // time aged by priority: see `claim_key`), as many as it has free
     // slots and its rate allows, then round by round: every handler's
@@ -570,10 +594,13 @@ pub(super) fn claim_in(
         if claimed.len() >= limit {
             break;
         }
-        let mut stmt = conn.prepare_cached(&format!(
-            "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL \
-             WHERE id = ?1 AND state = 'enqueued' RETURNING {TASK_COLUMNS}"
-        ))?;
+        static CLAIM_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "UPDATE tasks SET state = 'running', attempts = attempts + 1, progress = NULL \
+                 WHERE id = ?1 AND state = 'enqueued' RETURNING {TASK_COLUMNS}"
+            )
+        });
+        let mut stmt = conn.prepare_cached(&CLAIM_ONE)?;
         let Some((mut info, period_start)) = stmt.query_row([id], row_to_info).optional()? else {
             continue;
         };
