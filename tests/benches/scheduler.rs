@@ -3,7 +3,10 @@
 //!
 //! 1. Throughput: N `echo` tasks enqueued (64 enqueues in flight, so they
 //!    group-commit), claimed, run and finished, next to the executor-only
-//!    rate for the same N runs; then the same on the PostgreSQL store, and
+//!    rate for the same N runs, and beside two more baselines: the same N
+//!    tasks through the SQLite store alone (no runs), and SQLite's own
+//!    floor for the rows they write (one thread, no workhost code); then
+//!    the same on the PostgreSQL store, and
 //!    due-to-started of paced work another queue enqueues; and scale-out,
 //!    1, 2 and 4 hosts on one database running tasks that wait on I/O,
 //!    against linear.
@@ -28,8 +31,9 @@
 //! `WORKHOST_BENCH_PENDING` overrides the pending count;
 //! `WORKHOST_BENCH_ONLY=storms` runs only case 3, `=dashboard` only case 5,
 //! `=paced` only case 2 (after the executor-only rate it is paced by),
-//! `=burst` only the SQLite burst of case 1 (executor-only, then end to
-//! end; for a profiler: `WORKHOST_BENCH_N` sets its size), `=postgres`
+//! `=burst` only the SQLite burst of case 1 (executor-only, end to end,
+//! the store alone, SQLite's floor; for a profiler: `WORKHOST_BENCH_N` sets
+//! its size), `=store` only the store alone, `=postgres`
 //! that burst and then PostgreSQL's (one host, then paced).
 //! `WORKHOST_BENCH_SLOTS` sets the run slots of the benchmark's hosts
 //! (default 64), to tell a slot-bound run from a store-bound one.

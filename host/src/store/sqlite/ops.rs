@@ -416,7 +416,7 @@ pub(super) fn insert_task(
 
 pub(super) fn enqueue_in(
     conn: &Connection,
-    mut r: WorkRequest,
+    r: &WorkRequest,
     now: Millis,
     quota: Option<Rate>,
 ) -> Result<(Enqueued, Vec<Change>), Fail> {
@@ -425,19 +425,26 @@ pub(super) fn enqueue_in(
     // Expedited work within the handler's quota: the expedited requests it
     // accepted in the window before now.
     let mut dropped = None;
+    // The request as it is enqueued: without its expedited flag once the
+    // quota is spent.
+    let mut as_normal = None;
     if let (Some(policy), Some(q)) = (r.expedited, quota) {
         let used: i64 = conn
             .prepare_cached("SELECT count(*) FROM tasks WHERE handler = ?1 AND expedited = 1 AND created_at > ?2")?
             .query_row(params![r.handler, now.saturating_sub(q.window_ms())], |row| row.get(0))?;
         if used >= i64::from(q.count) {
             let (why, warning) = crate::work::quota_spent(&r.handler, q, policy);
-            r.expedited = None;
             warnings.push(warning);
             dropped = why;
+            as_normal = Some(WorkRequest {
+                expedited: None,
+                ..r.clone()
+            });
         }
     }
+    let r = as_normal.as_ref().unwrap_or(r);
     if let Some(why) = &dropped {
-        let id = insert_task(conn, &r, &[], now, &mut changes, Some(why))?;
+        let id = insert_task(conn, r, &[], now, &mut changes, Some(why))?;
         return Ok((
             Enqueued {
                 id,
@@ -447,7 +454,7 @@ pub(super) fn enqueue_in(
             changes,
         ));
     }
-    let mut after = std::mem::take(&mut r.after);
+    let mut after = r.after.clone();
     if let Some((name, policy)) = r.unique.clone() {
         // The latest task with this name, and every unfinished one.
         let latest: Option<(TaskId, String)> = conn
@@ -481,14 +488,14 @@ pub(super) fn enqueue_in(
                 // A changed cron schedule takes effect at once: a task
                 // waiting for its next fire waits for the new one instead.
                 if let Some(c) = &r.cron {
-                    let (fire, _) = crate::work::first_run(&r, now);
+                    let (fire, _) = crate::work::first_run(r, now);
                     conn.prepare_cached(
                         "UPDATE tasks SET next_run_at = ?2, period_start = ?2 WHERE id = ?1 AND state = 'enqueued' \
                          AND attempts = 0 AND cron IS NOT NULL AND cron <> ?3",
                     )?
                     .execute(params![id, fire, c.to_stored()])?;
                 }
-                let values = std::iter::once(rusqlite::types::Value::Integer(id)).chain(spec_values(&r));
+                let values = std::iter::once(rusqlite::types::Value::Integer(id)).chain(spec_values(r));
                 conn.prepare_cached(UPDATE_SPEC)?
                     .execute(rusqlite::params_from_iter(values))?;
                 write_constraints(conn, id, &r.constraints)?;
@@ -513,7 +520,7 @@ pub(super) fn enqueue_in(
             Keep | Update => {}
         }
     }
-    let id = insert_task(conn, &r, &after, now, &mut changes, None)?;
+    let id = insert_task(conn, r, &after, now, &mut changes, None)?;
     Ok((
         Enqueued {
             id,
@@ -530,7 +537,7 @@ pub(super) fn claim_in(
     conn: &Connection,
     now: Millis,
     limit: usize,
-    free: HashMap<String, usize>,
+    free: &HashMap<String, usize>,
     device: &DeviceState,
     rates: &HashMap<String, Rate>,
     after: Option<&str>,
@@ -560,7 +567,7 @@ pub(super) fn claim_in(
     // first before anyone's second. The index on the claim key is walked
     // in order; the bound on the key (a due task's key is at most now
     // plus nine priority steps) ends the walk.
-    let sql = claim_sql(device);
+    let sql = claim_sql_for(device);
     let key_bound = crate::work::claim_key(now, crate::work::LOWEST_PRIORITY, false);
     let mut handlers: Vec<(&String, &usize)> = free
         .iter()
@@ -625,6 +632,25 @@ pub(super) fn claim_in(
         });
     }
     Ok(claimed)
+}
+
+thread_local! {
+    /// The claim statement last made ([`claim_sql`]) and the device state it
+    /// was made for: claims run on the store's writer thread, and the device
+    /// state changes seldom, so most claims use the text made before.
+    static CLAIM_SQL: std::cell::RefCell<Option<(DeviceState, std::rc::Rc<str>)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// [`claim_sql`] for `device`, made again only when the device state changed.
+fn claim_sql_for(device: &DeviceState) -> std::rc::Rc<str> {
+    CLAIM_SQL.with_borrow_mut(|last| match last {
+        Some((d, sql)) if d == device => sql.clone(),
+        _ => {
+            let sql: std::rc::Rc<str> = claim_sql(device).into();
+            *last = Some((device.clone(), sql.clone()));
+            sql
+        }
+    })
 }
 
 /// The claim's look for one handler's due tasks in claim order: `?1` the
@@ -728,14 +754,22 @@ impl AttemptEnd {
     }
 }
 
+/// A transition's output as the store keeps it (typed JSON), if it has one.
+pub(super) fn output_json(t: &Transition) -> Option<String> {
+    t.output.as_ref().map(Data::to_typed_json)
+}
+
 /// Records a finished run and applies its transition (see
-/// [`TaskStore::finish`]).
+/// [`TaskStore::finish`]). `output` is the transition's output in the
+/// store's typed JSON ([`output_json`]), made before the job reaches the
+/// writer thread.
 pub(super) fn finish_in(
     conn: &Connection,
     id: TaskId,
     lease: u64,
-    t: Transition,
-    a: AttemptEnd,
+    t: &Transition,
+    output: Option<&str>,
+    a: &AttemptEnd,
     now: Millis,
 ) -> rusqlite::Result<Vec<Change>> {
     let lease = i64::try_from(lease).unwrap_or(i64::MAX);
@@ -773,7 +807,7 @@ pub(super) fn finish_in(
             t.next_run_at,
             t.period_start,
             t.attempts,
-            t.output.as_ref().map(Data::to_typed_json),
+            output,
             t.stop_reason,
             t.error,
             finished,
@@ -1236,7 +1270,16 @@ pub(super) fn recover_in(conn: &Connection, now: Millis) -> Result<Vec<Change>, 
             log: "[]".into(),
             component: None,
         };
-        changes.extend(finish_in(conn, id, lease, transition, record, now)?);
+        let output = output_json(&transition);
+        changes.extend(finish_in(
+            conn,
+            id,
+            lease,
+            &transition,
+            output.as_deref(),
+            &record,
+            now,
+        )?);
     }
     Ok(changes)
 }
