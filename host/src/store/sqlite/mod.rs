@@ -423,6 +423,10 @@ impl SqliteStore {
 /// `f` inside one deferred (read) transaction of `conn`, begun and ended by
 /// statements prepared once (a burst's dispatcher reads at every wake).
 fn snapshot<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    if !conn.is_autocommit() {
+        // A read that panicked left its transaction open.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     run_cached(conn, "BEGIN")?;
     let out = f(conn);
     let end = match &out {
@@ -464,6 +468,16 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             continue;
         }
         run_batch(&conn, &mut batch);
+        if conn.is_autocommit() {
+            // SQLite ended the transaction itself (a full disk, an I/O
+            // error, no memory), or a rollback the batch needed failed:
+            // nothing of the batch is written, and every job hears so.
+            let lost = transaction_lost();
+            for job in batch {
+                job.answer(Some(lost.clone()));
+            }
+            continue;
+        }
         for job in &mut batch {
             job.before_commit();
         }
@@ -477,6 +491,23 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// The error of every job of a batch whose transaction ended before its
+/// commit.
+fn transaction_lost() -> StoreError {
+    StoreError::Backend(
+        "the store's transaction was rolled back after a write failed (a full disk, an I/O error or no memory); \
+         nothing of this batch was written"
+            .into(),
+    )
+}
+
+/// Ends the writer's transaction: a savepoint it needed could not be made
+/// or rolled back, so the batch is failed whole ([`writer_loop`] answers
+/// it) rather than keep part of a failed job or write a job twice.
+fn abandon(conn: &Connection) {
+    let _ = conn.execute_batch("ROLLBACK");
+}
+
 /// Runs a batch's jobs in order in the open transaction, so that a job that
 /// fails leaves no change and the others' changes stay. A job that does not
 /// rerun runs in a savepoint of its own. Jobs that rerun run side by side
@@ -485,10 +516,15 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
 /// writer's time in a burst when every job had one. Should one of them
 /// fail, that savepoint is rolled back, and they run again up to the one
 /// that failed, each in a savepoint of its own and careful, as a job that
-/// does not rerun; the rest go on together.
+/// does not rerun; the rest go on together. Once the transaction has
+/// ended (SQLite rolls it back itself on some errors), nothing more runs:
+/// outside it, a job's savepoint would commit on its own.
 fn run_batch(conn: &Connection, batch: &mut [Job]) {
     let mut rest = batch;
     while let Some(first) = rest.first_mut() {
+        if conn.is_autocommit() {
+            return;
+        }
         if !first.reruns() {
             run_alone(conn, first);
             rest = &mut rest[1..];
@@ -501,28 +537,41 @@ fn run_batch(conn: &Connection, batch: &mut [Job]) {
     }
 }
 
-/// Runs `job` careful, in a savepoint of its own.
+/// Runs `job` careful, in a savepoint of its own (nothing once the
+/// transaction has ended).
 fn run_alone(conn: &Connection, job: &mut Job) {
-    let _ = run_cached(conn, "SAVEPOINT job");
-    if !job.run(conn, true) {
-        let _ = run_cached(conn, "ROLLBACK TO job");
+    if conn.is_autocommit() {
+        return;
     }
-    let _ = run_cached(conn, "RELEASE job");
+    if run_cached(conn, "SAVEPOINT job").is_err() {
+        return abandon(conn);
+    }
+    if !job.run(conn, true) && !conn.is_autocommit() && run_cached(conn, "ROLLBACK TO job").is_err() {
+        return abandon(conn);
+    }
+    if !conn.is_autocommit() && run_cached(conn, "RELEASE job").is_err() {
+        abandon(conn);
+    }
 }
 
 /// Runs jobs that rerun under one savepoint (see [`run_batch`]).
 fn run_together(conn: &Connection, mut jobs: &mut [Job]) {
-    while !jobs.is_empty() {
+    while !jobs.is_empty() && !conn.is_autocommit() {
         if run_cached(conn, "SAVEPOINT jobs").is_err() {
-            jobs.iter_mut().for_each(|j| run_alone(conn, j));
-            return;
+            return abandon(conn);
         }
         let Some(failed) = jobs.iter_mut().position(|j| !j.run(conn, false)) else {
-            let _ = run_cached(conn, "RELEASE jobs");
+            if run_cached(conn, "RELEASE jobs").is_err() {
+                abandon(conn);
+            }
             return;
         };
-        let _ = run_cached(conn, "ROLLBACK TO jobs");
-        let _ = run_cached(conn, "RELEASE jobs");
+        if conn.is_autocommit() {
+            return;
+        }
+        if run_cached(conn, "ROLLBACK TO jobs").is_err() || run_cached(conn, "RELEASE jobs").is_err() {
+            return abandon(conn);
+        }
         let (again, rest) = jobs.split_at_mut(failed + 1);
         again.iter_mut().for_each(|j| run_alone(conn, j));
         jobs = rest;
@@ -843,6 +892,59 @@ fn serve_lock_held(lock: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// Holds SQLite's write lock so the writer waits in its `BEGIN` with one
+    /// job of its own, while the writes under test queue up behind it into
+    /// one batch; dropping what this returns after `wait` lets it go.
+    async fn hold_the_writer(store: &Arc<SqliteStore>) -> (Connection, tokio::task::JoinHandle<()>) {
+        let holder = Connection::open(store.path()).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let first = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write_sql(|c| set_setting(c, "first", "1")).await.unwrap() })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        (holder, first)
+    }
+
+    /// Lets the writer go 100 ms after it is first polled.
+    async fn release(holder: Connection) {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        holder.execute_batch("COMMIT").unwrap();
+    }
+
+    /// The settings `keys` as the store holds them.
+    fn settings(store: &SqliteStore, keys: &str) -> Vec<(String, String)> {
+        store
+            .read(|c| {
+                c.prepare(&format!(
+                    "SELECT key, value FROM settings WHERE key IN ({keys}) ORDER BY key"
+                ))?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+            })
+            .unwrap()
+    }
+
+    /// A write of setting `key` that may rerun, counting its runs; `fails`
+    /// says whether a run (careful or not) fails after writing, and how.
+    fn again(
+        store: &Arc<SqliteStore>,
+        key: &'static str,
+        runs: &Arc<std::sync::atomic::AtomicUsize>,
+        fails: fn(&Connection, bool) -> Option<rusqlite::Error>,
+    ) -> StoreFuture<'static, Result<(), StoreError>> {
+        let (store, runs) = (store.clone(), runs.clone());
+        Box::pin(async move {
+            store
+                .write_sql_again(move |c, careful| {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    set_setting(c, key, if careful { "careful" } else { "fast" })?;
+                    fails(c, careful).map_or(Ok(()), Err)
+                })
+                .await
+        })
+    }
+
     /// One batch of writes, some without savepoints of their own: one that
     /// fails on its first run (not careful) and succeeds careful, one that
     /// always fails, and one that does not rerun between them. Every write
@@ -854,29 +956,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("workhost-writer-batch-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = SqliteStore::open(&dir).unwrap();
-        // Hold the write lock, so the writer waits in its BEGIN with one
-        // job while the batch under test queues up behind it.
-        let holder = Connection::open(store.path()).unwrap();
-        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let first = {
-            let store = store.clone();
-            tokio::spawn(async move { store.write_sql(|c| set_setting(c, "first", "1")).await })
-        };
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (holder, first) = hold_the_writer(&store).await;
         let runs: Vec<Arc<AtomicUsize>> = (0..6).map(|_| Arc::default()).collect();
-        // A write of setting `key` that may rerun; `fails(careful)` says
-        // whether this run fails after writing.
-        let again = |key: &'static str, runs: &Arc<AtomicUsize>, fails: fn(bool) -> bool| {
-            let runs = runs.clone();
-            store.write_sql_again(move |c, careful| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                set_setting(c, key, if careful { "careful" } else { "fast" })?;
-                if fails(careful) {
-                    return Err(rusqlite::Error::InvalidQuery);
-                }
-                Ok(())
-            })
-        };
+        let refused = |_: &Connection, _| Some(rusqlite::Error::InvalidQuery);
         let once = {
             let runs = runs[2].clone();
             store.write_sql(move |c| {
@@ -884,29 +966,22 @@ mod tests {
                 set_setting(c, "c", "once")
             })
         };
-        let release = async {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            holder.execute_batch("COMMIT").unwrap();
-        };
         let (a, b, c, d, e, f, ()) = tokio::join!(
-            again("a", &runs[0], |_| false),
-            again("b", &runs[1], |careful| !careful),
+            again(&store, "a", &runs[0], |_, _| None),
+            again(&store, "b", &runs[1], |_, careful| (!careful)
+                .then_some(rusqlite::Error::InvalidQuery)),
             once,
-            again("d", &runs[3], |_| false),
-            again("e", &runs[4], |_| true),
-            again("f", &runs[5], |_| false),
-            release,
+            again(&store, "d", &runs[3], |_, _| None),
+            again(&store, "e", &runs[4], refused),
+            again(&store, "f", &runs[5], |_, _| None),
+            release(holder),
         );
-        first.await.unwrap().unwrap();
+        first.await.unwrap();
         assert!(a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok() && f.is_ok());
-        assert!(e.is_err(), "{e:?}");
-        let settings: Vec<(String, String)> = store
-            .read(|c| {
-                c.prepare("SELECT key, value FROM settings WHERE key IN ('a', 'b', 'c', 'd', 'e', 'f') ORDER BY key")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect()
-            })
-            .unwrap();
+        assert!(
+            matches!(&e, Err(StoreError::Backend(m)) if m.contains("Query is not read-only")),
+            "the failed write hears its own error: {e:?}"
+        );
         let expect = [
             ("a", "careful"),
             ("b", "careful"),
@@ -915,7 +990,7 @@ mod tests {
             ("f", "fast"),
         ];
         assert_eq!(
-            settings,
+            settings(&store, "'a', 'b', 'c', 'd', 'e', 'f'"),
             expect.map(|(k, v)| (k.to_string(), v.to_string())),
             "each write that succeeded, as its last run left it"
         );
@@ -923,6 +998,53 @@ mod tests {
         // a and b ran together, then again alone after b failed; c alone
         // once; d and e together, then again alone after e failed; f once.
         assert_eq!(counts, [2, 2, 1, 2, 2, 1]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A write whose failure ends the whole transaction (as SQLite does on
+    /// a full disk or an I/O error) fails its batch: nothing of it is
+    /// written, every write hears so, and no later job runs outside the
+    /// transaction, where its savepoint would commit on its own.
+    #[tokio::test]
+    async fn a_batch_whose_transaction_ends_early_writes_nothing_and_fails_every_write() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = std::env::temp_dir().join(format!("workhost-writer-lost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir).unwrap();
+        let (holder, first) = hold_the_writer(&store).await;
+        let runs: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::default()).collect();
+        let once = {
+            let runs = runs[2].clone();
+            store.write_sql(move |c| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                set_setting(c, "c", "once")
+            })
+        };
+        let ends_it = |c: &Connection, _| {
+            c.execute_batch("ROLLBACK").unwrap();
+            Some(rusqlite::Error::InvalidQuery)
+        };
+        let (a, b, c, d, ()) = tokio::join!(
+            again(&store, "a", &runs[0], |_, _| None),
+            again(&store, "b", &runs[1], ends_it),
+            once,
+            again(&store, "d", &runs[3], |_, _| None),
+            release(holder),
+        );
+        first.await.unwrap();
+        for (what, result) in [("a", a), ("b", b), ("c", c), ("d", d)] {
+            assert!(
+                matches!(&result, Err(StoreError::Backend(m)) if m.contains("nothing of this batch was written")),
+                "{what}: {result:?}"
+            );
+        }
+        assert_eq!(settings(&store, "'a', 'b', 'c', 'd'"), [], "nothing of the batch");
+        let counts: Vec<usize> = runs.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+        assert_eq!(counts, [1, 1, 0, 0], "nothing ran after the transaction ended");
+        // The writer goes on with the next batch.
+        store.write_sql(|c| set_setting(c, "after", "1")).await.unwrap();
+        assert_eq!(settings(&store, "'after'"), [("after".to_string(), "1".to_string())]);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -634,20 +634,33 @@ pub(super) fn claim_in(
     Ok(claimed)
 }
 
+/// What of a device state the claim's statement depends on
+/// ([`constraint_filter`]): not its raw readings, which change at every
+/// sample.
+type ClaimKey = (crate::device::NetworkState, bool, bool, bool, bool);
+
 thread_local! {
-    /// The claim statement last made ([`claim_sql`]) and the device state it
-    /// was made for: claims run on the store's writer thread, and the device
-    /// state changes seldom, so most claims use the text made before.
-    static CLAIM_SQL: std::cell::RefCell<Option<(DeviceState, std::rc::Rc<str>)>> = const { std::cell::RefCell::new(None) };
+    /// The claim statement last made ([`claim_sql`]) and what of the device
+    /// state it was made for: claims run on the store's writer thread, and
+    /// that changes seldom, so most claims use the text made before.
+    static CLAIM_SQL: std::cell::RefCell<Option<(ClaimKey, std::rc::Rc<str>)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// [`claim_sql`] for `device`, made again only when the device state changed.
+/// [`claim_sql`] for `device`, made again only when what it depends on
+/// changed.
 fn claim_sql_for(device: &DeviceState) -> std::rc::Rc<str> {
+    let key: ClaimKey = (
+        device.network,
+        device.charging,
+        device.battery_low,
+        device.idle,
+        device.storage_low,
+    );
     CLAIM_SQL.with_borrow_mut(|last| match last {
-        Some((d, sql)) if d == device => sql.clone(),
+        Some((k, sql)) if *k == key => sql.clone(),
         _ => {
             let sql: std::rc::Rc<str> = claim_sql(device).into();
-            *last = Some((device.clone(), sql.clone()));
+            *last = Some((key, sql.clone()));
             sql
         }
     })

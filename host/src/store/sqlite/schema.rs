@@ -257,10 +257,6 @@ pub(super) fn open_connection(path: &Path) -> Result<(Connection, Header), Fail>
     };
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
-    // The writer's savepoints (one per job of a group commit) journal each
-    // page they first touch; in memory, not in a temporary file opened,
-    // written and closed at every transaction.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // Every statement the store runs stays prepared: rusqlite keeps 16 by
     // default, fewer than a claim, a finish and an enqueue use between
     // them, and a statement pushed out is parsed and planned again.
