@@ -612,7 +612,7 @@ impl TaskStore for SqliteStore {
         self.write_sql_again(move |conn, _careful| claim_in(conn, now, limit, &may_run, &device, &rates, None))
     }
 
-    /// One job: the finish, then the claim. Careful (see [`run_batch`]),
+    /// One job: the finish, then the claim. Careful (see `run_batch`),
     /// the claim runs in a savepoint of its own, so a claim that fails (a
     /// damaged task row) is rolled back alone and the finish still commits;
     /// otherwise a failed claim fails the job, which then runs again
