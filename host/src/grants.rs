@@ -266,7 +266,8 @@ pub(crate) struct HttpGate {
     grants: Arc<Grants>,
     resolver: Arc<dyn Resolver>,
     log: SharedLog,
-    usage: Arc<HttpUsage>,
+    /// Made at the run's first request: most runs make none.
+    usage: Option<Arc<HttpUsage>>,
 }
 
 /// What a run's requests used so far, shared with their response bodies.
@@ -282,7 +283,7 @@ impl HttpGate {
             grants,
             resolver,
             log,
-            usage: Arc::default(),
+            usage: None,
         }
     }
 }
@@ -303,7 +304,7 @@ impl WasiHttpHooks for HttpGate {
         let grants = self.grants.clone();
         let resolver = self.resolver.clone();
         let log = self.log.clone();
-        let used = self.usage.clone();
+        let used = self.usage.get_or_insert_with(Arc::default).clone();
         Box::new(async move {
             let uri = request.uri().clone();
             let refuse = |why: String| {
