@@ -84,6 +84,25 @@ pub enum DataError {
     NotKeyValue(String),
 }
 
+/// The length of `value`'s JSON text, counted as it is written and never
+/// kept (guest data may be large).
+fn json_len(value: &impl Serialize) -> usize {
+    /// Counts what is written, keeping nothing.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("task data always serializes");
+    count.0
+}
+
 impl Data {
     /// Empty data.
     pub fn new() -> Self {
@@ -157,20 +176,7 @@ impl Data {
     /// The serialized size: the length of the canonical JSON form (the
     /// store keeps a typed form of it, see docs/store.md).
     pub fn serialized_size(&self) -> usize {
-        /// Counts what is written, keeping nothing.
-        struct Count(usize);
-        impl std::io::Write for Count {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0 += bytes.len();
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut count = Count(0);
-        serde_json::to_writer(&mut count, self).expect("task data always serializes");
-        count.0
+        json_len(self)
     }
 
     /// Checks the rules of SPEC section 8: non-empty keys, finite floats,
@@ -194,7 +200,7 @@ impl Data {
             let largest_key = self
                 .0
                 .iter()
-                .max_by_key(|(k, v)| k.len() + serde_json::to_string(v).map_or(0, |s| s.len()))
+                .max_by_key(|(k, v)| k.len() + json_len(v))
                 .map(|(k, _)| k.clone())
                 .unwrap_or_default();
             return Err(DataError::TooLarge { size, largest_key });

@@ -179,7 +179,7 @@ pub struct StopHandle(Arc<StopState>);
 /// The reason a run was stopped, and who waits for it.
 #[derive(Debug, Default)]
 struct StopState {
-    reason: std::sync::Mutex<Option<StopReason>>,
+    reason: std::sync::OnceLock<StopReason>,
     stopped: tokio::sync::Notify,
 }
 
@@ -193,19 +193,14 @@ impl StopHandle {
     /// yields at every epoch tick, so a running guest stops within about
     /// one tick (10 ms).
     pub fn stop(&self, reason: StopReason) {
-        {
-            let mut current = self.0.reason.lock().unwrap_or_else(|e| e.into_inner());
-            if current.is_some() {
-                return;
-            }
-            *current = Some(reason);
+        if self.0.reason.set(reason).is_ok() {
+            self.0.stopped.notify_waiters();
         }
-        self.0.stopped.notify_waiters();
     }
 
     /// The reason given, if the run was stopped.
     pub fn reason(&self) -> Option<StopReason> {
-        *self.0.reason.lock().unwrap_or_else(|e| e.into_inner())
+        self.0.reason.get().copied()
     }
 
     async fn stopped(&self) -> StopReason {
@@ -267,9 +262,7 @@ impl RunRequest {
             progress: None,
             stop: StopHandle::new(),
             grants: NO_GRANTS.get_or_init(Arc::default).clone(),
-            resolver: SYSTEM_RESOLVER
-                .get_or_init(|| Arc::new(crate::outbound::SystemResolver))
-                .clone(),
+            resolver: crate::outbound::system_resolver(),
         }
     }
 }
@@ -277,9 +270,6 @@ impl RunRequest {
 /// The grants of [`RunRequest::new`] (none), shared by every request
 /// that keeps them.
 static NO_GRANTS: std::sync::OnceLock<Arc<crate::grants::Grants>> = std::sync::OnceLock::new();
-
-/// The resolver of [`RunRequest::new`], shared likewise.
-static SYSTEM_RESOLVER: std::sync::OnceLock<Arc<dyn crate::outbound::Resolver>> = std::sync::OnceLock::new();
 
 impl Handler {
     /// Whether loading this handler compiled it or found it in the cache.

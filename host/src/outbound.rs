@@ -40,6 +40,12 @@ pub trait Resolver: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemResolver;
 
+/// The system resolver, one for the process: runs and requests share it.
+pub(crate) fn system_resolver() -> std::sync::Arc<dyn Resolver> {
+    static SHARED: std::sync::OnceLock<std::sync::Arc<dyn Resolver>> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| std::sync::Arc::new(SystemResolver)).clone()
+}
+
 impl Resolver for SystemResolver {
     fn resolve(&self, host: &str) -> ResolveFuture {
         let host = host.to_string();

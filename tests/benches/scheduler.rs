@@ -34,15 +34,15 @@
 //! `=paced` only case 2 (after the executor-only rate it is paced by),
 //! `=burst` only the SQLite burst of case 1 (executor-only, end to end,
 //! the store alone, SQLite's floor; for a profiler: `WORKHOST_BENCH_N` sets
-//! its size), `=store` only the store alone, `=postgres`
+//! its size), `=store` only the store alone (`WORKHOST_BENCH_N` tasks too), `=postgres`
 //! that burst and then PostgreSQL's (one host, then paced).
 //! `WORKHOST_BENCH_SLOTS` sets the run slots of the benchmark's hosts
 //! (default 64), to tell a slot-bound run from a store-bound one.
 
 use std::time::{Duration, Instant};
 
-use workhost::{Data, EngineConfig, Executor, Host, Queue, RunRequest, TaskId, TaskState, WorkRequest};
-use workhost_tests::{guests, host_config, rss_mib};
+use workhost::{Clock, Data, EngineConfig, Executor, Host, Queue, RunRequest, TaskId, TaskState, WorkRequest};
+use workhost_tests::{guests, host_config, in_flight, rss_mib};
 
 const N: usize = 20_000;
 
@@ -55,37 +55,35 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        // `WORKHOST_BENCH_ONLY=storms`: only the storm cases (3).
-        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("storms") {
-            storms().await;
-            return;
-        }
-        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("dashboard") {
-            dashboard().await;
-            return;
-        }
-        // `WORKHOST_BENCH_ONLY=store`: only the store alone (for a profiler).
-        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("store") {
-            let n = std::env::var("WORKHOST_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N);
-            println!("the store alone, no runs: {:.0} tasks/s", store_only(n).await);
-            return;
-        }
+        // `WORKHOST_BENCH_ONLY` (see the module's doc), read once; a name
+        // it does not know is refused rather than run as everything.
         let only = std::env::var("WORKHOST_BENCH_ONLY").ok();
-        if only.is_none() || only.as_deref() == Some("pending") {
-            pending().await;
-            if only.is_some() {
+        const ONLY: [&str; 7] = ["storms", "dashboard", "store", "pending", "paced", "burst", "postgres"];
+        if let Some(o) = only.as_deref() {
+            assert!(ONLY.contains(&o), "WORKHOST_BENCH_ONLY={o:?} is not one of {ONLY:?}");
+        }
+        let only = only.as_deref();
+        let n: usize = std::env::var("WORKHOST_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N);
+        match only {
+            Some("storms") => return storms().await,
+            Some("dashboard") => return dashboard().await,
+            Some("store") => {
+                println!("the store alone, no runs: {:.0} tasks/s", store_only(n).await);
                 return;
             }
+            Some("pending") => return pending().await,
+            None => pending().await,
+            _ => {}
         }
         let exec_rate = executor_only().await;
         println!("{N} echo tasks; executor only: {exec_rate:.0} runs/s");
-        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("paced") {
+        if only == Some("paced") {
             paced(exec_rate).await;
             return;
         }
 
         let (host, _dir) = start_host().await;
-        let burst: usize = std::env::var("WORKHOST_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(N);
+        let burst = n;
         let start = Instant::now();
         let ids = enqueue_burst(host.queue(), burst).await;
         let enqueued_in = start.elapsed().as_secs_f64();
@@ -116,7 +114,7 @@ fn main() {
             floor / exec_rate,
             rate / floor
         );
-        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("burst") {
+        if only == Some("burst") {
             return;
         }
 
@@ -154,7 +152,7 @@ fn main() {
             );
             host.shutdown().await;
         }
-        if std::env::var("WORKHOST_BENCH_ONLY").as_deref() == Ok("postgres") {
+        if only == Some("postgres") {
             return;
         }
 
@@ -256,19 +254,15 @@ async fn executor_only() -> f64 {
     let executor = Executor::new(EngineConfig::default()).unwrap();
     let handler = executor.load_file(guests::ECHO.as_ref()).unwrap();
     let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..N {
-        if set.len() >= 64 {
-            set.join_next().await.unwrap().unwrap();
-        }
+    in_flight(N, 64, |i| {
         let h = handler.clone();
-        set.spawn(async move {
+        async move {
             let mut r = RunRequest::new("bench");
             r.input = Data::new().with("i", i as i64);
             assert!(h.run(r).await.output().is_some());
-        });
-    }
-    while set.join_next().await.is_some() {}
+        }
+    })
+    .await;
     N as f64 / start.elapsed().as_secs_f64()
 }
 
@@ -279,18 +273,7 @@ async fn enqueue_one(q: Queue, i: usize) -> TaskId {
 }
 
 async fn enqueue_burst(q: &Queue, n: usize) -> Vec<TaskId> {
-    let mut set = tokio::task::JoinSet::new();
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        if set.len() >= 64 {
-            ids.push(set.join_next().await.unwrap().unwrap());
-        }
-        set.spawn(enqueue_one(q.clone(), i));
-    }
-    while let Some(id) = set.join_next().await {
-        ids.push(id.unwrap());
-    }
-    ids
+    in_flight(n, 64, |i| enqueue_one(q.clone(), i)).await
 }
 
 /// Enqueues `per_sec` tasks a second, a batch every millisecond, for `for_`.
@@ -522,7 +505,7 @@ async fn store_only(n: usize) -> f64 {
 
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
-    let now = now_ms;
+    let now = || workhost::SystemClock.now();
     let me = HostIdentity {
         id: "bench".into(),
         incarnation: "1".into(),
@@ -533,27 +516,23 @@ async fn store_only(n: usize) -> f64 {
     let enqueuer = {
         let store = store.clone();
         tokio::spawn(async move {
-            let mut set = tokio::task::JoinSet::new();
-            for i in 0..n {
-                if set.len() >= 64 {
-                    set.join_next().await.unwrap().unwrap();
-                }
+            in_flight(n, 64, |i| {
                 let store = store.clone();
-                set.spawn(async move {
+                async move {
                     let mut r = WorkRequest::one_off("echo", "bench");
                     r.input = Data::new().with("i", i as i64);
                     let (r, _) = r.checked(&PeriodicFloor::default()).unwrap();
                     store.enqueue(r, now(), EnqueueHooks::default()).await.unwrap();
-                });
-            }
-            while set.join_next().await.is_some() {}
+                }
+            })
+            .await;
         })
     };
     let mut loops = tokio::task::JoinSet::new();
     for _ in 0..64 {
         let (store, done, me) = (store.clone(), done.clone(), me.clone());
         loops.spawn(async move {
-            let mut claimed = Vec::new();
+            let mut claimed: Vec<workhost::Claimed> = Vec::new();
             while done.load(Ordering::Relaxed) < n {
                 let Some(c) = claimed.pop() else {
                     claimed = store
@@ -565,7 +544,6 @@ async fn store_only(n: usize) -> f64 {
                     }
                     continue;
                 };
-                let c: workhost::Claimed = c;
                 let outcome = RunOutcome {
                     result: RunResult::Succeeded(c.info.input.clone()),
                     duration: Duration::ZERO,
@@ -609,61 +587,43 @@ fn sqlite_floor(n: usize) -> f64 {
     drop(workhost::SqliteStore::open(dir.path()).unwrap());
     let conn = rusqlite::Connection::open(dir.path().join("workhost.db")).unwrap();
     conn.pragma_update(None, "synchronous", "FULL").unwrap();
-    let now = now_ms();
+    let now = workhost::SystemClock.now();
+    let prepare = |sql: &str| conn.prepare(sql).unwrap();
+    let mut insert = prepare(
+        "INSERT INTO tasks (id, handler, task, kind, state, input, max_attempts, next_run_at, backoff, \
+         backoff_delay_ms, created_at) VALUES (?1, 'echo', 'bench', 'one_off', 'enqueued', ?2, 10, ?3, \
+         'exponential', 10000, ?3)",
+    );
+    let mut running = prepare("UPDATE tasks SET state = 'running', attempts = attempts + 1 WHERE id = ?1");
+    let mut open = prepare("INSERT INTO attempts (task_id, attempt, run_attempt, started_at) VALUES (?1, 1, 1, ?2)");
+    let mut close =
+        prepare("UPDATE attempts SET ended_at = ?2, outcome = 'success' WHERE task_id = ?1 AND attempt = 1");
+    let mut succeeded = prepare("UPDATE tasks SET state = 'succeeded', output = ?2, finished_at = ?3 WHERE id = ?1");
+    // One commit of `step` for each task of `ids`.
+    let commit = |ids: std::ops::RangeInclusive<i64>, step: &mut dyn FnMut(i64)| {
+        let tx = conn.unchecked_transaction().unwrap();
+        ids.for_each(&mut *step);
+        tx.commit().unwrap();
+    };
     let start = Instant::now();
     let mut next_id = 0i64;
     while (next_id as usize) < n {
-        let first = next_id + 1;
-        let last = (next_id + 64).min(n as i64);
-        let tx = conn.unchecked_transaction().unwrap();
-        for i in first..=last {
-            tx.prepare_cached(
-                "INSERT INTO tasks (id, handler, task, kind, state, input, max_attempts, next_run_at, backoff, \
-                 backoff_delay_ms, created_at) VALUES (?1, 'echo', 'bench', 'one_off', 'enqueued', ?2, 10, ?3, \
-                 'exponential', 10000, ?3)",
-            )
-            .unwrap()
-            .execute(rusqlite::params![i, format!("{{\"i\":{i}}}"), now])
-            .unwrap();
-        }
-        tx.commit().unwrap();
-        let tx = conn.unchecked_transaction().unwrap();
-        for i in first..=last {
-            tx.prepare_cached("UPDATE tasks SET state = 'running', attempts = attempts + 1 WHERE id = ?1")
-                .unwrap()
-                .execute([i])
-                .unwrap();
-            tx.prepare_cached("INSERT INTO attempts (task_id, attempt, run_attempt, started_at) VALUES (?1, 1, 1, ?2)")
-                .unwrap()
-                .execute(rusqlite::params![i, now])
-                .unwrap();
-        }
-        tx.commit().unwrap();
-        let tx = conn.unchecked_transaction().unwrap();
-        for i in first..=last {
-            tx.prepare_cached(
-                "UPDATE attempts SET ended_at = ?2, outcome = 'success' WHERE task_id = ?1 AND attempt = 1",
-            )
-            .unwrap()
-            .execute(rusqlite::params![i, now])
-            .unwrap();
-            tx.prepare_cached("UPDATE tasks SET state = 'succeeded', output = ?2, finished_at = ?3 WHERE id = ?1")
-                .unwrap()
-                .execute(rusqlite::params![i, format!("{{\"i\":{i}}}"), now])
-                .unwrap();
-        }
-        tx.commit().unwrap();
-        next_id = last;
+        let ids = next_id + 1..=(next_id + 64).min(n as i64);
+        let data = |i: i64| format!("{{\"i\":{i}}}");
+        commit(ids.clone(), &mut |i| {
+            insert.execute(rusqlite::params![i, data(i), now]).unwrap();
+        });
+        commit(ids.clone(), &mut |i| {
+            running.execute([i]).unwrap();
+            open.execute(rusqlite::params![i, now]).unwrap();
+        });
+        commit(ids.clone(), &mut |i| {
+            close.execute(rusqlite::params![i, now]).unwrap();
+            succeeded.execute(rusqlite::params![i, data(i), now]).unwrap();
+        });
+        next_id = *ids.end();
     }
     n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// The wall clock in milliseconds since the epoch, as the store keeps it.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
 
 /// Case 4: host memory with `WORKHOST_BENCH_PENDING` (default 1,000,000)
@@ -681,19 +641,15 @@ async fn pending() {
     let idle = rss_mib();
     let start = Instant::now();
     let q = host.queue().clone();
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..pending {
-        if set.len() >= 256 {
-            set.join_next().await.unwrap().unwrap();
-        }
+    in_flight(pending, 256, |i| {
         let q = q.clone();
-        set.spawn(async move {
+        async move {
             let mut r = WorkRequest::one_off("echo", "later");
             r.initial_delay = Duration::from_secs(3600 + (i % 3600) as u64);
             q.enqueue(r).await.unwrap();
-        });
-    }
-    while set.join_next().await.is_some() {}
+        }
+    })
+    .await;
     let loaded = rss_mib();
     let one = q.enqueue(WorkRequest::one_off("echo", "now")).await.unwrap().id;
     wait_state(&q, one, TaskState::Succeeded).await;

@@ -79,21 +79,17 @@ async fn start_host() -> (Host, tempfile::TempDir) {
 
 /// `n` schedules: minute `i % 60`, hour `i / 60 % 24`, in eight zones.
 async fn register(q: &Queue, n: usize) {
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..n {
-        if set.len() >= 64 {
-            set.join_next().await.unwrap().unwrap();
-        }
+    workhost_tests::in_flight(n, 64, |i| {
         let q = q.clone();
-        set.spawn(async move {
+        async move {
             let expr = format!("{} {} * * *", i % 60, i / 60 % 24);
             let s = CronSchedule::new(&expr, Some(ZONES[i % ZONES.len()]), CatchUp::Last).unwrap();
             let mut r = WorkRequest::cron("echo", format!("s{i}"), s);
             r.unique = Some((format!("schedule-{i}"), workhost::ExistingWorkPolicy::Update));
             q.enqueue(r).await.unwrap();
-        });
-    }
-    while set.join_next().await.is_some() {}
+        }
+    })
+    .await;
 }
 
 /// The median time of what a dispatcher's look asks of the store.

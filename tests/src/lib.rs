@@ -8,6 +8,33 @@ use std::sync::OnceLock;
 
 use workhost::{EngineConfig, Executor};
 
+/// Runs `make(i)` for every `i` in `0..n`, each future on a task of its
+/// own and at most `limit` at once (the benchmarks' "N in flight"); returns
+/// their outputs in the order they finished.
+pub async fn in_flight<T, Fut>(n: usize, limit: usize, mut make: impl FnMut(usize) -> Fut) -> Vec<T>
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if set.len() >= limit {
+            out.push(
+                set.join_next()
+                    .await
+                    .expect("a task is in flight")
+                    .expect("a task panicked"),
+            );
+        }
+        set.spawn(make(i));
+    }
+    while let Some(done) = set.join_next().await {
+        out.push(done.expect("a task panicked"));
+    }
+    out
+}
+
 pub mod chaos;
 pub mod http_client;
 pub mod pg;

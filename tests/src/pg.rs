@@ -707,11 +707,6 @@ impl OwnServer {
         self.port
     }
 
-    /// The role it was created with, a superuser.
-    pub fn role(&self) -> &'static str {
-        ROLE
-    }
-
     /// Runs `sql` as its superuser, over its socket; panics naming it.
     pub fn admin_sql(&self, sql: &str) {
         run_admin(self.admin(), sql.to_string()).unwrap_or_else(|e| panic!("{sql}: {e}"));

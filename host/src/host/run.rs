@@ -178,7 +178,7 @@ pub(super) async fn run_task(inner: Arc<Inner>, mut claimed: Claimed, stop: Stop
                 progress: progress.as_ref().map(|p| p.sink()),
                 stop,
                 grants: loaded.config.grants.clone(),
-                resolver: Arc::new(crate::outbound::SystemResolver),
+                resolver: crate::outbound::system_resolver(),
             };
             match pinned.and_then(Result::ok) {
                 Some(version) => version.run(request).await,

@@ -530,8 +530,7 @@ impl TaskStore for PgStore {
                         ops::exec(&tx, sql::LIMIT_LOCK, &[&format!("rate:{handler}")]).await?;
                         let since = now.saturating_sub(rate.window_ms());
                         ops::exec(&tx, sql::FORGET_STARTS, &[&handler, &since]).await?;
-                        let counted = ops::rows(&tx, sql::COUNT_STARTS, &[&handler, &since]).await?;
-                        let used: i64 = counted.first().map_or(Ok(0), |r| r.try_get("n"))?;
+                        let used = ops::one_i64(&tx, sql::COUNT_STARTS, &[&handler, &since], "n").await?;
                         slots[i] = slots[i].min((i64::from(rate.count) - used).max(0));
                     }
                 }
@@ -585,8 +584,8 @@ impl TaskStore for PgStore {
             in_tx!(self, |tx| async {
                 let n = ops::exec(&tx, sql::SET_PROGRESS, &[&id, &lease, &json]).await?;
                 if n == 0 {
-                    tx.query(sql::MARK_FENCED, &[&id, &lease, &crate::work::millis(rows::wall_now())])
-                        .await?;
+                    let now = crate::work::millis(rows::wall_now());
+                    ops::exec(&tx, sql::MARK_FENCED, &[&id, &lease, &now]).await?;
                 }
                 Ok::<_, Fail>(())
             }
@@ -802,8 +801,7 @@ impl TaskStore for PgStore {
             let read = async {
                 let client = self.client().await?;
                 // One row always (`coalesce(max(id), 0)`).
-                let last = ops::rows(&client, sql::LAST_ID, &[]).await?;
-                Ok::<_, Fail>(last.first().map_or(Ok(0), |r| r.try_get::<_, i64>(0))?)
+                ops::one_i64(&client, sql::LAST_ID, &[], "id").await
             };
             read.await.map_err(|f| self.store_error(f))
         })

@@ -43,6 +43,18 @@ pub(super) async fn rows(
     Ok(client.query(&stmt, params).await?)
 }
 
+/// The one row of a prepared statement that always returns one (an
+/// aggregate), see [`rows`]; its column `column` as an `i64`.
+pub(super) async fn one_i64(
+    client: &impl GenericClient,
+    statement: &str,
+    params: &[&(dyn ToSql + Sync)],
+    column: &str,
+) -> Result<i64, Fail> {
+    let stmt = client.prepare_cached(statement).await?;
+    Ok(client.query_one(&stmt, params).await?.try_get(column)?)
+}
+
 /// A prepared statement's count of rows changed (see [`rows`]).
 pub(super) async fn exec(
     client: &impl GenericClient,
@@ -167,10 +179,7 @@ pub(super) async fn enqueue_in(
     if let (Some(policy), Some(q)) = (r.expedited, quota) {
         exec(tx, sql::LIMIT_LOCK, &[&format!("quota:{}", r.handler)]).await?;
         let since = now.saturating_sub(q.window_ms());
-        let used: i64 = rows(tx, sql::EXPEDITED_SINCE, &[&r.handler, &since])
-            .await?
-            .first()
-            .map_or(Ok(0), |row| row.try_get("n"))?;
+        let used = one_i64(tx, sql::EXPEDITED_SINCE, &[&r.handler, &since], "n").await?;
         if used >= i64::from(q.count) {
             let (dropped, warning) = crate::work::quota_spent(&r.handler, q, policy);
             r.expedited = None;

@@ -45,19 +45,20 @@ enum Mode {
 }
 
 impl Mode {
+    /// Every mode, in libpq's order.
+    const ALL: [Mode; 6] = [
+        Mode::Disable,
+        Mode::Allow,
+        Mode::Prefer,
+        Mode::Require,
+        Mode::VerifyCa,
+        Mode::VerifyFull,
+    ];
+
     fn parse(value: &str) -> Result<Mode, String> {
-        Ok(match value {
-            "disable" => Mode::Disable,
-            "allow" => Mode::Allow,
-            "prefer" => Mode::Prefer,
-            "require" => Mode::Require,
-            "verify-ca" => Mode::VerifyCa,
-            "verify-full" => Mode::VerifyFull,
-            other => {
-                return Err(format!(
-                    "sslmode {other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"
-                ));
-            }
+        Mode::ALL.into_iter().find(|m| m.name() == value).ok_or_else(|| {
+            let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+            format!("sslmode {value:?} is not one of {}", names.join(", "))
         })
     }
 
@@ -106,10 +107,14 @@ impl Options {
     }
 }
 
-/// Whether `key` is one of the TLS options taken out here.
+/// Whether `key` is one of the TLS options taken out here
+/// ([`Options::take`]).
 fn is_tls_option(key: &str) -> bool {
-    matches!(key, "sslmode" | "sslrootcert" | "sslcert" | "sslkey")
+    TLS_OPTIONS.contains(&key)
 }
+
+/// The TLS options taken out of a connection string.
+const TLS_OPTIONS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// `url` without the TLS options tokio-postgres does not know (with
 /// `sslmode` as it knows it), and the connector that does what they ask.

@@ -666,11 +666,8 @@ impl TaskStore for SqliteStore {
         outcome: &'a RunOutcome,
         now: Millis,
     ) -> StoreFuture<'a, Result<Vec<Change>, StoreError>> {
-        let (record, output) = (AttemptEnd::of(outcome), output_json(&transition));
-        let job = move |conn: &Connection, _careful: bool| {
-            finish_in(conn, id, lease, &transition, output.as_deref(), &record, now)
-        };
-        self.write_sql_again(job)
+        let finished = self.finish_then_claim(id, lease, transition, outcome, now, None);
+        Box::pin(async move { finished.await.map(|(changes, _)| changes) })
     }
 
     fn set_progress<'a>(
@@ -894,7 +891,8 @@ mod tests {
 
     /// Holds SQLite's write lock so the writer waits in its `BEGIN` with one
     /// job of its own, while the writes under test queue up behind it into
-    /// one batch; dropping what this returns after `wait` lets it go.
+    /// one batch; [`release`] of the connection it returns lets it go, and
+    /// the handle ends with that first job.
     async fn hold_the_writer(store: &Arc<SqliteStore>) -> (Connection, tokio::task::JoinHandle<()>) {
         let holder = Connection::open(store.path()).unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
@@ -945,6 +943,24 @@ mod tests {
         })
     }
 
+    /// A write of setting `key` (to "once") that does not rerun, counting
+    /// its runs.
+    fn once(
+        store: &Arc<SqliteStore>,
+        key: &'static str,
+        runs: &Arc<std::sync::atomic::AtomicUsize>,
+    ) -> StoreFuture<'static, Result<(), StoreError>> {
+        let (store, runs) = (store.clone(), runs.clone());
+        Box::pin(async move {
+            store
+                .write_sql(move |c| {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    set_setting(c, key, "once")
+                })
+                .await
+        })
+    }
+
     /// One batch of writes, some without savepoints of their own: one that
     /// fails on its first run (not careful) and succeeds careful, one that
     /// always fails, and one that does not rerun between them. Every write
@@ -959,18 +975,11 @@ mod tests {
         let (holder, first) = hold_the_writer(&store).await;
         let runs: Vec<Arc<AtomicUsize>> = (0..6).map(|_| Arc::default()).collect();
         let refused = |_: &Connection, _| Some(rusqlite::Error::InvalidQuery);
-        let once = {
-            let runs = runs[2].clone();
-            store.write_sql(move |c| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                set_setting(c, "c", "once")
-            })
-        };
         let (a, b, c, d, e, f, ()) = tokio::join!(
             again(&store, "a", &runs[0], |_, _| None),
             again(&store, "b", &runs[1], |_, careful| (!careful)
                 .then_some(rusqlite::Error::InvalidQuery)),
-            once,
+            once(&store, "c", &runs[2]),
             again(&store, "d", &runs[3], |_, _| None),
             again(&store, "e", &runs[4], refused),
             again(&store, "f", &runs[5], |_, _| None),
@@ -1014,13 +1023,6 @@ mod tests {
         let store = SqliteStore::open(&dir).unwrap();
         let (holder, first) = hold_the_writer(&store).await;
         let runs: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::default()).collect();
-        let once = {
-            let runs = runs[2].clone();
-            store.write_sql(move |c| {
-                runs.fetch_add(1, Ordering::SeqCst);
-                set_setting(c, "c", "once")
-            })
-        };
         let ends_it = |c: &Connection, _| {
             c.execute_batch("ROLLBACK").unwrap();
             Some(rusqlite::Error::InvalidQuery)
@@ -1028,7 +1030,7 @@ mod tests {
         let (a, b, c, d, ()) = tokio::join!(
             again(&store, "a", &runs[0], |_, _| None),
             again(&store, "b", &runs[1], ends_it),
-            once,
+            once(&store, "c", &runs[2]),
             again(&store, "d", &runs[3], |_, _| None),
             release(holder),
         );
