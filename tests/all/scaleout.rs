@@ -701,6 +701,36 @@ fn tls_to_postgres_checks_what_its_sslmode_asks_and_a_refusal_names_the_problem(
             "UnknownIssuer",
         ),
         (
+            "verify-ca refuses a certificate of another CA",
+            url(
+                "workhost",
+                "127.0.0.1",
+                "tlsdb",
+                &format!("sslmode=verify-ca&sslrootcert={stranger_pem}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            "require with a root file checks the chain against it (as libpq)",
+            url(
+                "workhost",
+                "127.0.0.1",
+                "tlsdb",
+                &format!("sslmode=require&sslrootcert={stranger_pem}"),
+            ),
+            "UnknownIssuer",
+        ),
+        (
+            "a client certificate without its key",
+            url(
+                "certuser",
+                "localhost",
+                "certdb",
+                &format!("sslmode=verify-full&sslrootcert={ca_pem}&sslcert={client_pem}"),
+            ),
+            "without sslkey",
+        ),
+        (
             "verify-full refuses a host name the certificate does not give",
             url(
                 "workhost",
